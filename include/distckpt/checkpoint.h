@@ -1,0 +1,106 @@
+// Checkpointer: the coordinator that saves and loads a StateTree across MPI ranks.
+//
+// Save (collective): every rank writes its planned share of the tensors into its own HDF5
+// file inside ROOT/.tmp-step-<8 digits>-<nonce>/, fsyncs it, and the ranks vote; only if all
+// succeeded does rank 0 write manifest.h5 (temporary name, fsync, rename) and rename the
+// directory to ROOT/step-<8 digits>/, then fsync ROOT. A directory without a manifest is
+// never loaded, and the next save removes it. A failed save leaves older checkpoints alone.
+//
+// Load (collective): any number of ranks, or one process without MPI, loads any checkpoint.
+// Each rank reads only the byte ranges its tensors need, verifies them against the
+// manifest's checksums, and only when every rank has everything verified are the caller's
+// tensors overwritten (all or nothing).
+//
+// Every failure is agreed on by all ranks: each rank throws the same distckpt::Error naming the
+// failed ranks, the tensor, the file and the offset. A Checkpointer is used by one thread.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "distckpt/comm.h"
+#include "distckpt/env.h"
+#include "distckpt/manifest.h"
+#include "distckpt/tree.h"
+
+namespace distckpt {
+
+inline constexpr char kLibraryVersion[] = "0.1.0";
+
+struct CheckpointerOptions {
+  Env* env = nullptr;                      // nullptr: Env::Default()
+  int64_t piece_bytes = 1 << 20;           // checksum granularity
+  int64_t min_split_bytes = 1 << 20;       // replicated tensors smaller than this stay whole
+};
+
+struct LoadStats {
+  int64_t bytes_read = 0;      // bytes this rank read from storage, checksum padding included
+  int64_t bytes_verified = 0;  // bytes hashed and compared
+  int files_opened = 0;
+};
+
+class Checkpointer {
+ public:
+  Checkpointer(std::string root, Communicator& comm, CheckpointerOptions options = {});
+
+  // Collective. Saves `tree` as checkpoint `step` and returns its directory. Throws Error on
+  // every rank if any rank fails; nothing is committed then.
+  std::string Save(const StateTree& tree, int64_t step);
+
+  // Collective. Fills every tensor of `tree` in place from checkpoint directory `dir` (each
+  // rank the range its placement names) and sets every stored scalar in `tree`. Tensors in
+  // the checkpoint but not in `tree` are skipped. Throws Error on every rank on any problem,
+  // before any tensor of `tree` has been modified.
+  void Load(const std::string& dir, StateTree& tree);
+
+  // Collective. Rank 0 reads and validates the manifest and shares it with every rank.
+  Manifest ReadManifest(const std::string& dir);
+
+  // Collective. The newest committed checkpoint under root, as rank 0 sees it.
+  std::optional<std::string> Latest();
+
+  const std::string& root() const { return root_; }
+  Communicator& comm() { return comm_; }
+  const LoadStats& last_load_stats() const { return load_stats_; }
+
+  Status SaveStatus(const StateTree& tree, int64_t step, std::string* dir);
+  Status LoadStatus(const std::string& dir, StateTree& tree);
+
+ private:
+  Status ShareManifest(const std::string& dir, Manifest* manifest);
+
+  std::string root_;
+  Communicator& comm_;
+  CheckpointerOptions options_;
+  Env* env_;
+  LoadStats load_stats_;
+};
+
+// "step-00000042"
+std::string CheckpointDirName(int64_t step);
+
+struct CheckpointInfo {
+  std::string dir;
+  int64_t step = -1;
+  bool committed = false;
+  std::optional<Manifest> manifest;  // set when committed and readable
+  std::string problem;               // why the manifest could not be read
+};
+
+// Non-collective. Every checkpoint directory under root (committed or not), oldest first.
+std::vector<CheckpointInfo> ListCheckpoints(const std::string& root);
+// Non-collective. The newest committed checkpoint's directory, if any.
+std::optional<std::string> LatestCheckpoint(const std::string& root);
+
+struct VerifyReport {
+  int64_t bytes_checked = 0;
+  int tensors_checked = 0;
+  std::vector<Status> problems;  // one per damaged shard or unreadable file
+  bool ok() const { return problems.empty(); }
+};
+// Non-collective. Reads every byte of every shard and checks every checksum.
+Result<VerifyReport> VerifyCheckpoint(const std::string& dir, Env* env = nullptr);
+
+}  // namespace distckpt

@@ -1,0 +1,44 @@
+// Communicator: rank, size and the few collectives distckpt needs.
+//
+// The coordinator only moves small metadata and status votes through it; the demo trainer
+// also reduces gradients with it. MakeMpiCommunicator() duplicates MPI_COMM_WORLD (MPI must be
+// initialised by the caller) and sets MPI_ERRORS_RETURN on the duplicate, so MPI failures come
+// back as a Status. MakeLocalCommunicator() is a world of one process with no MPI at all.
+// A Communicator is used by one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "distckpt/status.h"
+
+namespace distckpt {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual Status Barrier() = 0;
+  // Every rank receives every rank's bytes, indexed by rank.
+  virtual Status AllGather(const std::string& mine, std::vector<std::string>* all) = 0;
+  // `bytes` on `root` is copied to every other rank.
+  virtual Status Broadcast(std::string* bytes, int root) = 0;
+  // Element-wise sum of `count` doubles across ranks, in place.
+  virtual Status AllReduceSum(double* values, size_t count) = 0;
+  virtual std::string name() const = 0;
+};
+
+std::unique_ptr<Communicator> MakeLocalCommunicator();
+std::unique_ptr<Communicator> MakeMpiCommunicator();
+// MPI when MPI is initialised, otherwise the local world of one.
+std::unique_ptr<Communicator> MakeDefaultCommunicator();
+
+// Collective: every rank passes its own outcome and every rank gets the same answer: OK when
+// all ranks succeeded, otherwise one Status naming each failed rank and its message. If the
+// vote itself cannot be taken, the transport's error is returned.
+Status AgreeOnStatus(Communicator& comm, const Status& local);
+
+}  // namespace distckpt

@@ -1,0 +1,73 @@
+// Manifest: the index of one checkpoint, written by rank 0 as manifest.h5 at commit time.
+//
+// It holds the format version, step, world size at save, creation time, library and LibTorch
+// versions, the tree's scalars (epoch, loss, user metadata) and, for every tensor, its dtype,
+// global shape, placement and shard table: which rank file and dataset holds which flat element
+// range, at which byte offset, with xxHash3 checksums over fixed-size pieces of every shard.
+// The index is stored as JSON in the dataset /_distckpt/index with its own checksum; the
+// headline fields are also root attributes for h5py and h5dump. Plain data: thread-compatible.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "distckpt/env.h"
+#include "distckpt/status.h"
+#include "distckpt/tree.h"
+
+namespace distckpt {
+
+inline constexpr int kFormatVersion = 1;
+inline constexpr char kManifestName[] = "manifest.h5";
+
+struct ShardRecord {
+  int writer_rank = 0;
+  std::string file;     // relative to the checkpoint directory
+  std::string dataset;  // HDF5 path inside the file
+  int64_t flat_start = 0;
+  int64_t flat_count = 0;
+  std::vector<int64_t> stored_shape;  // the dataset's shape
+  uint64_t byte_offset = 0;           // where the data starts in the file
+  std::vector<uint64_t> checksums;    // xxHash3-64 of each piece of piece_bytes
+};
+
+struct TensorRecord {
+  std::string path;
+  at::ScalarType dtype = at::ScalarType::Float;
+  std::vector<int64_t> global_shape;
+  PlacementKind placement = PlacementKind::kReplicated;
+  std::vector<ShardRecord> shards;
+  int64_t numel() const;
+  int64_t nbytes() const;
+};
+
+struct Manifest {
+  int format_version = kFormatVersion;
+  int64_t step = 0;
+  int world_size = 1;
+  double created_unix = 0;
+  std::string library_version;
+  std::string torch_version;
+  int64_t piece_bytes = 1 << 20;
+  std::vector<std::string> files;  // every rank file, relative to the checkpoint directory
+  std::map<std::string, ScalarValue> scalars;
+  std::vector<TensorRecord> tensors;  // sorted by path
+
+  const TensorRecord* FindTensor(const std::string& path) const;
+  int64_t TotalBytes() const;
+  std::string ToJson(int indent = -1) const;
+  // Parses and, if `validate`, checks dtypes, shapes, checksum counts, coverage of every
+  // tensor and file names that stay inside the checkpoint directory. Never throws.
+  static Result<Manifest> FromJson(const std::string& json, bool validate = true);
+};
+
+// Writes manifest.h5 into `dir` through a temporary name, fsync and rename.
+Status WriteManifest(Env* env, const std::string& dir, const Manifest& manifest);
+// Reads and validates `dir`/manifest.h5; errors name the file and what is wrong with it.
+Result<Manifest> ReadManifest(const std::string& dir);
+
+}  // namespace distckpt

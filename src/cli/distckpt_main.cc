@@ -1,0 +1,144 @@
+// distckpt: list, inspect and verify checkpoints. One plain process; no mpirun needed.
+#include <cstdio>
+#include <ctime>
+#include <string>
+
+#include "distckpt/checkpoint.h"
+#include "distckpt/manifest.h"
+
+namespace {
+
+using distckpt::Manifest;
+
+int Usage() {
+  std::fprintf(stderr,
+               "usage: distckpt ls ROOT\n"
+               "       distckpt inspect CKPT [--json]\n"
+               "       distckpt verify CKPT\n");
+  return 2;
+}
+
+std::string HumanBytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), u ? "%.1f %s" : "%.0f %s", b, units[u]);
+  return buf;
+}
+
+std::string ScalarText(const Manifest& m, const std::string& key) {
+  auto it = m.scalars.find(key);
+  if (it == m.scalars.end()) return "-";
+  char buf[64];
+  if (auto* i = std::get_if<int64_t>(&it->second)) {
+    std::snprintf(buf, sizeof(buf), "%lld", static_cast<long long>(*i));
+  } else if (auto* d = std::get_if<double>(&it->second)) {
+    std::snprintf(buf, sizeof(buf), "%.6g", *d);
+  } else {
+    return "?";
+  }
+  return buf;
+}
+
+std::string Shape(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+int List(const std::string& root) {
+  auto all = distckpt::ListCheckpoints(root);
+  if (all.empty()) {
+    std::printf("no checkpoints under %s\n", root.c_str());
+    return 0;
+  }
+  std::printf("%-8s %-6s %-14s %-10s %-5s %-9s %s\n", "STEP", "EPOCH", "LOSS", "SIZE", "WORLD",
+              "COMMITTED", "DIRECTORY");
+  for (const auto& c : all) {
+    if (c.manifest) {
+      const Manifest& m = *c.manifest;
+      std::printf("%-8lld %-6s %-14s %-10s %-5d %-9s %s\n", static_cast<long long>(c.step),
+                  ScalarText(m, "epoch").c_str(), ScalarText(m, "loss").c_str(),
+                  HumanBytes(static_cast<double>(m.TotalBytes())).c_str(), m.world_size, "yes",
+                  c.dir.c_str());
+    } else {
+      std::printf("%-8lld %-6s %-14s %-10s %-5s %-9s %s%s%s\n", static_cast<long long>(c.step),
+                  "-", "-", "-", "-", "no", c.dir.c_str(), c.problem.empty() ? "" : "  (",
+                  c.problem.empty() ? "" : (c.problem + ")").c_str());
+    }
+  }
+  return 0;
+}
+
+int Inspect(const std::string& dir, bool json) {
+  auto m = distckpt::ReadManifest(dir);
+  if (!m.ok()) {
+    std::fprintf(stderr, "distckpt inspect: %s\n", m.status().ToString().c_str());
+    return 1;
+  }
+  if (json) {
+    std::printf("%s\n", m->ToJson(2).c_str());
+    return 0;
+  }
+  std::time_t t = static_cast<std::time_t>(m->created_unix);
+  char when[64];
+  std::strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&t));
+  std::printf("checkpoint %s\n  step %lld, saved by %d rank(s) at %s\n", dir.c_str(),
+              static_cast<long long>(m->step), m->world_size, when);
+  std::printf("  distckpt %s, LibTorch %s, format version %d, %s in %zu tensor(s)\n",
+              m->library_version.c_str(), m->torch_version.c_str(), m->format_version,
+              HumanBytes(static_cast<double>(m->TotalBytes())).c_str(), m->tensors.size());
+  std::printf("scalars:\n");
+  for (const auto& [path, value] : m->scalars) {
+    std::printf("  %s = %s\n", path.c_str(),
+                std::get_if<int64_t>(&value) || std::get_if<double>(&value)
+                    ? ScalarText(*m, path).c_str()
+                    : "(list or string)");
+  }
+  std::printf("tensors:\n");
+  for (const auto& t : m->tensors) {
+    std::printf("  %s  %s %s %s\n", t.path.c_str(), distckpt::DtypeName(t.dtype).c_str(),
+                Shape(t.global_shape).c_str(), distckpt::PlacementName(t.placement));
+    for (const auto& s : t.shards) {
+      std::printf("      elements [%lld, %lld) in %s:%s (rank %d)\n",
+                  static_cast<long long>(s.flat_start),
+                  static_cast<long long>(s.flat_start + s.flat_count), s.file.c_str(),
+                  s.dataset.c_str(), s.writer_rank);
+    }
+  }
+  return 0;
+}
+
+int Verify(const std::string& dir) {
+  auto report = distckpt::VerifyCheckpoint(dir);
+  if (!report.ok()) {
+    std::fprintf(stderr, "distckpt verify: FAILED: %s\n", report.status().ToString().c_str());
+    return 1;
+  }
+  if (!report->ok()) {
+    for (const auto& p : report->problems) {
+      std::fprintf(stderr, "distckpt verify: %s\n", p.ToString().c_str());
+    }
+    std::fprintf(stderr, "distckpt verify: FAILED: %zu problem(s) in %s\n",
+                 report->problems.size(), dir.c_str());
+    return 1;
+  }
+  std::printf("OK: %s: %d tensor(s), %s read, every checksum matches\n", dir.c_str(),
+              report->tensors_checked, HumanBytes(static_cast<double>(report->bytes_checked)).c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 3) return Usage();
+  const std::string cmd = argv[1];
+  if (cmd == "ls") return List(argv[2]);
+  if (cmd == "inspect") return Inspect(argv[2], argc > 3 && std::string(argv[3]) == "--json");
+  if (cmd == "verify") return Verify(argv[2]);
+  return Usage();
+}

@@ -1,0 +1,97 @@
+#include "distckpt/tree.h"
+
+#include <stdexcept>
+
+#include "distckpt/status.h"
+
+namespace distckpt {
+
+const char* PlacementName(PlacementKind kind) {
+  switch (kind) {
+    case PlacementKind::kReplicated: return "replicated";
+    case PlacementKind::kShardedRows: return "sharded_rows";
+    case PlacementKind::kShardedFlat: return "sharded_flat";
+  }
+  return "unknown";
+}
+
+void StateTree::SetTensor(const std::string& path, const at::Tensor& tensor) {
+  tensors_[path] = TensorEntry{tensor, PlacementKind::kReplicated, tensor.sizes().vec(), 0};
+}
+
+void StateTree::SetShardedRows(const std::string& path, const at::Tensor& tensor,
+                               std::vector<int64_t> global_shape, int64_t start_row) {
+  if (tensor.dim() < 1 || global_shape.empty()) {
+    throw Error(InvalidArgument("tensor '" + path + "': row sharding needs at least one dim"));
+  }
+  tensors_[path] =
+      TensorEntry{tensor, PlacementKind::kShardedRows, std::move(global_shape), start_row};
+}
+
+void StateTree::SetShardedFlat(const std::string& path, const at::Tensor& tensor,
+                               std::vector<int64_t> global_shape, int64_t start) {
+  tensors_[path] = TensorEntry{tensor, PlacementKind::kShardedFlat, std::move(global_shape), start};
+}
+
+void StateTree::SetScalar(const std::string& path, ScalarValue value) {
+  scalars_[path] = std::move(value);
+}
+
+const TensorEntry& StateTree::tensor(const std::string& path) const {
+  auto it = tensors_.find(path);
+  if (it == tensors_.end()) throw Error(NotFound("no tensor '" + path + "' in the tree"));
+  return it->second;
+}
+
+const ScalarValue& StateTree::scalar(const std::string& path) const {
+  auto it = scalars_.find(path);
+  if (it == scalars_.end()) throw Error(NotFound("no scalar '" + path + "' in the tree"));
+  return it->second;
+}
+
+int64_t StateTree::GetInt(const std::string& path) const {
+  const ScalarValue& v = scalar(path);
+  if (auto* i = std::get_if<int64_t>(&v)) return *i;
+  if (auto* d = std::get_if<double>(&v)) return static_cast<int64_t>(*d);
+  throw Error(Mismatch("scalar '" + path + "' is not a number"));
+}
+
+double StateTree::GetDouble(const std::string& path) const {
+  const ScalarValue& v = scalar(path);
+  if (auto* d = std::get_if<double>(&v)) return *d;
+  if (auto* i = std::get_if<int64_t>(&v)) return static_cast<double>(*i);
+  throw Error(Mismatch("scalar '" + path + "' is not a number"));
+}
+
+namespace {
+struct DtypeNameEntry {
+  at::ScalarType dtype;
+  const char* name;
+};
+constexpr DtypeNameEntry kDtypeNames[] = {
+    {at::ScalarType::Float, "float32"}, {at::ScalarType::Double, "float64"},
+    {at::ScalarType::Half, "float16"},  {at::ScalarType::BFloat16, "bfloat16"},
+    {at::ScalarType::Char, "int8"},     {at::ScalarType::Short, "int16"},
+    {at::ScalarType::Int, "int32"},     {at::ScalarType::Long, "int64"},
+    {at::ScalarType::Byte, "uint8"},    {at::ScalarType::Bool, "bool"},
+};
+}  // namespace
+
+std::string DtypeName(at::ScalarType dtype) {
+  for (const auto& e : kDtypeNames) {
+    if (e.dtype == dtype) return e.name;
+  }
+  return "";
+}
+
+bool DtypeFromName(const std::string& name, at::ScalarType* dtype) {
+  for (const auto& e : kDtypeNames) {
+    if (name == e.name) {
+      *dtype = e.dtype;
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace distckpt

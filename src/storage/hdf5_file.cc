@@ -1,0 +1,117 @@
+#include "storage/hdf5_file.h"
+
+#include "distckpt/tree.h"
+
+namespace distckpt {
+
+void QuietHdf5Errors() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+
+hid_t MakeHdf5Type(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::ScalarType::Float: return H5Tcopy(H5T_IEEE_F32LE);
+    case at::ScalarType::Double: return H5Tcopy(H5T_IEEE_F64LE);
+    case at::ScalarType::Half: {
+      // The order matters: shrink the precision before the size.
+      hid_t t = H5Tcopy(H5T_IEEE_F32LE);
+      H5Tset_fields(t, 15, 10, 5, 0, 10);
+      H5Tset_offset(t, 0);
+      H5Tset_precision(t, 16);
+      H5Tset_size(t, 2);
+      H5Tset_ebias(t, 15);
+      return t;
+    }
+    case at::ScalarType::BFloat16: {
+      hid_t t = H5Tcopy(H5T_IEEE_F32LE);
+      H5Tset_fields(t, 15, 7, 8, 0, 7);
+      H5Tset_offset(t, 0);
+      H5Tset_precision(t, 16);
+      H5Tset_size(t, 2);
+      H5Tset_ebias(t, 127);
+      return t;
+    }
+    case at::ScalarType::Char: return H5Tcopy(H5T_STD_I8LE);
+    case at::ScalarType::Short: return H5Tcopy(H5T_STD_I16LE);
+    case at::ScalarType::Int: return H5Tcopy(H5T_STD_I32LE);
+    case at::ScalarType::Long: return H5Tcopy(H5T_STD_I64LE);
+    case at::ScalarType::Byte: return H5Tcopy(H5T_STD_U8LE);
+    case at::ScalarType::Bool: {
+      hid_t t = H5Tenum_create(H5T_NATIVE_INT8);
+      int8_t no = 0, yes = 1;
+      H5Tenum_insert(t, "FALSE", &no);
+      H5Tenum_insert(t, "TRUE", &yes);
+      return t;
+    }
+    default: return H5I_INVALID_HID;
+  }
+}
+
+namespace {
+
+// Closes an HDF5 handle when it goes out of scope.
+class Handle {
+ public:
+  Handle(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
+  ~Handle() {
+    if (id_ >= 0) close_(id_);
+  }
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  hid_t get() const { return id_; }
+  bool valid() const { return id_ >= 0; }
+
+ private:
+  hid_t id_;
+  herr_t (*close_)(hid_t);
+};
+
+Status WriteStringAttribute(hid_t obj, const char* name, const std::string& value) {
+  Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(type.get(), value.size() + 1);
+  Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+  Handle attr(H5Acreate2(obj, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  if (!attr.valid() || H5Awrite(attr.get(), type.get(), value.c_str()) < 0) {
+    return IoError(std::string("cannot write attribute '") + name + "'");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<std::vector<uint64_t>> CreateRankFile(const std::string& path,
+                                             const std::vector<DatasetRequest>& datasets) {
+  QuietHdf5Errors();
+  std::vector<uint64_t> offsets;
+  {
+    Handle file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+    if (!file.valid()) return IoError("cannot create HDF5 file '" + path + "'");
+    Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+    H5Pset_create_intermediate_group(lcpl.get(), 1);
+    Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+    H5Pset_layout(dcpl.get(), H5D_CONTIGUOUS);
+    H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY);
+    H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER);
+    for (const DatasetRequest& d : datasets) {
+      std::string where = "dataset '" + d.name + "' in '" + path + "'";
+      Handle type(MakeHdf5Type(d.dtype), H5Tclose);
+      if (!type.valid()) return InvalidArgument(where + ": unsupported dtype");
+      std::vector<hsize_t> dims(d.shape.begin(), d.shape.end());
+      Handle space(d.shape.empty() ? H5Screate(H5S_SCALAR)
+                                   : H5Screate_simple(static_cast<int>(dims.size()), dims.data(),
+                                                      nullptr),
+                   H5Sclose);
+      Handle ds(H5Dcreate2(file.get(), d.name.c_str(), type.get(), space.get(), lcpl.get(),
+                           dcpl.get(), H5P_DEFAULT),
+                H5Dclose);
+      if (!ds.valid()) return IoError(where + ": cannot create");
+      RETURN_IF_ERROR(WriteStringAttribute(ds.get(), "torch_dtype", DtypeName(d.dtype))
+                          .Annotate(where));
+      haddr_t offset = H5Dget_offset(ds.get());
+      if (offset == HADDR_UNDEF) return IoError(where + ": no data offset after allocation");
+      offsets.push_back(static_cast<uint64_t>(offset));
+    }
+    if (H5Fflush(file.get(), H5F_SCOPE_LOCAL) < 0) return IoError("cannot flush '" + path + "'");
+  }
+  return offsets;
+}
+
+}  // namespace distckpt

@@ -1,0 +1,75 @@
+#include "storage/shard_reader.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "storage/checksum.h"
+
+namespace distckpt {
+
+namespace {
+constexpr int64_t kPiecesPerRead = 64;
+constexpr char kHdf5Signature[] = "\x89HDF\r\n\x1a\n";
+}  // namespace
+
+Result<ReadableFile*> ShardReader::File(const std::string& name) {
+  auto it = files_.find(name);
+  if (it != files_.end()) return it->second.get();
+  const std::string path = JoinPath(dir_, name);
+  auto opened = env_->OpenReadable(path);
+  if (!opened.ok()) return opened.status();
+  char signature[8];
+  Status sig = opened.value()->PRead(0, signature, sizeof(signature));
+  if (!sig.ok() || std::memcmp(signature, kHdf5Signature, 8) != 0) {
+    return Corrupt("'" + path + "' is not an HDF5 rank file");
+  }
+  ++stats_.files_opened;
+  ReadableFile* raw = opened.value().get();
+  files_[name] = std::move(opened).value();
+  return raw;
+}
+
+Status ShardReader::Read(const TensorRecord& tensor, const ShardRecord& shard, int64_t elem_begin,
+                         int64_t count, void* dest) {
+  const int64_t esize = c10::elementSize(tensor.dtype);
+  const int64_t shard_bytes = shard.flat_count * esize;
+  const int64_t b0 = elem_begin * esize;
+  const int64_t b1 = (elem_begin + count) * esize;
+  std::string where = "tensor '" + tensor.path + "', file '" + JoinPath(dir_, shard.file) +
+                      "', rank " + std::to_string(rank_);
+  auto file_or = File(shard.file);
+  if (!file_or.ok()) return file_or.status().Annotate(where);
+  ReadableFile* file = file_or.value();
+  char* out = static_cast<char*>(dest);
+  const int64_t group = kPiecesPerRead * piece_bytes_;
+  for (int64_t g0 = (b0 / piece_bytes_) * piece_bytes_; g0 < b1; g0 += group) {
+    const int64_t g1 = std::min(g0 + group, shard_bytes);
+    const int64_t o0 = std::max(g0, b0);
+    const int64_t o1 = std::min(g1, b1);
+    const bool direct = (o0 == g0 && o1 == g1);
+    char* buffer = out + (g0 - b0);
+    if (!direct) {
+      scratch_.resize(static_cast<size_t>(g1 - g0));
+      buffer = scratch_.data();
+    }
+    const uint64_t file_offset = shard.byte_offset + static_cast<uint64_t>(g0);
+    RETURN_IF_ERROR(file->PRead(file_offset, buffer, static_cast<size_t>(g1 - g0)).Annotate(where));
+    stats_.bytes_read += g1 - g0;
+    for (int64_t p = g0; p < g1; p += piece_bytes_) {
+      const int64_t len = std::min(piece_bytes_, g1 - p);
+      const size_t index = static_cast<size_t>(p / piece_bytes_);
+      if (HashBytes(buffer + (p - g0), static_cast<size_t>(len)) != shard.checksums[index]) {
+        return Corrupt(where + ": checksum mismatch in bytes [" +
+                       std::to_string(shard.byte_offset + p) + ", " +
+                       std::to_string(shard.byte_offset + p + len) +
+                       ") of the file (shard elements from " + std::to_string(shard.flat_start) +
+                       ")");
+      }
+      stats_.bytes_verified += len;
+    }
+    if (!direct) std::memcpy(out + (o0 - b0), buffer + (o0 - g0), static_cast<size_t>(o1 - o0));
+  }
+  return Status::Ok();
+}
+
+}  // namespace distckpt

@@ -1,0 +1,40 @@
+// Verified reads of stored shards: every byte read is checked against the manifest's xxh3
+// piece checksums before it reaches the caller. Files are opened once and cached.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "distckpt/checkpoint.h"
+#include "distckpt/env.h"
+#include "distckpt/manifest.h"
+
+namespace distckpt {
+
+class ShardReader {
+ public:
+  ShardReader(Env* env, std::string dir, int64_t piece_bytes, int rank)
+      : env_(env), dir_(std::move(dir)), piece_bytes_(piece_bytes), rank_(rank) {}
+
+  // Copies elements [elem_begin, elem_begin + count) of `shard` of `tensor` into `dest`,
+  // verifying every piece they touch. Errors name the tensor, file, offset and rank.
+  Status Read(const TensorRecord& tensor, const ShardRecord& shard, int64_t elem_begin,
+              int64_t count, void* dest);
+
+  const LoadStats& stats() const { return stats_; }
+
+ private:
+  Result<ReadableFile*> File(const std::string& name);
+
+  Env* env_;
+  std::string dir_;
+  int64_t piece_bytes_;
+  int rank_;
+  std::map<std::string, std::unique_ptr<ReadableFile>> files_;
+  std::vector<char> scratch_;
+  LoadStats stats_;
+};
+
+}  // namespace distckpt
