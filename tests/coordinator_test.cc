@@ -1,0 +1,137 @@
+// Multi-rank save and load (registered for 1, 2, 3 and 4 ranks).
+#include <filesystem>
+
+#include "distckpt/checkpoint.h"
+#include "fault_env.h"
+#include "test_util.h"
+
+namespace distckpt {
+namespace {
+
+using testing::BitEqual;
+using testing::Comm;
+using testing::Pattern;
+
+// The global tensors every test starts from; each rank takes its part.
+at::Tensor GlobalRows() { return Pattern({10, 3}, at::kDouble, 1); }
+at::Tensor GlobalFlat() { return Pattern({7, 5}, at::kBFloat16, 2); }
+at::Tensor BigReplicated() { return Pattern({1024, 1024}, at::kFloat, 3); }  // 4 MiB: split
+
+std::pair<int64_t, int64_t> Part(int64_t n, int rank, int world) {
+  int64_t lo = n * rank / world, hi = n * (rank + 1) / world;
+  return {lo, hi - lo};
+}
+
+// `make(rank)` gives each rank's tree from the global tensors (or zeros to load into).
+StateTree LocalTree(bool zeros) {
+  const int r = Comm().rank(), n = Comm().size();
+  auto fill = [&](at::Tensor t) { return zeros ? at::zeros_like(t) : t; };
+  StateTree tree;
+  tree.SetTensor("replicated/big", fill(BigReplicated()));
+  tree.SetTensor("replicated/small", fill(Pattern({5}, at::kLong, 4)));
+  auto [row0, rows] = Part(10, r, n);
+  tree.SetShardedRows("sharded/rows", fill(GlobalRows().narrow(0, row0, rows).clone()), {10, 3},
+                      row0);
+  // Uneven flat shards: the last rank holds the remainder.
+  auto [e0, count] = Part(35, r, n);
+  tree.SetShardedFlat("sharded/flat", fill(GlobalFlat().reshape({-1}).narrow(0, e0, count).clone()),
+                      {7, 5}, e0);
+  tree.SetScalar("step", int64_t{3});
+  return tree;
+}
+
+TEST(Coordinator, MixedPlacementsRoundTripAndSpreadTheBytes) {
+  const std::string root = testing::ScratchDir("root");
+  Checkpointer ckpt(root, Comm());
+  const StateTree saved = LocalTree(false);
+  const std::string dir = ckpt.Save(saved, 3);
+  StateTree back = LocalTree(true);
+  ckpt.Load(dir, back);
+  for (const auto& [path, e] : saved.tensors()) {
+    EXPECT_TRUE(BitEqual(back.tensor(path).tensor, e.tensor)) << path;
+  }
+  EXPECT_EQ(back.GetInt("step"), 3);
+
+  // The 4 MiB tensor is split so that every rank writes part of it.
+  Manifest m = ckpt.ReadManifest(dir);
+  EXPECT_EQ(m.world_size, Comm().size());
+  EXPECT_EQ(static_cast<int>(m.FindTensor("replicated/big")->shards.size()), Comm().size());
+  EXPECT_EQ(static_cast<int>(m.files.size()), Comm().size());
+}
+
+TEST(Coordinator, OneFailingRankFailsEveryRankWithTheSameMessage) {
+  const std::string root = testing::ScratchDir("root");
+  testing::FaultEnv env;
+  Checkpointer ckpt(root, Comm(), {&env});
+  const std::string old_dir = ckpt.Save(LocalTree(false), 1);
+  const int victim = Comm().size() - 1;
+  if (Comm().rank() == victim) env.write_budget = 10;
+  std::string message;
+  try {
+    ckpt.Save(LocalTree(false), 2);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  env.write_budget = -1;
+  ASSERT_FALSE(message.empty()) << "rank " << Comm().rank() << " did not fail";
+  EXPECT_NE(message.find("rank " + std::to_string(victim) + ": "), std::string::npos) << message;
+  EXPECT_NE(message.find("No space left on device"), std::string::npos) << message;
+  std::vector<std::string> all;
+  ASSERT_TRUE(Comm().AllGather(message, &all).ok());
+  for (const auto& other : all) EXPECT_EQ(other, message);
+  EXPECT_EQ(ckpt.Latest(), old_dir);
+  StateTree back = LocalTree(true);
+  ckpt.Load(old_dir, back);
+  EXPECT_TRUE(BitEqual(back.tensor("replicated/big").tensor, BigReplicated()));
+}
+
+TEST(Coordinator, RanksThatDisagreeGetOneClearError) {
+  const std::string root = testing::ScratchDir("root");
+  Checkpointer ckpt(root, Comm());
+  StateTree tree = LocalTree(false);
+  if (Comm().rank() == Comm().size() - 1) {
+    // This rank's flat shard overlaps its neighbour's (or starts past the end on one rank).
+    tree.SetShardedFlat("sharded/flat", at::zeros({6}, at::kBFloat16), {7, 5}, 30);
+  }
+  std::string message;
+  try {
+    ckpt.Save(tree, 1);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  ASSERT_FALSE(message.empty());
+  EXPECT_NE(message.find("sharded/flat"), std::string::npos) << message;
+  std::vector<std::string> all;
+  ASSERT_TRUE(Comm().AllGather(message, &all).ok());
+  for (const auto& other : all) EXPECT_EQ(other, message);
+  EXPECT_FALSE(ckpt.Latest().has_value());
+}
+
+TEST(Coordinator, DamageSeenByOneRankFailsTheLoadEverywhereAndTouchesNothing) {
+  const std::string root = testing::ScratchDir("root");
+  Checkpointer ckpt(root, Comm());
+  const std::string dir = ckpt.Save(LocalTree(false), 1);
+  Manifest m = ckpt.ReadManifest(dir);
+  // Damage a row only the last rank reads.
+  const TensorRecord* rows = m.FindTensor("sharded/rows");
+  const ShardRecord& last = rows->shards.back();
+  if (Comm().rank() == 0) {
+    testing::FlipBit(dir + "/" + last.file, last.byte_offset + last.flat_count * 8 - 1);
+  }
+  Comm().Barrier();
+  StateTree back = LocalTree(true);
+  std::string message;
+  try {
+    ckpt.Load(dir, back);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("checksum mismatch"), std::string::npos) << message;
+  EXPECT_NE(message.find("sharded/rows"), std::string::npos) << message;
+  for (const auto& [path, e] : back.tensors()) {
+    EXPECT_TRUE(at::all(e.tensor == 0).item<bool>()) << path << " was modified";
+  }
+}
+
+}  // namespace
+}  // namespace distckpt

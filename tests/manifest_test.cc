@@ -1,0 +1,110 @@
+#include <gtest/gtest.h>
+#include <hdf5.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "distckpt/manifest.h"
+#include "test_util.h"
+
+namespace distckpt {
+namespace {
+
+Manifest Sample() {
+  Manifest m;
+  m.step = 42;
+  m.world_size = 2;
+  m.library_version = "test";
+  m.torch_version = "x";
+  m.piece_bytes = 16;
+  m.files = {"rank-00000.h5", "rank-00001.h5"};
+  m.scalars["epoch"] = int64_t{3};
+  m.scalars["loss"] = std::nan("");
+  m.scalars["betas"] = std::vector<double>{0.9, 0.999};
+  m.scalars["name"] = std::string("run \"a\"");
+  TensorRecord t{"w", at::kFloat, {2, 4}, PlacementKind::kReplicated, {}};
+  t.shards.push_back({0, "rank-00000.h5", "w", 0, 4, {1, 4}, 4096, {11}});
+  t.shards.push_back({1, "rank-00001.h5", "w", 4, 4, {1, 4}, 4096, {12}});
+  m.tensors.push_back(t);
+  return m;
+}
+
+TEST(Manifest, JsonRoundTripKeepsEveryValueAndBit) {
+  auto back = Manifest::FromJson(Sample().ToJson());
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->step, 42);
+  EXPECT_TRUE(std::isnan(std::get<double>(back->scalars.at("loss"))));
+  EXPECT_EQ(std::get<std::vector<double>>(back->scalars.at("betas"))[1], 0.999);
+  EXPECT_EQ(std::get<std::string>(back->scalars.at("name")), "run \"a\"");
+  ASSERT_EQ(back->tensors.size(), 1u);
+  EXPECT_EQ(back->tensors[0].shards[1].checksums[0], 12u);
+  EXPECT_EQ(back->ToJson(), Sample().ToJson());
+}
+
+TEST(Manifest, RejectsWhatIsNotOurs) {
+  EXPECT_EQ(Manifest::FromJson("{\"format\": \"other\"}").status().code(), Code::kCorrupt);
+  EXPECT_EQ(Manifest::FromJson("not json").status().code(), Code::kCorrupt);
+  EXPECT_FALSE(Manifest::FromJson("").ok());
+}
+
+TEST(Manifest, RejectsFilesOutsideTheDirectoryAndBadCoverage) {
+  Manifest m = Sample();
+  m.tensors[0].shards[0].file = "../../etc/passwd";
+  auto r = Manifest::FromJson(m.ToJson());
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("leaves the directory"), std::string::npos);
+
+  m = Sample();
+  m.tensors[0].shards[1].flat_start = 5;  // gap at element 4
+  r = Manifest::FromJson(m.ToJson());
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("tensor 'w'"), std::string::npos);
+
+  m = Sample();
+  m.tensors[0].shards[0].checksums.clear();
+  EXPECT_FALSE(Manifest::FromJson(m.ToJson()).ok());
+}
+
+TEST(Manifest, FileRoundTripAndEveryTruncationIsAnError) {
+  const std::string dir = testing::ScratchDir("m");
+  ASSERT_TRUE(WriteManifest(Env::Default(), dir, Sample()).ok());
+  auto back = ReadManifest(dir);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->step, 42);
+
+  const std::string path = dir + "/manifest.h5";
+  const auto size = std::filesystem::file_size(path);
+  std::string bytes(size, '\0');
+  std::ifstream(path, std::ios::binary).read(bytes.data(), static_cast<std::streamsize>(size));
+  for (size_t cut = 0; cut < size; cut += 97) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), cut);
+    EXPECT_FALSE(ReadManifest(dir).ok()) << "cut at " << cut;
+  }
+  // Any flipped bit in the index is caught by its checksum or by HDF5.
+  std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), size);
+  const size_t where = bytes.find("\"step\"");
+  ASSERT_NE(where, std::string::npos);
+  testing::FlipBit(path, where + 2);
+  auto flipped = ReadManifest(dir);
+  ASSERT_FALSE(flipped.ok());
+  EXPECT_NE(flipped.status().message().find("checksum"), std::string::npos)
+      << flipped.status().message();
+}
+
+TEST(Manifest, AnHdf5FileThatIsNotOursIsNamed) {
+  const std::string dir = testing::ScratchDir("foreign");
+  hid_t f = H5Fcreate((dir + "/manifest.h5").c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  H5Fclose(f);
+  auto r = ReadManifest(dir);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("not a distckpt manifest"), std::string::npos);
+  std::ofstream(dir + "/manifest.h5") << "hello";
+  r = ReadManifest(dir);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("not an HDF5 file"), std::string::npos);
+  EXPECT_EQ(ReadManifest(dir + "/nope").status().code(), Code::kNotFound);
+}
+
+}  // namespace
+}  // namespace distckpt

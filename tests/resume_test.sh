@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# A run stopped at a checkpoint and resumed, on the same or another number of ranks, or on one
+# process without mpirun, prints the same loss at every later step as a run never stopped.
+set -euo pipefail
+train=$1; mpirun=$3
+tmp=$(mktemp -d "${DISTCKPT_TEST_TMP:-/tmp}/resume.XXXXXX" 2>/dev/null || mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+run() { local np=$1; shift; "$mpirun" -np "$np" --oversubscribe "$train" "$@"; }
+fail=0
+for opt in sgd adam adamw; do
+  run 4 --ckpt-dir "$tmp/ref-$opt" --steps 12 --save-every 0 --optimizer $opt | grep '^step' >"$tmp/ref"
+  run 4 --ckpt-dir "$tmp/ck-$opt" --steps 6 --save-every 3 --optimizer $opt | grep '^step' >"$tmp/first"
+  diff <(head -6 "$tmp/ref") "$tmp/first" >/dev/null || { echo "FAIL $opt: first half differs"; fail=1; }
+  tail -6 "$tmp/ref" >"$tmp/want"
+  for m in 4 2 3 1 plain; do
+    rm -rf "$tmp/ck-$opt-$m"; cp -r "$tmp/ck-$opt" "$tmp/ck-$opt-$m"
+    if [ "$m" = plain ]; then
+      "$train" --ckpt-dir "$tmp/ck-$opt-$m" --steps 12 --save-every 3 --resume --optimizer $opt >"$tmp/out"
+    else
+      run $m --ckpt-dir "$tmp/ck-$opt-$m" --steps 12 --save-every 3 --resume --optimizer $opt >"$tmp/out"
+    fi
+    grep -q '^resumed from .*step-00000006' "$tmp/out" || { echo "FAIL $opt 4->$m: did not resume"; fail=1; }
+    if diff <(grep '^step' "$tmp/out") "$tmp/want" >"$tmp/diff"; then
+      echo "ok   $opt: saved on 4 ranks, resumed on $m: steps 7-12 identical"
+    else
+      echo "FAIL $opt: saved on 4 ranks, resumed on $m:"; cat "$tmp/diff"; fail=1
+    fi
+  done
+done
+exit $fail

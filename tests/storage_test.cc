@@ -1,0 +1,239 @@
+// One process: dtypes, fault injection during save, and every kind of damaged checkpoint.
+#include <filesystem>
+#include <fstream>
+
+#include "distckpt/checkpoint.h"
+#include "fault_env.h"
+#include "test_util.h"
+
+namespace distckpt {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::BitEqual;
+using testing::Comm;
+using testing::Pattern;
+
+bool Contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+StateTree SampleTree(int64_t seed) {
+  StateTree t;
+  t.SetTensor("model_state_dict/w", Pattern({64, 32}, at::kFloat, seed));
+  t.SetTensor("model_state_dict/b", Pattern({32}, at::kFloat, seed + 1));
+  t.SetScalar("epoch", seed);
+  t.SetScalar("loss", 0.5 * static_cast<double>(seed));
+  return t;
+}
+
+StateTree ZerosLike(const StateTree& tree) {
+  StateTree out;
+  for (const auto& [path, e] : tree.tensors()) out.SetTensor(path, at::zeros_like(e.tensor));
+  return out;
+}
+
+TEST(Storage, EveryDtypeRoundTripsBitExactly) {
+  const std::string root = testing::ScratchDir("root");
+  StateTree tree;
+  int seed = 0;
+  for (auto dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16, at::kChar, at::kShort,
+                     at::kInt, at::kLong, at::kByte, at::kBool}) {
+    const std::string name = DtypeName(dtype);
+    tree.SetTensor("t/" + name + "/scalar", Pattern({}, dtype, ++seed));
+    tree.SetTensor("t/" + name + "/vector", Pattern({37}, dtype, ++seed));
+    tree.SetTensor("t/" + name + "/cube", Pattern({3, 5, 7}, dtype, ++seed));
+  }
+  // NaN payloads and negative zero survive too.
+  auto special = at::tensor({std::nan("0x12345"), -0.0, INFINITY}, at::kDouble);
+  tree.SetTensor("t/special", special);
+  tree.SetTensor("t/empty", at::empty({0, 4}));
+  Checkpointer ckpt(root, Comm());
+  const std::string dir = ckpt.Save(tree, 1);
+  StateTree back = ZerosLike(tree);
+  ckpt.Load(dir, back);
+  for (const auto& [path, e] : tree.tensors()) {
+    EXPECT_TRUE(BitEqual(back.tensor(path).tensor, e.tensor)) << path;
+  }
+  EXPECT_GE(ckpt.last_load_stats().bytes_verified, 0);
+}
+
+TEST(Storage, DiskFullFailsCleanlyAndKeepsTheOlderCheckpoint) {
+  const std::string root = testing::ScratchDir("root");
+  testing::FaultEnv env;
+  Checkpointer ckpt(root, Comm(), {&env});
+  const StateTree old_tree = SampleTree(1);
+  const std::string old_dir = ckpt.Save(old_tree, 1);
+  env.write_budget = 1000;
+  try {
+    ckpt.Save(SampleTree(2), 2);
+    FAIL() << "save on a full disk succeeded";
+  } catch (const Error& e) {
+    EXPECT_TRUE(Contains(e.what(), "No space left on device")) << e.what();
+    EXPECT_TRUE(Contains(e.what(), "rank-00000.h5")) << e.what();
+    EXPECT_TRUE(Contains(e.what(), "nothing was committed")) << e.what();
+  }
+  env.write_budget = -1;
+  EXPECT_EQ(LatestCheckpoint(root), old_dir);
+  EXPECT_FALSE(fs::exists(root + "/step-00000002"));
+  for (const auto& c : ListCheckpoints(root)) EXPECT_TRUE(c.committed) << c.dir;
+  StateTree back = ZerosLike(old_tree);
+  ckpt.Load(old_dir, back);
+  EXPECT_TRUE(BitEqual(back.tensor("model_state_dict/w").tensor,
+                       old_tree.tensor("model_state_dict/w").tensor));
+  EXPECT_TRUE(VerifyCheckpoint(old_dir)->ok());
+}
+
+TEST(Storage, FailedFsyncOrRenameCommitsNothing) {
+  const std::string root = testing::ScratchDir("root");
+  testing::FaultEnv env;
+  Checkpointer ckpt(root, Comm(), {&env});
+  const std::string old_dir = ckpt.Save(SampleTree(1), 1);
+  env.fail_sync = true;
+  EXPECT_THROW(ckpt.Save(SampleTree(2), 2), Error);
+  env.fail_sync = false;
+  env.fail_rename = true;
+  try {
+    ckpt.Save(SampleTree(3), 3);
+    FAIL() << "save with a failing rename succeeded";
+  } catch (const Error& e) {
+    EXPECT_TRUE(Contains(e.what(), "injected fault")) << e.what();
+  }
+  env.fail_rename = false;
+  EXPECT_EQ(LatestCheckpoint(root), old_dir);
+  EXPECT_EQ(ListCheckpoints(root).size(), 1u);
+  EXPECT_TRUE(VerifyCheckpoint(old_dir)->ok());
+}
+
+TEST(Storage, LeftoversOfAnUncommittedSaveAreIgnoredThenRemoved) {
+  const std::string root = testing::ScratchDir("root");
+  Checkpointer ckpt(root, Comm());
+  const std::string dir = ckpt.Save(SampleTree(1), 1);
+  fs::create_directories(root + "/.tmp-step-00000002-deadbeef");
+  std::ofstream(root + "/.tmp-step-00000002-deadbeef/rank-00000.h5") << "half written";
+  // A step directory without a manifest (e.g. copied by hand) is not committed either.
+  fs::create_directories(root + "/step-00000003");
+  EXPECT_EQ(LatestCheckpoint(root), dir);
+  int uncommitted = 0;
+  for (const auto& c : ListCheckpoints(root)) uncommitted += !c.committed;
+  EXPECT_EQ(uncommitted, 2);
+  ckpt.Save(SampleTree(4), 4);
+  EXPECT_FALSE(fs::exists(root + "/.tmp-step-00000002-deadbeef"));
+  EXPECT_EQ(LatestCheckpoint(root), root + "/step-00000004");
+}
+
+TEST(Storage, ResavingAStepReplacesItAtomically) {
+  const std::string root = testing::ScratchDir("root");
+  Checkpointer ckpt(root, Comm());
+  ckpt.Save(SampleTree(1), 7);
+  const StateTree second = SampleTree(2);
+  const std::string dir = ckpt.Save(second, 7);
+  StateTree back = ZerosLike(second);
+  ckpt.Load(dir, back);
+  EXPECT_TRUE(BitEqual(back.tensor("model_state_dict/b").tensor,
+                       second.tensor("model_state_dict/b").tensor));
+  EXPECT_EQ(back.GetInt("epoch"), 2);
+  EXPECT_EQ(ListCheckpoints(root).size(), 1u);
+}
+
+class DamagedCheckpoint : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = testing::ScratchDir("root");
+    Checkpointer ckpt(root_, Comm());
+    tree_ = SampleTree(5);
+    dir_ = ckpt.Save(tree_, 5);
+    manifest_ = ReadManifest(dir_).value();
+  }
+  // Loads into sentinel tensors; returns the error and checks the sentinels were not touched.
+  std::string LoadError() {
+    Checkpointer ckpt(root_, Comm());
+    StateTree dest;
+    for (const auto& [path, e] : tree_.tensors()) dest.SetTensor(path, at::full_like(e.tensor, 7));
+    try {
+      ckpt.Load(dir_, dest);
+    } catch (const Error& e) {
+      for (const auto& [path, e2] : dest.tensors()) {
+        EXPECT_TRUE(at::all(e2.tensor == 7).item<bool>()) << path << " was modified";
+      }
+      return e.what();
+    }
+    return "";
+  }
+  std::string root_, dir_;
+  StateTree tree_;
+  Manifest manifest_;
+};
+
+TEST_F(DamagedCheckpoint, FlippedBitIsCaughtByLoadAndVerifyNamingTensorFileOffset) {
+  const ShardRecord& shard = manifest_.FindTensor("model_state_dict/w")->shards[0];
+  testing::FlipBit(dir_ + "/" + shard.file, shard.byte_offset + 100, 3);
+  const std::string err = LoadError();
+  EXPECT_TRUE(Contains(err, "checksum mismatch")) << err;
+  EXPECT_TRUE(Contains(err, "model_state_dict/w")) << err;
+  EXPECT_TRUE(Contains(err, shard.file)) << err;
+  EXPECT_TRUE(Contains(err, "rank 0")) << err;
+  auto report = VerifyCheckpoint(dir_);
+  ASSERT_TRUE(report.ok());
+  ASSERT_EQ(report->problems.size(), 1u);
+  EXPECT_TRUE(Contains(report->problems[0].message(), std::to_string(shard.byte_offset)))
+      << report->problems[0].message();
+}
+
+TEST_F(DamagedCheckpoint, MissingRankFileIsNamed) {
+  fs::remove(dir_ + "/rank-00000.h5");
+  const std::string err = LoadError();
+  EXPECT_TRUE(Contains(err, "rank-00000.h5")) << err;
+  EXPECT_TRUE(Contains(err, "does not exist")) << err;
+}
+
+TEST_F(DamagedCheckpoint, TruncatedRankFileIsNamed) {
+  const std::string file = dir_ + "/rank-00000.h5";
+  fs::resize_file(file, fs::file_size(file) - 64);
+  const std::string err = LoadError();
+  EXPECT_TRUE(Contains(err, "truncated")) << err;
+  EXPECT_TRUE(Contains(err, "rank-00000.h5")) << err;
+  EXPECT_FALSE(VerifyCheckpoint(dir_)->ok());
+}
+
+TEST_F(DamagedCheckpoint, ForeignRankFileIsNamed) {
+  std::ofstream(dir_ + "/rank-00000.h5", std::ios::trunc) << "PK\x03\x04 not ours at all";
+  const std::string err = LoadError();
+  EXPECT_TRUE(Contains(err, "not an HDF5 rank file")) << err;
+}
+
+TEST_F(DamagedCheckpoint, MissingDirectoryAndManifestAreNamed) {
+  fs::remove(dir_ + "/manifest.h5");
+  std::string err = LoadError();
+  EXPECT_TRUE(Contains(err, "no manifest.h5")) << err;
+  dir_ = root_ + "/step-99999999";
+  err = LoadError();
+  EXPECT_TRUE(Contains(err, "does not exist")) << err;
+}
+
+TEST_F(DamagedCheckpoint, ModelThatDiffersIsNamedAndLeftUntouched) {
+  Checkpointer ckpt(root_, Comm());
+  auto expect_mismatch = [&](StateTree dest, const std::string& part) {
+    auto before = dest.tensor("model_state_dict/w").tensor.clone();
+    try {
+      ckpt.Load(dir_, dest);
+      ADD_FAILURE() << "loaded a mismatching model";
+    } catch (const Error& e) {
+      EXPECT_TRUE(Contains(e.what(), part)) << e.what();
+    }
+    EXPECT_TRUE(BitEqual(dest.tensor("model_state_dict/w").tensor, before));
+  };
+  StateTree wrong_shape;
+  wrong_shape.SetTensor("model_state_dict/w", at::ones({64, 33}));
+  expect_mismatch(wrong_shape, "has shape [64, 32], destination has [64, 33]");
+  StateTree wrong_dtype;
+  wrong_dtype.SetTensor("model_state_dict/w", at::ones({64, 32}, at::kDouble));
+  expect_mismatch(wrong_dtype, "dtype float32");
+  StateTree extra;
+  extra.SetTensor("model_state_dict/w", at::ones({64, 32}));
+  extra.SetTensor("model_state_dict/missing", at::ones({2}));
+  expect_mismatch(extra, "'model_state_dict/missing' is not in the checkpoint");
+}
+
+}  // namespace
+}  // namespace distckpt
