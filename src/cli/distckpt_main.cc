@@ -30,18 +30,30 @@ std::string HumanBytes(double b) {
   return buf;
 }
 
+std::string ValueText(const distckpt::ScalarValue& value) {
+  char buf[64];
+  if (auto* i = std::get_if<int64_t>(&value)) return std::to_string(*i);
+  if (auto* d = std::get_if<double>(&value)) {
+    std::snprintf(buf, sizeof(buf), "%.9g", *d);
+    return buf;
+  }
+  if (auto* b = std::get_if<bool>(&value)) return *b ? "true" : "false";
+  if (auto* s = std::get_if<std::string>(&value)) return "\"" + *s + "\"";
+  std::string out = "[";
+  auto add = [&](const std::string& item) { out += (out.size() > 1 ? ", " : "") + item; };
+  if (auto* il = std::get_if<std::vector<int64_t>>(&value)) {
+    for (int64_t x : *il) add(std::to_string(x));
+  } else if (auto* dl = std::get_if<std::vector<double>>(&value)) {
+    for (double x : *dl) add(ValueText(x));
+  } else if (auto* sl = std::get_if<std::vector<std::string>>(&value)) {
+    for (const auto& x : *sl) add("\"" + x + "\"");
+  }
+  return out + "]";
+}
+
 std::string ScalarText(const Manifest& m, const std::string& key) {
   auto it = m.scalars.find(key);
-  if (it == m.scalars.end()) return "-";
-  char buf[64];
-  if (auto* i = std::get_if<int64_t>(&it->second)) {
-    std::snprintf(buf, sizeof(buf), "%lld", static_cast<long long>(*i));
-  } else if (auto* d = std::get_if<double>(&it->second)) {
-    std::snprintf(buf, sizeof(buf), "%.6g", *d);
-  } else {
-    return "?";
-  }
-  return buf;
+  return it == m.scalars.end() ? "-" : ValueText(it->second);
 }
 
 std::string Shape(const std::vector<int64_t>& s) {
@@ -94,10 +106,7 @@ int Inspect(const std::string& dir, bool json) {
               HumanBytes(static_cast<double>(m->TotalBytes())).c_str(), m->tensors.size());
   std::printf("scalars:\n");
   for (const auto& [path, value] : m->scalars) {
-    std::printf("  %s = %s\n", path.c_str(),
-                std::get_if<int64_t>(&value) || std::get_if<double>(&value)
-                    ? ScalarText(*m, path).c_str()
-                    : "(list or string)");
+    std::printf("  %s = %s\n", path.c_str(), ValueText(value).c_str());
   }
   std::printf("tensors:\n");
   for (const auto& t : m->tensors) {
