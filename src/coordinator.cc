@@ -55,7 +55,8 @@ Status DescribeLocal(const StateTree& tree, std::vector<LocalTensorInfo>* out) {
     switch (entry.placement) {
       case PlacementKind::kReplicated:
         if (entry.tensor.sizes().vec() != entry.global_shape) {
-          return InvalidArgument(where + ": replicated tensor's shape differs from its global shape");
+          return InvalidArgument(where +
+                                 ": replicated tensor's shape differs from its global shape");
         }
         info.flat_start = 0;
         info.flat_count = local_numel;
@@ -66,7 +67,8 @@ Status DescribeLocal(const StateTree& tree, std::vector<LocalTensorInfo>* out) {
         if (local_shape.size() != entry.global_shape.size() ||
             !std::equal(local_shape.begin() + 1, local_shape.end(),
                         entry.global_shape.begin() + 1)) {
-          return InvalidArgument(where + ": row shard's trailing dims differ from the global shape");
+          return InvalidArgument(where +
+                                 ": row shard's trailing dims differ from the global shape");
         }
         if (entry.offset < 0 || entry.offset + local_shape[0] > entry.global_shape[0]) {
           return InvalidArgument(where + ": rows [" + std::to_string(entry.offset) + ", " +
@@ -280,9 +282,9 @@ Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string
       Manifest m;
       m.step = step;
       m.world_size = world;
-      m.created_unix = std::chrono::duration<double>(
-                           std::chrono::system_clock::now().time_since_epoch())
-                           .count();
+      m.created_unix =
+          std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
+              .count();
       m.library_version = kLibraryVersion;
       m.torch_version = TORCH_VERSION;
       m.piece_bytes = options_.piece_bytes;
@@ -293,7 +295,8 @@ Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string
       for (int r = 0; r < world; ++r) {
         if (!plan.per_rank[r].empty()) m.files.push_back(RankFileName(r));
         auto fragment = Manifest::FromJson(fragments[r], /*validate=*/false);
-        if (!fragment.ok()) return fragment.status().Annotate("shards of rank " + std::to_string(r));
+        if (!fragment.ok())
+          return fragment.status().Annotate("shards of rank " + std::to_string(r));
         for (TensorRecord& rec : fragment.value().tensors) {
           for (TensorRecord& t : m.tensors) {
             if (t.path == rec.path) {
@@ -320,8 +323,8 @@ Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string
     });
     if (!local.ok()) env_->RemoveAll(tmp_dir);
   }
-  RETURN_IF_ERROR(AgreeOnStatus(comm_, local)
-                      .Annotate("commit of step " + std::to_string(step) + " failed"));
+  RETURN_IF_ERROR(
+      AgreeOnStatus(comm_, local).Annotate("commit of step " + std::to_string(step) + " failed"));
   *out_dir = final_dir;
   return Status::Ok();
 }
@@ -382,9 +385,15 @@ Status CheckTarget(const TensorEntry& entry, const TensorRecord& rec, int64_t* s
   }
   *count = entry.tensor.numel();
   switch (entry.placement) {
-    case PlacementKind::kReplicated: *start = 0; break;
-    case PlacementKind::kShardedRows: *start = entry.offset * RowElements(rec.global_shape); break;
-    case PlacementKind::kShardedFlat: *start = entry.offset; break;
+    case PlacementKind::kReplicated:
+      *start = 0;
+      break;
+    case PlacementKind::kShardedRows:
+      *start = entry.offset * RowElements(rec.global_shape);
+      break;
+    case PlacementKind::kShardedFlat:
+      *start = entry.offset;
+      break;
   }
   if (*start < 0 || *start + *count > rec.numel()) {
     return InvalidArgument(where + ": destination range lies outside the tensor");
@@ -394,7 +403,8 @@ Status CheckTarget(const TensorEntry& entry, const TensorRecord& rec, int64_t* s
 
 }  // namespace
 
-Status Checkpointer::LoadStatus(const std::string& dir, StateTree& tree) {
+Status Checkpointer::LoadStatus(const std::string& dir, StateTree& tree,
+                                const LoadOptions& options) {
   const int rank = comm_.rank();
   const std::string rank_tag = "rank " + std::to_string(rank);
   Manifest manifest;
@@ -426,7 +436,12 @@ Status Checkpointer::LoadStatus(const std::string& dir, StateTree& tree) {
   ShardReader reader(env_, dir, manifest.piece_bytes, rank);
   local = Guarded("reading " + rank_tag, [&]() -> Status {
     for (Pending& p : pending) {
-      p.staging = at::empty({p.count}, at::TensorOptions().dtype(p.record->dtype));
+      const at::Tensor& target = p.entry->tensor;
+      if (options.in_place && target.device().is_cpu() && target.is_contiguous()) {
+        p.staging = target.view({-1});
+      } else {
+        p.staging = at::empty({p.count}, at::TensorOptions().dtype(p.record->dtype));
+      }
       std::vector<StoredRange> ranges;
       for (const ShardRecord& s : p.record->shards) ranges.push_back({s.flat_start, s.flat_count});
       auto items = PlanRead(ranges, p.start, p.count);
@@ -447,15 +462,18 @@ Status Checkpointer::LoadStatus(const std::string& dir, StateTree& tree) {
   return Guarded("copying into destination tensors", [&]() -> Status {
     at::NoGradGuard no_grad;
     for (Pending& p : pending) {
-      p.entry->tensor.copy_(p.staging.view(p.entry->tensor.sizes()));
+      if (!p.staging.is_same(p.entry->tensor) &&
+          p.staging.data_ptr() != p.entry->tensor.data_ptr()) {
+        p.entry->tensor.copy_(p.staging.view(p.entry->tensor.sizes()));
+      }
     }
     for (const auto& [path, value] : manifest.scalars) tree.SetScalar(path, value);
     return Status::Ok();
   });
 }
 
-void Checkpointer::Load(const std::string& dir, StateTree& tree) {
-  ThrowIfError(LoadStatus(dir, tree));
+void Checkpointer::Load(const std::string& dir, StateTree& tree, const LoadOptions& options) {
+  ThrowIfError(LoadStatus(dir, tree, options));
 }
 
 std::optional<std::string> Checkpointer::Latest() {

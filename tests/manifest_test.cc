@@ -1,3 +1,5 @@
+#include "distckpt/manifest.h"
+
 #include <gtest/gtest.h>
 #include <hdf5.h>
 
@@ -5,7 +7,6 @@
 #include <filesystem>
 #include <fstream>
 
-#include "distckpt/manifest.h"
 #include "test_util.h"
 
 namespace distckpt {

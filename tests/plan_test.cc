@@ -1,9 +1,9 @@
 // The planner is plain data: these tests need no MPI.
+#include "distckpt/plan.h"
+
 #include <gtest/gtest.h>
 
 #include <map>
-
-#include "distckpt/plan.h"
 
 namespace distckpt {
 namespace {

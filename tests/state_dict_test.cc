@@ -1,10 +1,11 @@
 // Module and optimizer state through a checkpoint: a resumed optimizer continues exactly.
+#include "distckpt/state_dict.h"
+
 #include <torch/nn/modules/linear.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 
-#include "distckpt/state_dict.h"
 #include "test_util.h"
 
 namespace distckpt {
@@ -89,10 +90,12 @@ TEST(StateDict, PythonLayout) {
   EXPECT_EQ(step.scalar_type(), at::kFloat);
   EXPECT_EQ(step.item<float>(), 1.0f);
   EXPECT_TRUE(tree.HasTensor("optimizer_state_dict/state/3/exp_avg_sq"));
-  EXPECT_EQ(std::get<std::vector<int64_t>>(tree.scalar("optimizer_state_dict/param_groups/0/params")),
-            (std::vector<int64_t>{0, 1, 2, 3}));
-  EXPECT_EQ(std::get<std::vector<double>>(tree.scalar("optimizer_state_dict/param_groups/0/betas"))[1],
-            0.999);
+  EXPECT_EQ(
+      std::get<std::vector<int64_t>>(tree.scalar("optimizer_state_dict/param_groups/0/params")),
+      (std::vector<int64_t>{0, 1, 2, 3}));
+  EXPECT_EQ(
+      std::get<std::vector<double>>(tree.scalar("optimizer_state_dict/param_groups/0/betas"))[1],
+      0.999);
 }
 
 TEST(StateDict, DifferentModelIsRejectedAndLeftUntouched) {
@@ -111,8 +114,9 @@ TEST(StateDict, DifferentModelIsRejectedAndLeftUntouched) {
     LoadTrainingState(ckpt, dir, wider, &wider_opt);
     FAIL() << "loaded into a model of another shape";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("tensor 'model_state_dict/a.bias' differs: checkpoint has float32 [8], "
-                                            "model has float32 [9]"),
+    EXPECT_NE(std::string(e.what()).find(
+                  "tensor 'model_state_dict/a.bias' differs: checkpoint has float32 [8], "
+                  "model has float32 [9]"),
               std::string::npos)
         << e.what();
   }

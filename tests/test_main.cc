@@ -19,9 +19,10 @@ std::string ScratchDir(const std::string& name) {
   const char* base = std::getenv("DISTCKPT_TEST_TMP");
   std::string root = base ? base : "/tmp/distckpt-test";
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  std::string dir = root + "/" + (info ? std::string(info->test_suite_name()) + "." + info->name()
-                                       : std::string("x")) +
-                    "-np" + std::to_string(Comm().size()) + "-" + name;
+  std::string dir =
+      root + "/" +
+      (info ? std::string(info->test_suite_name()) + "." + info->name() : std::string("x")) +
+      "-np" + std::to_string(Comm().size()) + "-" + name;
   if (Comm().rank() == 0) {
     std::filesystem::remove_all(dir);
     std::filesystem::create_directories(dir);
@@ -67,7 +68,8 @@ int main(int argc, char** argv) {
   if (std::getenv("OMPI_COMM_WORLD_SIZE")) MPI_Init(&argc, &argv);
   ::testing::InitGoogleTest(&argc, argv);
   auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-  if (distckpt::testing::Comm().rank() != 0) delete listeners.Release(listeners.default_result_printer());
+  if (distckpt::testing::Comm().rank() != 0)
+    delete listeners.Release(listeners.default_result_printer());
   int rc = RUN_ALL_TESTS();
   int initialized = 0;
   MPI_Initialized(&initialized);

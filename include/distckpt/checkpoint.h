@@ -30,9 +30,16 @@ namespace distckpt {
 inline constexpr char kLibraryVersion[] = "0.1.0";
 
 struct CheckpointerOptions {
-  Env* env = nullptr;                      // nullptr: Env::Default()
-  int64_t piece_bytes = 1 << 20;           // checksum granularity
-  int64_t min_split_bytes = 1 << 20;       // replicated tensors smaller than this stay whole
+  Env* env = nullptr;                 // nullptr: Env::Default()
+  int64_t piece_bytes = 1 << 20;      // checksum granularity
+  int64_t min_split_bytes = 1 << 20;  // replicated tensors smaller than this stay whole
+};
+
+struct LoadOptions {
+  // Read straight into the tree's tensors (CPU, contiguous ones) instead of staging buffers.
+  // Saves a copy and the memory of the state, but a failed load may leave those tensors partly
+  // overwritten: use it only for scratch tensors the caller would discard on failure.
+  bool in_place = false;
 };
 
 struct LoadStats {
@@ -53,7 +60,7 @@ class Checkpointer {
   // rank the range its placement names) and sets every stored scalar in `tree`. Tensors in
   // the checkpoint but not in `tree` are skipped. Throws Error on every rank on any problem,
   // before any tensor of `tree` has been modified.
-  void Load(const std::string& dir, StateTree& tree);
+  void Load(const std::string& dir, StateTree& tree, const LoadOptions& options = {});
 
   // Collective. Rank 0 reads and validates the manifest and shares it with every rank.
   Manifest ReadManifest(const std::string& dir);
@@ -66,7 +73,7 @@ class Checkpointer {
   const LoadStats& last_load_stats() const { return load_stats_; }
 
   Status SaveStatus(const StateTree& tree, int64_t step, std::string* dir);
-  Status LoadStatus(const std::string& dir, StateTree& tree);
+  Status LoadStatus(const std::string& dir, StateTree& tree, const LoadOptions& options = {});
 
  private:
   Status ShareManifest(const std::string& dir, Manifest* manifest);

@@ -34,7 +34,7 @@ struct WriteItem {
   std::string path;
   int64_t flat_start = 0;  // in the global tensor
   int64_t flat_count = 0;
-  int64_t local_start = 0;  // element offset into this rank's local tensor
+  int64_t local_start = 0;   // element offset into this rank's local tensor
   bool row_aligned = false;  // range covers whole rows: stored with the tensor's row shape
 };
 

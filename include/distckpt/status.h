@@ -45,7 +45,9 @@ class Status {
   std::string message_;
 };
 
-inline Status InvalidArgument(std::string m) { return Status(Code::kInvalidArgument, std::move(m)); }
+inline Status InvalidArgument(std::string m) {
+  return Status(Code::kInvalidArgument, std::move(m));
+}
 inline Status NotFound(std::string m) { return Status(Code::kNotFound, std::move(m)); }
 inline Status Corrupt(std::string m) { return Status(Code::kCorrupt, std::move(m)); }
 inline Status IoError(std::string m) { return Status(Code::kIoError, std::move(m)); }
@@ -98,10 +100,10 @@ T ValueOrThrow(Result<T> result) {
 #define DISTCKPT_CONCAT_INNER(a, b) a##b
 #define DISTCKPT_CONCAT(a, b) DISTCKPT_CONCAT_INNER(a, b)
 
-#define RETURN_IF_ERROR(expr)                      \
-  do {                                             \
-    ::distckpt::Status _status = (expr);           \
-    if (!_status.ok()) return _status;             \
+#define RETURN_IF_ERROR(expr)            \
+  do {                                   \
+    ::distckpt::Status _status = (expr); \
+    if (!_status.ok()) return _status;   \
   } while (0)
 
 #define ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \

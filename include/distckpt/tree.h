@@ -23,7 +23,7 @@ enum class PlacementKind { kReplicated = 0, kShardedRows = 1, kShardedFlat = 2 }
 const char* PlacementName(PlacementKind kind);
 
 struct TensorEntry {
-  at::Tensor tensor;                  // this rank's data (CPU or CUDA)
+  at::Tensor tensor;  // this rank's data (CPU or CUDA)
   PlacementKind placement = PlacementKind::kReplicated;
   std::vector<int64_t> global_shape;  // the whole tensor's shape
   int64_t offset = 0;                 // first row (rows) or first element (flat) held here

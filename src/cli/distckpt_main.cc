@@ -78,8 +78,8 @@ int List(const std::string& root) {
                   HumanBytes(static_cast<double>(m.TotalBytes())).c_str(), m.world_size, "yes",
                   c.dir.c_str());
     } else {
-      std::printf("%-8lld %-6s %-14s %-10s %-5s %-9s %s%s%s\n", static_cast<long long>(c.step),
-                  "-", "-", "-", "-", "no", c.dir.c_str(), c.problem.empty() ? "" : "  (",
+      std::printf("%-8lld %-6s %-14s %-10s %-5s %-9s %s%s%s\n", static_cast<long long>(c.step), "-",
+                  "-", "-", "-", "no", c.dir.c_str(), c.problem.empty() ? "" : "  (",
                   c.problem.empty() ? "" : (c.problem + ")").c_str());
     }
   }
@@ -132,12 +132,13 @@ int Verify(const std::string& dir) {
     for (const auto& p : report->problems) {
       std::fprintf(stderr, "distckpt verify: %s\n", p.ToString().c_str());
     }
-    std::fprintf(stderr, "distckpt verify: FAILED: %zu problem(s) in %s\n",
-                 report->problems.size(), dir.c_str());
+    std::fprintf(stderr, "distckpt verify: FAILED: %zu problem(s) in %s\n", report->problems.size(),
+                 dir.c_str());
     return 1;
   }
   std::printf("OK: %s: %d tensor(s), %s read, every checksum matches\n", dir.c_str(),
-              report->tensors_checked, HumanBytes(static_cast<double>(report->bytes_checked)).c_str());
+              report->tensors_checked,
+              HumanBytes(static_cast<double>(report->bytes_checked)).c_str());
   return 0;
 }
 

@@ -65,13 +65,12 @@ class MpiCommunicator : public Communicator {
     RETURN_IF_ERROR(Check(MPI_Bcast(&n, 1, MPI_INT64_T, root, comm_), "broadcast of size"));
     if (n > INT32_MAX) return InvalidArgument("broadcast of more than 2 GiB");
     bytes->resize(static_cast<size_t>(n));
-    return Check(MPI_Bcast(bytes->data(), static_cast<int>(n), MPI_BYTE, root, comm_),
-                 "broadcast");
+    return Check(MPI_Bcast(bytes->data(), static_cast<int>(n), MPI_BYTE, root, comm_), "broadcast");
   }
   Status AllReduceSum(double* values, size_t count) override {
-    return Check(MPI_Allreduce(MPI_IN_PLACE, values, static_cast<int>(count), MPI_DOUBLE, MPI_SUM,
-                               comm_),
-                 "all-reduce");
+    return Check(
+        MPI_Allreduce(MPI_IN_PLACE, values, static_cast<int>(count), MPI_DOUBLE, MPI_SUM, comm_),
+        "all-reduce");
   }
   std::string name() const override { return "mpi"; }
 
@@ -96,9 +95,7 @@ std::unique_ptr<Communicator> MakeLocalCommunicator() {
   return std::make_unique<LocalCommunicator>();
 }
 
-std::unique_ptr<Communicator> MakeMpiCommunicator() {
-  return std::make_unique<MpiCommunicator>();
-}
+std::unique_ptr<Communicator> MakeMpiCommunicator() { return std::make_unique<MpiCommunicator>(); }
 
 std::unique_ptr<Communicator> MakeDefaultCommunicator() {
   int initialized = 0;

@@ -4,14 +4,22 @@ namespace distckpt {
 
 const char* CodeName(Code code) {
   switch (code) {
-    case Code::kOk: return "OK";
-    case Code::kInvalidArgument: return "invalid argument";
-    case Code::kNotFound: return "not found";
-    case Code::kCorrupt: return "corrupt";
-    case Code::kIoError: return "I/O error";
-    case Code::kMismatch: return "mismatch";
-    case Code::kAborted: return "aborted";
-    case Code::kInternal: return "internal error";
+    case Code::kOk:
+      return "OK";
+    case Code::kInvalidArgument:
+      return "invalid argument";
+    case Code::kNotFound:
+      return "not found";
+    case Code::kCorrupt:
+      return "corrupt";
+    case Code::kIoError:
+      return "I/O error";
+    case Code::kMismatch:
+      return "mismatch";
+    case Code::kAborted:
+      return "aborted";
+    case Code::kInternal:
+      return "internal error";
   }
   return "unknown";
 }

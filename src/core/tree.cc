@@ -8,9 +8,12 @@ namespace distckpt {
 
 const char* PlacementName(PlacementKind kind) {
   switch (kind) {
-    case PlacementKind::kReplicated: return "replicated";
-    case PlacementKind::kShardedRows: return "sharded_rows";
-    case PlacementKind::kShardedFlat: return "sharded_flat";
+    case PlacementKind::kReplicated:
+      return "replicated";
+    case PlacementKind::kShardedRows:
+      return "sharded_rows";
+    case PlacementKind::kShardedFlat:
+      return "sharded_flat";
   }
   return "unknown";
 }

@@ -84,8 +84,8 @@ ScalarValue ScalarFromJson(const json& j) {
 }
 
 PlacementKind PlacementFromName(const std::string& name) {
-  for (PlacementKind k : {PlacementKind::kReplicated, PlacementKind::kShardedRows,
-                          PlacementKind::kShardedFlat}) {
+  for (PlacementKind k :
+       {PlacementKind::kReplicated, PlacementKind::kShardedRows, PlacementKind::kShardedFlat}) {
     if (name == PlacementName(k)) return k;
   }
   throw std::runtime_error("unknown placement '" + name + "'");
@@ -259,8 +259,10 @@ Status WriteManifestFile(const std::string& path, const Manifest& m) {
   for (const char* key : {"epoch", "loss"}) {
     auto it = m.scalars.find(key);
     if (it == m.scalars.end()) continue;
-    if (auto* i = std::get_if<int64_t>(&it->second)) WriteAttribute(file, key, H5T_NATIVE_INT64, *i);
-    if (auto* d = std::get_if<double>(&it->second)) WriteAttribute(file, key, H5T_NATIVE_DOUBLE, *d);
+    if (auto* i = std::get_if<int64_t>(&it->second))
+      WriteAttribute(file, key, H5T_NATIVE_INT64, *i);
+    if (auto* d = std::get_if<double>(&it->second))
+      WriteAttribute(file, key, H5T_NATIVE_DOUBLE, *d);
   }
   const uint64_t index_hash = HashBytes(index.data(), index.size());
   WriteAttribute(file, "index_xxh3", H5T_NATIVE_UINT64, index_hash);
@@ -269,7 +271,8 @@ Status WriteManifestFile(const std::string& path, const Manifest& m) {
   hsize_t dims[1] = {index.size()};
   hid_t space = H5Screate_simple(1, dims, nullptr);
   hid_t ds = H5Dcreate2(file, kIndexDataset, H5T_STD_U8LE, space, lcpl, H5P_DEFAULT, H5P_DEFAULT);
-  herr_t rc = ds < 0 ? -1 : H5Dwrite(ds, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, index.data());
+  herr_t rc =
+      ds < 0 ? -1 : H5Dwrite(ds, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, index.data());
   if (ds >= 0) H5Dclose(ds);
   H5Sclose(space);
   H5Pclose(lcpl);
@@ -308,10 +311,11 @@ Result<Manifest> ReadManifest(const std::string& dir) {
   std::string index;
   uint64_t expected_hash = 0;
   Status status = Status::Ok();
-  hid_t attr = H5Aexists(file, "distckpt_format") > 0 ? H5Aopen(file, "distckpt_format", H5P_DEFAULT)
-                                                       : H5I_INVALID_HID;
+  hid_t attr = H5Aexists(file, "distckpt_format") > 0
+                   ? H5Aopen(file, "distckpt_format", H5P_DEFAULT)
+                   : H5I_INVALID_HID;
   hid_t hash_attr = H5Aexists(file, "index_xxh3") > 0 ? H5Aopen(file, "index_xxh3", H5P_DEFAULT)
-                                                       : H5I_INVALID_HID;
+                                                      : H5I_INVALID_HID;
   hid_t ds = H5Lexists(file, "/_distckpt", H5P_DEFAULT) > 0 &&
                      H5Lexists(file, kIndexDataset, H5P_DEFAULT) > 0
                  ? H5Dopen2(file, kIndexDataset, H5P_DEFAULT)

@@ -113,7 +113,8 @@ void AddOptimizerState(StateTree& tree, const std::string& prefix,
       if (it == state.end()) continue;
       if (kind == OptimizerKind::kSgd) {
         auto& st = static_cast<torch::optim::SGDParamState&>(*it->second);
-        if (st.momentum_buffer().defined()) tree.SetTensor(s + "/momentum_buffer", st.momentum_buffer());
+        if (st.momentum_buffer().defined())
+          tree.SetTensor(s + "/momentum_buffer", st.momentum_buffer());
       } else if (kind == OptimizerKind::kAdam) {
         AddAdamState(tree, s, static_cast<torch::optim::AdamParamState&>(*it->second));
       } else {
@@ -161,11 +162,12 @@ TrainingMeta LoadTrainingState(Checkpointer& checkpointer, const std::string& di
   const std::string model_prefix = std::string(kModelKey) + "/";
   for (const auto& [name, target] : model_targets) {
     const TensorRecord* rec = manifest.FindTensor(model_prefix + name);
-    if (!rec) fail("tensor '" + model_prefix + name + "' is in the model but not in the checkpoint");
+    if (!rec)
+      fail("tensor '" + model_prefix + name + "' is in the model but not in the checkpoint");
     if (rec->global_shape != target.sizes().vec() || rec->dtype != target.scalar_type()) {
       fail("tensor '" + rec->path + "' differs: checkpoint has " + DtypeName(rec->dtype) + " " +
-           ShapeText(rec->global_shape) +
-           ", model has " + DtypeName(target.scalar_type()) + " " + ShapeText(target.sizes().vec()));
+           ShapeText(rec->global_shape) + ", model has " + DtypeName(target.scalar_type()) + " " +
+           ShapeText(target.sizes().vec()));
     }
     staged.SetTensor(model_prefix + name,
                      at::empty(target.sizes(), at::TensorOptions().dtype(target.scalar_type())));
@@ -202,8 +204,7 @@ TrainingMeta LoadTrainingState(Checkpointer& checkpointer, const std::string& di
         fail("optimizer state '" + rec.path + "' has a shape that differs from parameter " +
              std::to_string(index));
       }
-      staged.SetTensor(rec.path,
-                       at::empty(rec.global_shape, at::TensorOptions().dtype(rec.dtype)));
+      staged.SetTensor(rec.path, at::empty(rec.global_shape, at::TensorOptions().dtype(rec.dtype)));
     }
     const size_t groups = optimizer->param_groups().size();
     for (size_t gi = 0; gi < groups; ++gi) {
@@ -225,7 +226,8 @@ TrainingMeta LoadTrainingState(Checkpointer& checkpointer, const std::string& di
     }
   }
 
-  checkpointer.Load(dir, staged);
+  // The staged tensors are ours to discard, so no second staging copy is needed.
+  checkpointer.Load(dir, staged, LoadOptions{.in_place = true});
 
   // Verified on every rank: apply.
   {

@@ -141,8 +141,8 @@ Result<SavePlan> PlanSave(const std::vector<std::vector<LocalTensorInfo>>& all_r
       int64_t prev_row = 0;
       for (int r = 0; r < world && prev_row < rows_total; ++r) {
         // Rank r's interval ends at byte (r+1)*B/N; round it to a row of this tensor.
-        int64_t end_byte = (r + 1 == world) ? replicated_bytes
-                                            : (replicated_bytes / world) * (r + 1);
+        int64_t end_byte =
+            (r + 1 == world) ? replicated_bytes : (replicated_bytes / world) * (r + 1);
         int64_t end_row = (end_byte - cursor) / (row * esize);
         end_row = std::clamp<int64_t>(end_row, prev_row, rows_total);
         if (r + 1 == world) end_row = rows_total;

@@ -35,8 +35,9 @@ class PosixWritableFile : public WritableFile {
                                std::to_string(offset) + " of",
                            path_, errno);
       }
-      if (n == 0) return IoError("write made no progress at offset " + std::to_string(offset) +
-                                 " of '" + path_ + "'");
+      if (n == 0)
+        return IoError("write made no progress at offset " + std::to_string(offset) + " of '" +
+                       path_ + "'");
       p += n;
       size -= static_cast<size_t>(n);
       offset += static_cast<uint64_t>(n);
@@ -71,12 +72,11 @@ class PosixReadableFile : public ReadableFile {
       ssize_t n = ::pread(fd_, p, size, static_cast<off_t>(offset));
       if (n < 0) {
         if (errno == EINTR) continue;
-        return ErrnoStatus("cannot read at offset " + std::to_string(offset) + " of", path_,
-                           errno);
+        return ErrnoStatus("cannot read at offset " + std::to_string(offset) + " of", path_, errno);
       }
       if (n == 0) {
-        return Corrupt("file '" + path_ + "' ends before offset " + std::to_string(offset) +
-                       " (" + std::to_string(size) + " more bytes expected; truncated?)");
+        return Corrupt("file '" + path_ + "' ends before offset " + std::to_string(offset) + " (" +
+                       std::to_string(size) + " more bytes expected; truncated?)");
       }
       p += n;
       size -= static_cast<size_t>(n);

@@ -8,8 +8,10 @@ void QuietHdf5Errors() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
 
 hid_t MakeHdf5Type(at::ScalarType dtype) {
   switch (dtype) {
-    case at::ScalarType::Float: return H5Tcopy(H5T_IEEE_F32LE);
-    case at::ScalarType::Double: return H5Tcopy(H5T_IEEE_F64LE);
+    case at::ScalarType::Float:
+      return H5Tcopy(H5T_IEEE_F32LE);
+    case at::ScalarType::Double:
+      return H5Tcopy(H5T_IEEE_F64LE);
     case at::ScalarType::Half: {
       // The order matters: shrink the precision before the size.
       hid_t t = H5Tcopy(H5T_IEEE_F32LE);
@@ -29,11 +31,16 @@ hid_t MakeHdf5Type(at::ScalarType dtype) {
       H5Tset_ebias(t, 127);
       return t;
     }
-    case at::ScalarType::Char: return H5Tcopy(H5T_STD_I8LE);
-    case at::ScalarType::Short: return H5Tcopy(H5T_STD_I16LE);
-    case at::ScalarType::Int: return H5Tcopy(H5T_STD_I32LE);
-    case at::ScalarType::Long: return H5Tcopy(H5T_STD_I64LE);
-    case at::ScalarType::Byte: return H5Tcopy(H5T_STD_U8LE);
+    case at::ScalarType::Char:
+      return H5Tcopy(H5T_STD_I8LE);
+    case at::ScalarType::Short:
+      return H5Tcopy(H5T_STD_I16LE);
+    case at::ScalarType::Int:
+      return H5Tcopy(H5T_STD_I32LE);
+    case at::ScalarType::Long:
+      return H5Tcopy(H5T_STD_I64LE);
+    case at::ScalarType::Byte:
+      return H5Tcopy(H5T_STD_U8LE);
     case at::ScalarType::Bool: {
       hid_t t = H5Tenum_create(H5T_NATIVE_INT8);
       int8_t no = 0, yes = 1;
@@ -41,7 +48,8 @@ hid_t MakeHdf5Type(at::ScalarType dtype) {
       H5Tenum_insert(t, "TRUE", &yes);
       return t;
     }
-    default: return H5I_INVALID_HID;
+    default:
+      return H5I_INVALID_HID;
   }
 }
 
@@ -95,16 +103,16 @@ Result<std::vector<uint64_t>> CreateRankFile(const std::string& path,
       Handle type(MakeHdf5Type(d.dtype), H5Tclose);
       if (!type.valid()) return InvalidArgument(where + ": unsupported dtype");
       std::vector<hsize_t> dims(d.shape.begin(), d.shape.end());
-      Handle space(d.shape.empty() ? H5Screate(H5S_SCALAR)
-                                   : H5Screate_simple(static_cast<int>(dims.size()), dims.data(),
-                                                      nullptr),
+      Handle space(d.shape.empty()
+                       ? H5Screate(H5S_SCALAR)
+                       : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
                    H5Sclose);
       Handle ds(H5Dcreate2(file.get(), d.name.c_str(), type.get(), space.get(), lcpl.get(),
                            dcpl.get(), H5P_DEFAULT),
                 H5Dclose);
       if (!ds.valid()) return IoError(where + ": cannot create");
-      RETURN_IF_ERROR(WriteStringAttribute(ds.get(), "torch_dtype", DtypeName(d.dtype))
-                          .Annotate(where));
+      RETURN_IF_ERROR(
+          WriteStringAttribute(ds.get(), "torch_dtype", DtypeName(d.dtype)).Annotate(where));
       haddr_t offset = H5Dget_offset(ds.get());
       if (offset == HADDR_UNDEF) return IoError(where + ": no data offset after allocation");
       offsets.push_back(static_cast<uint64_t>(offset));

@@ -7,9 +7,8 @@
 // build has no thread safety, so keep all calls on one thread per process.
 #pragma once
 
-#include <hdf5.h>
-
 #include <c10/core/ScalarType.h>
+#include <hdf5.h>
 
 #include <string>
 #include <vector>

@@ -59,11 +59,10 @@ Status ShardReader::Read(const TensorRecord& tensor, const ShardRecord& shard, i
       const int64_t len = std::min(piece_bytes_, g1 - p);
       const size_t index = static_cast<size_t>(p / piece_bytes_);
       if (HashBytes(buffer + (p - g0), static_cast<size_t>(len)) != shard.checksums[index]) {
-        return Corrupt(where + ": checksum mismatch in bytes [" +
-                       std::to_string(shard.byte_offset + p) + ", " +
-                       std::to_string(shard.byte_offset + p + len) +
-                       ") of the file (shard elements from " + std::to_string(shard.flat_start) +
-                       ")");
+        return Corrupt(
+            where + ": checksum mismatch in bytes [" + std::to_string(shard.byte_offset + p) +
+            ", " + std::to_string(shard.byte_offset + p + len) +
+            ") of the file (shard elements from " + std::to_string(shard.flat_start) + ")");
       }
       stats_.bytes_verified += len;
     }

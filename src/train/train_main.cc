@@ -42,15 +42,24 @@ bool Parse(int argc, char** argv, Args* a) {
   for (int i = 1; i < argc; ++i) {
     std::string k = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
-    if (k == "--ckpt-dir") a->ckpt_dir = next();
-    else if (k == "--steps") a->steps = std::stoll(next());
-    else if (k == "--save-every") a->save_every = std::stoll(next());
-    else if (k == "--resume") a->resume = true;
-    else if (k == "--optimizer") a->optimizer = next();
-    else if (k == "--model") a->model = next();
-    else if (k == "--lr") a->lr = std::stod(next());
-    else if (k == "--seed") a->seed = std::stoll(next());
-    else return false;
+    if (k == "--ckpt-dir")
+      a->ckpt_dir = next();
+    else if (k == "--steps")
+      a->steps = std::stoll(next());
+    else if (k == "--save-every")
+      a->save_every = std::stoll(next());
+    else if (k == "--resume")
+      a->resume = true;
+    else if (k == "--optimizer")
+      a->optimizer = next();
+    else if (k == "--model")
+      a->model = next();
+    else if (k == "--lr")
+      a->lr = std::stod(next());
+    else if (k == "--seed")
+      a->seed = std::stoll(next());
+    else
+      return false;
   }
   return !a->ckpt_dir.empty() && a->global_batch % a->micro_batches == 0;
 }

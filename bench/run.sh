@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Save/load throughput at 1, 2 and 4 ranks next to plain write+fsync/read, in one run.
+# usage: bench/run.sh [GiB] [reps]   (results: bench/results/save_load.csv)
+source "$(dirname "$0")/../launch/common.sh"
+setup
+build
+GIB=${1:-1}; REPS=${2:-3}
+mkdir -p "$DISTCKPT_ROOT/bench/results"
+CSV=$DISTCKPT_ROOT/bench/results/save_load.csv
+rm -f "$CSV"
+say "save/load benchmark: ${GIB} GiB state, median of $REPS, $(nproc) cores, $(date -u +%F)"
+for np in 1 2 4; do
+  mpirun --oversubscribe -np $np "$BUILD_DIR/bench/save_load_bench" --gib "$GIB" --reps "$REPS" \
+    --dir "${BENCH_DIR:-/tmp/distckpt-bench}" --csv "$CSV"
+done
+echo "CSV: $CSV"

@@ -1,0 +1,162 @@
+// Save and load throughput of distckpt next to the storage limit, in one run.
+//
+// State: T tensors of float32 totalling --gib GiB, replicated on every rank (plain data
+// parallel). Save: distckpt spreads the bytes so each rank writes ~1/N. Load: every rank loads
+// its 1/N row range of every tensor (the re-sharded, read-what-you-need case). Baseline: each
+// rank writes exactly its 1/N share with write()+fsync() into its own new file, and reads it back
+// with read(). Page cache is evicted (posix_fadvise DONTNEED) before every read.
+// GB/s = total state bytes / slowest rank's wall time (GB = 1e9 bytes). Median of --reps runs.
+// Correctness: loaded slices are compared with the saved tensors; a mismatch aborts.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <mpi.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "bench_util.h"
+#include "distckpt/checkpoint.h"
+
+using namespace distckpt;
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  double gib = 1.0;
+  int reps = 3;
+  std::string dir = "/tmp/distckpt-bench";
+  std::string csv;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string k = argv[i];
+    if (k == "--gib") gib = std::stod(argv[i + 1]);
+    if (k == "--reps") reps = std::stoi(argv[i + 1]);
+    if (k == "--dir") dir = argv[i + 1];
+    if (k == "--csv") csv = argv[i + 1];
+  }
+  at::set_num_threads(1);
+  auto comm = MakeMpiCommunicator();
+  const int rank = comm->rank(), world = comm->size();
+  const int64_t tensor_bytes = 64LL << 20;
+  const int64_t count =
+      std::max<int64_t>(1, static_cast<int64_t>(gib * (1LL << 30)) / tensor_bytes);
+  const int64_t cols = 4096, rows = tensor_bytes / 4 / cols;
+  const int64_t total = count * tensor_bytes;
+
+  StateTree tree;
+  std::vector<at::Tensor> full;
+  for (int64_t t = 0; t < count; ++t) {
+    auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(t));
+    full.push_back(at::rand({rows, cols}, gen));
+    tree.SetTensor("model/t" + std::to_string(t), full.back());
+  }
+  const int64_t row0 = rows * rank / world, nrows = rows * (rank + 1) / world - row0;
+  StateTree mine;
+  for (int64_t t = 0; t < count; ++t) {
+    // Zeros, not empty: a training job's tensors are already resident, so page faults of
+    // fresh destination memory are not part of the load.
+    mine.SetShardedRows("model/t" + std::to_string(t), at::zeros({nrows, cols}), {rows, cols},
+                        row0);
+  }
+  if (rank == 0) std::filesystem::remove_all(dir);
+  MPI_Barrier(MPI_COMM_WORLD);
+  std::filesystem::create_directories(dir + "/raw");
+  // The baseline's share: the same bytes per rank as distckpt's even split.
+  const int64_t share = total / world;
+  std::vector<char> buffer(static_cast<size_t>(share));
+  std::memcpy(buffer.data(), full[0].data_ptr(), std::min<int64_t>(share, tensor_bytes));
+  // A new file per repetition, as every checkpoint is: on thin-provisioned virtual disks,
+  // rewriting the same blocks is several times faster than writing fresh ones.
+  auto raw_path = [&](int rep) {
+    return dir + "/raw/rep-" + std::to_string(rep) + "-rank-" + std::to_string(rank);
+  };
+
+  std::vector<double> save_t, load_t, inplace_t, raw_w, raw_r;
+  Checkpointer ckpt(dir + "/ckpt", *comm);
+  for (int rep = 0; rep < reps; ++rep) {
+    const std::string raw = raw_path(rep);
+    auto raw_write = [&] {
+      raw_w.push_back(bench::TimeCollective([&] {
+        int fd = ::open(raw.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        for (int64_t off = 0; off < share;) {
+          ssize_t n = ::write(fd, buffer.data() + off, static_cast<size_t>(share - off));
+          if (n <= 0) MPI_Abort(MPI_COMM_WORLD, 1);
+          off += n;
+        }
+        ::fsync(fd);
+        ::close(fd);
+      }));
+    };
+    std::string saved;
+    auto ours_save = [&] {
+      save_t.push_back(bench::TimeCollective([&] { saved = ckpt.Save(tree, rep); }));
+    };
+    // Alternate who writes first, so the disk's write-back state favours neither.
+    if (rep % 2 == 0) {
+      raw_write();
+      ours_save();
+    } else {
+      ours_save();
+      raw_write();
+    }
+    auto evict = [&] {
+      bench::EvictFromPageCache(raw);
+      if (rank == 0) bench::EvictTree(saved);
+      MPI_Barrier(MPI_COMM_WORLD);
+    };
+    evict();
+    raw_r.push_back(bench::TimeCollective([&] {
+      int fd = ::open(raw.c_str(), O_RDONLY);
+      for (int64_t off = 0; off < share;) {
+        ssize_t n = ::read(fd, buffer.data() + off, static_cast<size_t>(share - off));
+        if (n <= 0) MPI_Abort(MPI_COMM_WORLD, 1);
+        off += n;
+      }
+      ::close(fd);
+    }));
+    load_t.push_back(bench::TimeCollective([&] { ckpt.Load(saved, mine); }));
+    evict();
+    for (auto& [path, e] : mine.mutable_tensors()) e.tensor.zero_();
+    inplace_t.push_back(
+        bench::TimeCollective([&] { ckpt.Load(saved, mine, LoadOptions{.in_place = true}); }));
+    for (int64_t t = 0; t < count; ++t) {
+      if (!at::equal(mine.tensor("model/t" + std::to_string(t)).tensor,
+                     full[t].narrow(0, row0, nrows))) {
+        std::fprintf(stderr, "rank %d: loaded tensor t%lld differs\n", rank, (long long)t);
+        MPI_Abort(MPI_COMM_WORLD, 2);
+      }
+    }
+    if (rep > 0) {
+      std::filesystem::remove(raw_path(rep - 1));
+      if (rank == 0) std::filesystem::remove_all(dir + "/ckpt/" + CheckpointDirName(rep - 1));
+    }
+  }
+  double rss = bench::PeakRssMiB();
+  MPI_Allreduce(MPI_IN_PLACE, &rss, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  if (rank == 0) {
+    const double gb = static_cast<double>(total) / 1e9;
+    const double s = bench::Median(save_t), l = bench::Median(load_t), w = bench::Median(raw_w),
+                 r = bench::Median(raw_r), ip = bench::Median(inplace_t);
+    std::printf(
+        "ranks=%d state=%.2f GiB  save %.2f GB/s (%.2fx of write+fsync %.2f GB/s)  "
+        "load %.2f GB/s (%.2fx of read %.2f GB/s)  load in place %.2f GB/s (%.2fx)  "
+        "peak RSS/rank %.0f MiB\n",
+        world, static_cast<double>(total) / (1 << 30), gb / s, w / s, gb / w, gb / l, r / l, gb / r,
+        gb / ip, r / ip, rss);
+    if (!csv.empty()) {
+      bool header = !std::filesystem::exists(csv);
+      FILE* f = std::fopen(csv.c_str(), "a");
+      if (header) {
+        std::fprintf(f,
+                     "ranks,state_bytes,save_gbps,raw_write_gbps,load_gbps,load_in_place_gbps,"
+                     "raw_read_gbps,peak_rss_mib\n");
+      }
+      std::fprintf(f, "%d,%lld,%.3f,%.3f,%.3f,%.3f,%.3f,%.0f\n", world, (long long)total, gb / s,
+                   gb / w, gb / l, gb / ip, gb / r, rss);
+      std::fclose(f);
+    }
+  }
+  if (rank == 0) std::filesystem::remove_all(dir);
+  comm.reset();
+  MPI_Finalize();
+  return 0;
+}
