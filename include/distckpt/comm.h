@@ -24,6 +24,8 @@ class Communicator {
   virtual Status Barrier() = 0;
   // Every rank receives every rank's bytes, indexed by rank.
   virtual Status AllGather(const std::string& mine, std::vector<std::string>* all) = 0;
+  // `root` receives every rank's bytes, indexed by rank; `all` is left empty elsewhere.
+  virtual Status Gather(const std::string& mine, std::vector<std::string>* all, int root) = 0;
   // `bytes` on `root` is copied to every other rank.
   virtual Status Broadcast(std::string* bytes, int root) = 0;
   // Element-wise sum of `count` doubles across ranks, in place.

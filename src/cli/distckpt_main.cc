@@ -3,7 +3,12 @@
 #include <ctime>
 #include <string>
 
+#include <unistd.h>
+
+#include <chrono>
+
 #include "distckpt/checkpoint.h"
+#include "distckpt/export.h"
 #include "distckpt/manifest.h"
 
 namespace {
@@ -14,7 +19,9 @@ int Usage() {
   std::fprintf(stderr,
                "usage: distckpt ls ROOT\n"
                "       distckpt inspect CKPT [--json]\n"
-               "       distckpt verify CKPT\n");
+               "       distckpt verify CKPT\n"
+               "       distckpt export CKPT OUT.pt [--model-only]\n"
+               "       distckpt import IN.pt ROOT [--step N]\n");
   return 2;
 }
 
@@ -142,6 +149,48 @@ int Verify(const std::string& dir) {
   return 0;
 }
 
+// Bytes done, rate and time left on a terminal; nothing when stderr is not a terminal.
+distckpt::ProgressFn TerminalProgress(const char* what) {
+  if (!isatty(2)) return nullptr;
+  auto start = std::chrono::steady_clock::now();
+  return [what, start](int64_t done, int64_t total) {
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    double rate = secs > 0 ? done / secs : 0;
+    double left = rate > 0 ? (total - done) / rate : 0;
+    std::fprintf(stderr, "\r%s %s / %s  %s/s  %.0f s left   ", what,
+                 HumanBytes(static_cast<double>(done)).c_str(),
+                 HumanBytes(static_cast<double>(total)).c_str(), HumanBytes(rate).c_str(), left);
+    if (done >= total) std::fprintf(stderr, "\n");
+  };
+}
+
+int Export(const std::string& dir, const std::string& out, bool model_only) {
+  distckpt::ExportOptions options;
+  options.model_only = model_only;
+  options.progress = TerminalProgress("export");
+  auto stats = distckpt::ExportCheckpoint(dir, out, options);
+  if (!stats.ok()) {
+    std::fprintf(stderr, "distckpt export: %s\n", stats.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("wrote %s: %d tensor(s), %s%s; load it with torch.load(\"%s\")\n", out.c_str(),
+              stats->tensors, HumanBytes(static_cast<double>(stats->tensor_bytes)).c_str(),
+              model_only ? ", model state_dict only" : "", out.c_str());
+  return 0;
+}
+
+int Import(const std::string& pt, const std::string& root, int64_t step) {
+  distckpt::ImportOptions options;
+  options.step = step;
+  auto dir = distckpt::ImportPt(pt, root, options);
+  if (!dir.ok()) {
+    std::fprintf(stderr, "distckpt import: %s\n", dir.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("imported %s as %s\n", pt.c_str(), dir->c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -150,5 +199,13 @@ int main(int argc, char** argv) {
   if (cmd == "ls") return List(argv[2]);
   if (cmd == "inspect") return Inspect(argv[2], argc > 3 && std::string(argv[3]) == "--json");
   if (cmd == "verify") return Verify(argv[2]);
+  if (cmd == "export" && argc >= 4) {
+    return Export(argv[2], argv[3], argc > 4 && std::string(argv[4]) == "--model-only");
+  }
+  if (cmd == "import" && argc >= 4) {
+    int64_t step = -1;
+    if (argc > 5 && std::string(argv[4]) == "--step") step = std::stoll(argv[5]);
+    return Import(argv[2], argv[3], step);
+  }
   return Usage();
 }

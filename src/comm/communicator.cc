@@ -17,6 +17,10 @@ class LocalCommunicator : public Communicator {
     all->assign(1, mine);
     return Status::Ok();
   }
+  Status Gather(const std::string& mine, std::vector<std::string>* all, int) override {
+    all->assign(1, mine);
+    return Status::Ok();
+  }
   Status Broadcast(std::string*, int) override { return Status::Ok(); }
   Status AllReduceSum(double*, size_t) override { return Status::Ok(); }
   std::string name() const override { return "local"; }
@@ -56,6 +60,32 @@ class MpiCommunicator : public Communicator {
     RETURN_IF_ERROR(Check(MPI_Allgatherv(mine.data(), my_size, MPI_BYTE, buffer.data(),
                                          sizes.data(), displs.data(), MPI_BYTE, comm_),
                           "all-gather"));
+    all->resize(size_);
+    for (int r = 0; r < size_; ++r) (*all)[r] = buffer.substr(displs[r], sizes[r]);
+    return Status::Ok();
+  }
+  Status Gather(const std::string& mine, std::vector<std::string>* all, int root) override {
+    if (mine.size() > static_cast<size_t>(INT32_MAX)) {
+      return InvalidArgument("gather of more than 2 GiB from one rank");
+    }
+    int my_size = static_cast<int>(mine.size());
+    std::vector<int> sizes(size_), displs(size_);
+    RETURN_IF_ERROR(Check(MPI_Gather(&my_size, 1, MPI_INT, sizes.data(), 1, MPI_INT, root, comm_),
+                          "gather of sizes"));
+    int64_t total = 0;
+    for (int r = 0; r < size_; ++r) {
+      displs[r] = static_cast<int>(total);
+      total += sizes[r];
+    }
+    if (rank_ == root && total > INT32_MAX) {
+      return InvalidArgument("gather of more than 2 GiB in total");
+    }
+    std::string buffer(rank_ == root ? static_cast<size_t>(total) : 0, '\0');
+    RETURN_IF_ERROR(Check(MPI_Gatherv(mine.data(), my_size, MPI_BYTE, buffer.data(), sizes.data(),
+                                      displs.data(), MPI_BYTE, root, comm_),
+                          "gather"));
+    all->clear();
+    if (rank_ != root) return Status::Ok();
     all->resize(size_);
     for (int r = 0; r < size_; ++r) (*all)[r] = buffer.substr(displs[r], sizes[r]);
     return Status::Ok();

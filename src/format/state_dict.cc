@@ -37,12 +37,14 @@ std::set<std::string> StateKeys(OptimizerKind kind) {
 }
 
 template <typename Options>
-void AddAdamGroup(StateTree& tree, const std::string& g, const Options& o) {
+void AddAdamGroup(StateTree& tree, const std::string& g, const Options& o, bool decoupled) {
   tree.SetScalar(g + "/lr", o.lr());
   tree.SetScalar(g + "/betas", std::vector<double>{std::get<0>(o.betas()), std::get<1>(o.betas())});
   tree.SetScalar(g + "/eps", o.eps());
   tree.SetScalar(g + "/weight_decay", o.weight_decay());
   tree.SetScalar(g + "/amsgrad", o.amsgrad());
+  // Python's AdamW is Adam with decoupled weight decay; the flag tells them apart.
+  tree.SetScalar(g + "/decoupled_weight_decay", decoupled);
 }
 
 template <typename Options>
@@ -131,9 +133,9 @@ void AddOptimizerState(StateTree& tree, const std::string& prefix,
       tree.SetScalar(g + "/weight_decay", o.weight_decay());
       tree.SetScalar(g + "/nesterov", o.nesterov());
     } else if (kind == OptimizerKind::kAdam) {
-      AddAdamGroup(tree, g, static_cast<torch::optim::AdamOptions&>(options));
+      AddAdamGroup(tree, g, static_cast<torch::optim::AdamOptions&>(options), false);
     } else {
-      AddAdamGroup(tree, g, static_cast<torch::optim::AdamWOptions&>(options));
+      AddAdamGroup(tree, g, static_cast<torch::optim::AdamWOptions&>(options), true);
     }
   }
 }

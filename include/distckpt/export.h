@@ -1,0 +1,62 @@
+// Export to, and import from, the single-file .pt format of Python's torch.save.
+//
+// Export streams: the pickle (structure only) is written first, then each tensor is read from
+// the checkpoint, verified against its checksums and written as its own 64-byte-aligned zip
+// record, one at a time, so peak memory is about one tensor whatever the model's size. The file
+// loads with plain torch.load(path) (weights_only=True, the default since torch 2.6) and with
+// mmap=True. The tree becomes Python dicts: optimizer "state" keyed by integer parameter index,
+// "param_groups" a list, "betas" a tuple, plus Python's default hyperparameters.
+//
+// Import reads a torch.save file (the {"epoch", "model_state_dict", "optimizer_state_dict",
+// "loss"} layout or a bare state_dict) without running any code from it: only containers,
+// numbers, strings, None and tensors are accepted, and any other global is refused by name.
+// Functions here are not collective unless they say so; not thread-safe (HDF5).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "distckpt/checkpoint.h"
+#include "distckpt/status.h"
+#include "distckpt/tree.h"
+
+namespace distckpt {
+
+// Called after each tensor with bytes done and bytes in total.
+using ProgressFn = std::function<void(int64_t done, int64_t total)>;
+
+struct ExportOptions {
+  bool model_only = false;  // write the bare model state_dict, for deployment
+  ProgressFn progress;
+};
+
+struct ExportStats {
+  int tensors = 0;
+  int64_t tensor_bytes = 0;
+  int64_t largest_tensor_bytes = 0;
+};
+
+// Writes checkpoint directory `ckpt_dir` as one .pt file (through a temporary name, then
+// rename). Fails naming the tensor, file and offset of any damaged byte; `out_path` is then
+// left as it was.
+Result<ExportStats> ExportCheckpoint(const std::string& ckpt_dir, const std::string& out_path,
+                                     const ExportOptions& options = {});
+
+// Collective. Writes a live tree to one .pt file on rank 0: tensors are gathered to rank 0 one
+// at a time through the communicator. Every rank gets the same outcome.
+Status ExportTree(Communicator& comm, const StateTree& tree, const std::string& out_path,
+                  const ExportOptions& options = {});
+
+struct ImportOptions {
+  int64_t step = -1;  // -1: the file's "step" (or "epoch") entry, else 0
+  ProgressFn progress;
+};
+
+// Reads a torch.save file into a tree (replicated tensors, CPU).
+Result<StateTree> ReadPt(const std::string& pt_path);
+// Reads `pt_path` and commits it as a checkpoint under `root`; returns its directory.
+Result<std::string> ImportPt(const std::string& pt_path, const std::string& root,
+                             const ImportOptions& options = {});
+
+}  // namespace distckpt

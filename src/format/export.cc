@@ -1,0 +1,466 @@
+#include "distckpt/export.h"
+
+#include <ATen/ATen.h>
+#include <caffe2/serialize/inline_container.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+
+#include "core/bytes.h"
+#include "distckpt/plan.h"
+#include "format/pickle.h"
+#include "storage/shard_reader.h"
+
+namespace distckpt {
+
+namespace {
+
+// One leaf of the exported tree, in the order the pickle lists it.
+struct Leaf {
+  std::string path;
+  bool is_tensor = false;
+  at::ScalarType dtype = at::kFloat;
+  std::vector<int64_t> shape;
+  ScalarValue scalar;
+};
+
+bool AllDigits(const std::string& s) {
+  return !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
+}
+
+std::vector<std::string> Split(const std::string& path) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    size_t slash = path.find('/', start);
+    parts.push_back(path.substr(start, slash - start));
+    if (slash == std::string::npos) break;
+    start = slash + 1;
+  }
+  return parts;
+}
+
+struct Node {
+  std::map<std::string, Node> children;
+  const Leaf* leaf = nullptr;
+  int64_t storage = -1;
+};
+
+PyPtr ScalarToPy(const std::string& name, const ScalarValue& v) {
+  if (auto* i = std::get_if<int64_t>(&v)) return PyValue::Int(*i);
+  if (auto* d = std::get_if<double>(&v)) return PyValue::Float(*d);
+  if (auto* b = std::get_if<bool>(&v)) return PyValue::Bool(*b);
+  if (auto* s = std::get_if<std::string>(&v)) return PyValue::Str(*s);
+  std::vector<PyPtr> items;
+  if (auto* il = std::get_if<std::vector<int64_t>>(&v)) {
+    for (int64_t x : *il) items.push_back(PyValue::Int(x));
+  } else if (auto* dl = std::get_if<std::vector<double>>(&v)) {
+    for (double x : *dl) items.push_back(PyValue::Float(x));
+  } else if (auto* sl = std::get_if<std::vector<std::string>>(&v)) {
+    for (const auto& x : *sl) items.push_back(PyValue::Str(x));
+  }
+  // torch.optim keeps betas as a tuple.
+  return name == "betas" ? PyValue::Tuple(std::move(items)) : PyValue::List(std::move(items));
+}
+
+// Python's defaults for the hyperparameters LibTorch does not have, so that
+// optimizer.load_state_dict gives the same optimizer (AdamW needs decoupled_weight_decay).
+void AddPythonDefaults(PyValue& group) {
+  auto set_default = [&](const std::string& key, PyPtr value) {
+    if (!group.Get(key)) group.dict.emplace_back(PyValue::Str(key), value);
+  };
+  const bool adam = group.Get("betas") != nullptr;
+  set_default("maximize", PyValue::Bool(false));
+  set_default("foreach", PyValue::None());
+  set_default("differentiable", PyValue::Bool(false));
+  set_default("fused", PyValue::None());
+  if (adam) {
+    set_default("capturable", PyValue::Bool(false));
+    set_default("decoupled_weight_decay", PyValue::Bool(false));
+  }
+}
+
+PyPtr Build(const Node& node, const std::string& name) {
+  if (node.leaf) {
+    if (!node.leaf->is_tensor) return ScalarToPy(name, node.leaf->scalar);
+    PyTensorRef ref;
+    ref.storage_key = std::to_string(node.storage);
+    ref.dtype = node.leaf->dtype;
+    ref.storage_numel = NumElements(node.leaf->shape);
+    ref.size = node.leaf->shape;
+    ref.stride.assign(ref.size.size(), 1);
+    for (int k = static_cast<int>(ref.size.size()) - 2; k >= 0; --k) {
+      ref.stride[k] = ref.stride[k + 1] * std::max<int64_t>(ref.size[k + 1], 1);
+    }
+    return PyValue::Tensor(ref);
+  }
+  bool numeric = !node.children.empty();
+  for (const auto& [k, child] : node.children) numeric = numeric && AllDigits(k);
+  std::vector<std::pair<int64_t, const std::pair<const std::string, Node>*>> ordered;
+  for (const auto& kv : node.children) {
+    ordered.emplace_back(numeric ? std::stoll(kv.first) : 0, &kv);
+  }
+  if (numeric) {
+    std::stable_sort(ordered.begin(), ordered.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+  }
+  if (numeric && name == "param_groups") {
+    std::vector<PyPtr> groups;
+    for (const auto& [index, kv] : ordered) {
+      PyPtr g = Build(kv->second, kv->first);
+      AddPythonDefaults(*g);
+      groups.push_back(g);
+    }
+    return PyValue::List(std::move(groups));
+  }
+  PyPtr dict = PyValue::Dict();
+  for (const auto& [index, kv] : ordered) {
+    // Optimizer state is keyed by integer parameter index.
+    PyPtr key = numeric && name == "state" ? PyValue::Int(index) : PyValue::Str(kv->first);
+    dict->dict.emplace_back(key, Build(kv->second, kv->first));
+  }
+  return dict;
+}
+
+void AssignStorages(Node& node, int64_t* next, std::vector<const Leaf*>* order) {
+  if (node.leaf && node.leaf->is_tensor) {
+    node.storage = (*next)++;
+    order->push_back(node.leaf);
+  }
+  for (auto& [k, child] : node.children) AssignStorages(child, next, order);
+}
+
+// Fills `buffer` with the whole tensor `leaf` (rank 0 only in live export).
+using TensorSource = std::function<Status(const Leaf& leaf, std::vector<char>* buffer)>;
+
+class Progress {
+ public:
+  Progress(ProgressFn fn, int64_t total) : fn_(std::move(fn)), total_(total) {}
+  void Add(int64_t bytes) {
+    done_ += bytes;
+    if (fn_) fn_(done_, total_);
+  }
+
+ private:
+  ProgressFn fn_;
+  int64_t total_;
+  int64_t done_ = 0;
+};
+
+// Writes the archive. `write` is false on ranks that only feed the source (live export).
+Status WriteArchive(const std::vector<Leaf>& leaves, const std::string& out_path, bool model_only,
+                    bool write, const TensorSource& source, const ProgressFn& progress,
+                    ExportStats* stats) {
+  Node root;
+  const std::string model_prefix = "model_state_dict/";
+  for (const Leaf& leaf : leaves) {
+    std::string path = leaf.path;
+    if (model_only) {
+      if (path.compare(0, model_prefix.size(), model_prefix) != 0) continue;
+      path = path.substr(model_prefix.size());
+    }
+    Node* node = &root;
+    // Module names contain dots, never slashes; each '/' is one dict level.
+    for (const std::string& part : Split(path)) node = &node->children[part];
+    node->leaf = &leaf;
+  }
+  int64_t next = 0;
+  std::vector<const Leaf*> order;
+  AssignStorages(root, &next, &order);
+  int64_t total = 0;
+  for (const Leaf* leaf : order) {
+    total += NumElements(leaf->shape) * c10::elementSize(leaf->dtype);
+  }
+  Progress meter(progress, total);
+
+  std::unique_ptr<caffe2::serialize::PyTorchStreamWriter> writer;
+  const std::string tmp = out_path + ".tmp";
+  Status status;
+  try {
+    if (write) {
+      writer = std::make_unique<caffe2::serialize::PyTorchStreamWriter>(tmp);
+      const std::string pickle = Pickle(*Build(root, ""));
+      writer->writeRecord("data.pkl", pickle.data(), pickle.size());
+      writer->writeRecord(".format_version", "1", 1);
+      writer->writeRecord(".storage_alignment", "64", 2);
+      writer->writeRecord("byteorder", "little", 6);
+    }
+    std::vector<char> buffer;
+    for (size_t i = 0; i < order.size(); ++i) {
+      const Leaf& leaf = *order[i];
+      Status got = source(leaf, &buffer);
+      if (status.ok() && !got.ok()) status = got;
+      const int64_t bytes = NumElements(leaf.shape) * c10::elementSize(leaf.dtype);
+      if (write && status.ok()) {
+        writer->writeRecord("data/" + std::to_string(i), buffer.data(), static_cast<size_t>(bytes));
+      }
+      if (stats) {
+        ++stats->tensors;
+        stats->tensor_bytes += bytes;
+        stats->largest_tensor_bytes = std::max(stats->largest_tensor_bytes, bytes);
+      }
+      meter.Add(bytes);
+    }
+    if (write && status.ok()) writer->writeEndOfFile();
+    writer.reset();
+  } catch (const std::exception& e) {
+    status = IoError("cannot write '" + tmp + "': " + e.what());
+  }
+  if (!write) return status;
+  if (status.ok()) {
+    // Durable before it replaces anything.
+    auto file = Env::Default()->OpenWritable(tmp);
+    if (file.ok()) status = file.value()->Sync();
+    if (status.ok()) status = Env::Default()->Rename(tmp, out_path);
+  }
+  if (!status.ok()) Env::Default()->RemoveAll(tmp);
+  return status;
+}
+
+std::vector<Leaf> LeavesOf(const Manifest& m) {
+  std::vector<Leaf> leaves;
+  for (const TensorRecord& t : m.tensors) {
+    Leaf leaf;
+    leaf.path = t.path;
+    leaf.is_tensor = true;
+    leaf.dtype = t.dtype;
+    leaf.shape = t.global_shape;
+    leaves.push_back(leaf);
+  }
+  for (const auto& [path, value] : m.scalars) {
+    Leaf leaf;
+    leaf.path = path;
+    leaf.scalar = value;
+    leaves.push_back(leaf);
+  }
+  return leaves;
+}
+
+}  // namespace
+
+Result<ExportStats> ExportCheckpoint(const std::string& ckpt_dir, const std::string& out_path,
+                                     const ExportOptions& options) {
+  ASSIGN_OR_RETURN(Manifest manifest, ReadManifest(ckpt_dir));
+  ShardReader reader(Env::Default(), ckpt_dir, manifest.piece_bytes, 0);
+  std::vector<Leaf> leaves = LeavesOf(manifest);
+  TensorSource source = [&](const Leaf& leaf, std::vector<char>* buffer) -> Status {
+    const TensorRecord* rec = manifest.FindTensor(leaf.path);
+    const int64_t esize = c10::elementSize(rec->dtype);
+    buffer->resize(static_cast<size_t>(rec->nbytes()));
+    for (const ShardRecord& s : rec->shards) {
+      RETURN_IF_ERROR(reader.Read(*rec, s, 0, s.flat_count, buffer->data() + s.flat_start * esize));
+    }
+    return Status::Ok();
+  };
+  ExportStats stats;
+  RETURN_IF_ERROR(WriteArchive(leaves, out_path, options.model_only, true, source,
+                               options.progress, &stats));
+  return stats;
+}
+
+Status ExportTree(Communicator& comm, const StateTree& tree, const std::string& out_path,
+                  const ExportOptions& options) {
+  std::vector<Leaf> leaves;
+  for (const auto& [path, e] : tree.tensors()) {
+    Leaf leaf;
+    leaf.path = path;
+    leaf.is_tensor = true;
+    leaf.dtype = e.tensor.scalar_type();
+    leaf.shape = e.global_shape;
+    leaves.push_back(leaf);
+  }
+  for (const auto& [path, value] : tree.scalars()) {
+    Leaf leaf;
+    leaf.path = path;
+    leaf.scalar = value;
+    leaves.push_back(leaf);
+  }
+  const bool root = comm.rank() == 0;
+  // Every rank walks the tensors in the same order, so the gathers pair up.
+  TensorSource source = [&](const Leaf& leaf, std::vector<char>* buffer) -> Status {
+    const TensorEntry& e = tree.tensor(leaf.path);
+    at::Tensor local = e.tensor.detach().to(at::kCPU).contiguous();
+    const int64_t esize = c10::elementSize(leaf.dtype);
+    if (e.placement == PlacementKind::kReplicated) {
+      if (root) {
+        buffer->resize(local.nbytes());
+        std::memcpy(buffer->data(), local.data_ptr(), local.nbytes());
+      }
+      return Status::Ok();
+    }
+    const int64_t start =
+        e.placement == PlacementKind::kShardedRows ? e.offset * RowElements(e.global_shape)
+                                                   : e.offset;
+    ByteWriter w;
+    w.PutI64(start);
+    w.str().append(static_cast<const char*>(local.data_ptr()), local.nbytes());
+    std::vector<std::string> parts;
+    RETURN_IF_ERROR(comm.Gather(w.str(), &parts, 0));
+    if (!root) return Status::Ok();
+    buffer->resize(static_cast<size_t>(NumElements(leaf.shape) * esize));
+    for (const std::string& part : parts) {
+      int64_t at_elem;
+      std::memcpy(&at_elem, part.data(), sizeof(at_elem));
+      const size_t n = part.size() - sizeof(at_elem);
+      if (at_elem < 0 || at_elem * esize + static_cast<int64_t>(n) >
+                             static_cast<int64_t>(buffer->size())) {
+        return InvalidArgument("tensor '" + leaf.path + "': a shard lies outside the tensor");
+      }
+      std::memcpy(buffer->data() + at_elem * esize, part.data() + sizeof(at_elem), n);
+    }
+    return Status::Ok();
+  };
+  Status local = WriteArchive(leaves, out_path, options.model_only, root, source,
+                              root ? options.progress : ProgressFn(), nullptr);
+  return AgreeOnStatus(comm, local).Annotate("export of '" + out_path + "'");
+}
+
+namespace {
+
+// Flattens a Python value into the tree under `path`.
+Status Flatten(caffe2::serialize::PyTorchStreamReader& archive, const PyPtr& v,
+               const std::string& path, StateTree* tree,
+               std::map<std::string, at::Tensor>* storages) {
+  using K = PyValue::Kind;
+  auto join = [&](const std::string& key) { return path.empty() ? key : path + "/" + key; };
+  switch (v->kind) {
+    case K::kNone: return Status::Ok();  // e.g. foreach=None: the optimizer's default
+    case K::kBool: tree->SetScalar(path, v->b); return Status::Ok();
+    case K::kInt: tree->SetScalar(path, v->i); return Status::Ok();
+    case K::kFloat: tree->SetScalar(path, v->d); return Status::Ok();
+    case K::kString: tree->SetScalar(path, v->s); return Status::Ok();
+    case K::kDict:
+      for (const auto& [key, value] : v->dict) {
+        std::string k;
+        if (key->kind == K::kString) {
+          k = key->s;
+        } else if (key->kind == K::kInt) {
+          k = std::to_string(key->i);
+        } else {
+          return InvalidArgument("'" + path + "' has a key that is neither a string nor an int");
+        }
+        if (k.empty() || k.find('/') != std::string::npos) {
+          return InvalidArgument("'" + path + "' has key '" + k + "', which cannot be a path part");
+        }
+        RETURN_IF_ERROR(Flatten(archive, value, join(k), tree, storages));
+      }
+      return Status::Ok();
+    case K::kList:
+    case K::kTuple: {
+      bool all_int = true, all_num = true, all_str = true;
+      for (const auto& item : v->items) {
+        all_int = all_int && item->kind == K::kInt;
+        all_num = all_num && (item->kind == K::kInt || item->kind == K::kFloat);
+        all_str = all_str && item->kind == K::kString;
+      }
+      if (all_int) {
+        std::vector<int64_t> xs;
+        for (const auto& item : v->items) xs.push_back(item->i);
+        tree->SetScalar(path, xs);
+      } else if (all_num) {
+        std::vector<double> xs;
+        for (const auto& item : v->items) xs.push_back(item->kind == K::kInt ? item->i : item->d);
+        tree->SetScalar(path, xs);
+      } else if (all_str) {
+        std::vector<std::string> xs;
+        for (const auto& item : v->items) xs.push_back(item->s);
+        tree->SetScalar(path, xs);
+      } else {
+        for (size_t i = 0; i < v->items.size(); ++i) {
+          RETURN_IF_ERROR(Flatten(archive, v->items[i], join(std::to_string(i)), tree, storages));
+        }
+      }
+      return Status::Ok();
+    }
+    case K::kTensor: {
+      const PyTensorRef& ref = v->tensor;
+      auto it = storages->find(ref.storage_key);
+      if (it == storages->end()) {
+        const std::string record = "data/" + ref.storage_key;
+        if (!archive.hasRecord(record)) {
+          return Corrupt("tensor '" + path + "': storage record '" + record + "' is missing");
+        }
+        at::Tensor storage = at::empty({ref.storage_numel}, at::TensorOptions().dtype(ref.dtype));
+        const size_t want = storage.nbytes();
+        size_t got = 0;
+        try {
+          auto [data, size] = archive.getRecord(record);
+          got = size;
+          if (size == want) std::memcpy(storage.data_ptr(), data.get(), want);
+        } catch (const std::exception& e) {
+          return Corrupt("tensor '" + path + "': cannot read record '" + record + "': " + e.what());
+        }
+        if (got != want) {
+          return Corrupt("tensor '" + path + "': record '" + record + "' holds " +
+                         std::to_string(got) + " bytes, expected " + std::to_string(want));
+        }
+        it = storages->emplace(ref.storage_key, storage).first;
+      }
+      int64_t last = ref.offset;
+      for (size_t d = 0; d < ref.size.size(); ++d) {
+        if (ref.size[d] > 0) last += (ref.size[d] - 1) * ref.stride[d];
+      }
+      if (ref.offset < 0 || (NumElements(ref.size) > 0 && last >= ref.storage_numel)) {
+        return Corrupt("tensor '" + path + "' reaches outside its storage");
+      }
+      tree->SetTensor(path, it->second.as_strided(ref.size, ref.stride, ref.offset).clone());
+      return Status::Ok();
+    }
+    default: return Corrupt("'" + path + "' holds an unsupported value");
+  }
+}
+
+}  // namespace
+
+Result<StateTree> ReadPt(const std::string& pt_path) {
+  if (!Env::Default()->Exists(pt_path)) return NotFound("'" + pt_path + "' does not exist");
+  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> archive;
+  std::string pickle;
+  try {
+    archive = std::make_unique<caffe2::serialize::PyTorchStreamReader>(pt_path);
+    auto [data, size] = archive->getRecord("data.pkl");
+    pickle.assign(static_cast<const char*>(data.get()), size);
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    what = what.substr(0, what.find('\n'));
+    return Corrupt("'" + pt_path + "' is not a readable torch.save archive: " + what);
+  }
+  auto root = Unpickle(pickle);
+  if (!root.ok()) return root.status().Annotate("'" + pt_path + "'");
+  if (root.value()->kind != PyValue::Kind::kDict) {
+    return InvalidArgument("'" + pt_path + "' does not hold a dict");
+  }
+  // A bare state_dict (every value a tensor) becomes the model part of the usual layout.
+  bool bare = !root.value()->dict.empty();
+  for (const auto& [k, v] : root.value()->dict) bare = bare && v->kind == PyValue::Kind::kTensor;
+  StateTree tree;
+  std::map<std::string, at::Tensor> storages;
+  Status st = Flatten(*archive, root.value(), bare ? "model_state_dict" : "", &tree, &storages);
+  if (!st.ok()) return st.Annotate("'" + pt_path + "'");
+  return tree;
+}
+
+Result<std::string> ImportPt(const std::string& pt_path, const std::string& root,
+                             const ImportOptions& options) {
+  ASSIGN_OR_RETURN(StateTree tree, ReadPt(pt_path));
+  int64_t step = options.step;
+  if (step < 0) {
+    step = 0;
+    for (const char* key : {"step", "epoch"}) {
+      if (tree.HasScalar(key) && std::holds_alternative<int64_t>(tree.scalar(key))) {
+        step = tree.GetInt(key);
+        break;
+      }
+    }
+  }
+  auto comm = MakeLocalCommunicator();
+  Checkpointer ckpt(root, *comm);
+  std::string dir;
+  RETURN_IF_ERROR(ckpt.SaveStatus(tree, step, &dir));
+  return dir;
+}
+
+}  // namespace distckpt

@@ -1,0 +1,547 @@
+#include "format/pickle.h"
+
+#include <cstring>
+#include <map>
+
+namespace distckpt {
+
+PyPtr PyValue::None() { return std::make_shared<PyValue>(); }
+PyPtr PyValue::Bool(bool v) {
+  auto p = std::make_shared<PyValue>();
+  p->kind = Kind::kBool;
+  p->b = v;
+  return p;
+}
+PyPtr PyValue::Int(int64_t v) {
+  auto p = std::make_shared<PyValue>();
+  p->kind = Kind::kInt;
+  p->i = v;
+  return p;
+}
+PyPtr PyValue::Float(double v) {
+  auto p = std::make_shared<PyValue>();
+  p->kind = Kind::kFloat;
+  p->d = v;
+  return p;
+}
+PyPtr PyValue::Str(std::string v) {
+  auto p = std::make_shared<PyValue>();
+  p->kind = Kind::kString;
+  p->s = std::move(v);
+  return p;
+}
+PyPtr PyValue::Tuple(std::vector<PyPtr> v) {
+  auto p = std::make_shared<PyValue>();
+  p->kind = Kind::kTuple;
+  p->items = std::move(v);
+  return p;
+}
+PyPtr PyValue::List(std::vector<PyPtr> v) {
+  auto p = Tuple(std::move(v));
+  p->kind = Kind::kList;
+  return p;
+}
+PyPtr PyValue::Dict() {
+  auto p = std::make_shared<PyValue>();
+  p->kind = Kind::kDict;
+  return p;
+}
+PyPtr PyValue::Tensor(PyTensorRef ref) {
+  auto p = std::make_shared<PyValue>();
+  p->kind = Kind::kTensor;
+  p->tensor = std::move(ref);
+  return p;
+}
+PyPtr PyValue::Get(const std::string& key) const {
+  for (const auto& [k, v] : dict) {
+    if (k->kind == Kind::kString && k->s == key) return v;
+  }
+  return nullptr;
+}
+
+namespace {
+
+struct StorageName {
+  at::ScalarType dtype;
+  const char* name;
+};
+constexpr StorageName kStorageNames[] = {
+    {at::kFloat, "FloatStorage"}, {at::kDouble, "DoubleStorage"}, {at::kHalf, "HalfStorage"},
+    {at::kBFloat16, "BFloat16Storage"}, {at::kChar, "CharStorage"}, {at::kShort, "ShortStorage"},
+    {at::kInt, "IntStorage"}, {at::kLong, "LongStorage"}, {at::kByte, "ByteStorage"},
+    {at::kBool, "BoolStorage"},
+};
+
+// Opcodes (Python's Lib/pickle.py).
+enum : uint8_t {
+  kMark = '(', kStop = '.', kBinInt = 'J', kBinInt1 = 'K', kBinInt2 = 'M', kNone = 'N',
+  kBinPersId = 'Q', kReduce = 'R', kBinUnicode = 'X', kAppend = 'a', kBuild = 'b',
+  kGlobal = 'c', kAppends = 'e', kBinGet = 'h', kLongBinGet = 'j', kEmptyList = ']',
+  kBinPut = 'q', kLongBinPut = 'r', kSetItem = 's', kTupleOp = 't', kEmptyTuple = ')',
+  kSetItems = 'u', kBinFloat = 'G', kEmptyDict = '}', kProto = 0x80, kTuple1 = 0x85,
+  kTuple2 = 0x86, kTuple3 = 0x87, kNewTrue = 0x88, kNewFalse = 0x89, kLong1 = 0x8a,
+  kShortBinUnicode = 0x8c, kBinUnicode8 = 0x8d, kStackGlobal = 0x93, kMemoize = 0x94,
+  kFrame = 0x95,
+};
+
+class Writer {
+ public:
+  std::string Finish(const PyValue& root) {
+    out_ += static_cast<char>(kProto);
+    out_ += static_cast<char>(2);
+    Write(root);
+    out_ += static_cast<char>(kStop);
+    return out_;
+  }
+
+ private:
+  void Op(uint8_t op) { out_ += static_cast<char>(op); }
+  void Raw(const void* p, size_t n) { out_.append(static_cast<const char*>(p), n); }
+  void Int(int64_t v) {
+    if (v >= 0 && v < 256) {
+      Op(kBinInt1);
+      out_ += static_cast<char>(v);
+    } else if (v >= INT32_MIN && v <= INT32_MAX) {
+      Op(kBinInt);
+      int32_t x = static_cast<int32_t>(v);
+      Raw(&x, 4);
+    } else {
+      Op(kLong1);
+      out_ += static_cast<char>(8);
+      Raw(&v, 8);  // little-endian two's complement
+    }
+  }
+  void Str(const std::string& s) {
+    Op(kBinUnicode);
+    uint32_t n = static_cast<uint32_t>(s.size());
+    Raw(&n, 4);
+    out_ += s;
+  }
+  void Global(const char* module, const char* name) {
+    Op(kGlobal);
+    out_ += module;
+    out_ += '\n';
+    out_ += name;
+    out_ += '\n';
+  }
+  void Write(const PyValue& v) {
+    using K = PyValue::Kind;
+    switch (v.kind) {
+      case K::kNone: Op(kNone); break;
+      case K::kBool: Op(v.b ? kNewTrue : kNewFalse); break;
+      case K::kInt: Int(v.i); break;
+      case K::kFloat: {
+        Op(kBinFloat);
+        uint64_t bits;
+        std::memcpy(&bits, &v.d, 8);
+        bits = __builtin_bswap64(bits);  // big-endian on the wire
+        Raw(&bits, 8);
+        break;
+      }
+      case K::kString: Str(v.s); break;
+      case K::kTuple:
+        Op(kMark);
+        for (const auto& item : v.items) Write(*item);
+        Op(kTupleOp);
+        break;
+      case K::kList:
+        Op(kEmptyList);
+        if (!v.items.empty()) {
+          Op(kMark);
+          for (const auto& item : v.items) Write(*item);
+          Op(kAppends);
+        }
+        break;
+      case K::kDict:
+        Op(kEmptyDict);
+        if (!v.dict.empty()) {
+          Op(kMark);
+          for (const auto& [key, value] : v.dict) {
+            Write(*key);
+            Write(*value);
+          }
+          Op(kSetItems);
+        }
+        break;
+      case K::kTensor: {
+        const PyTensorRef& t = v.tensor;
+        Global("torch._utils", "_rebuild_tensor_v2");
+        Op(kMark);
+        Op(kMark);  // persistent id ('storage', torch.XStorage, key, 'cpu', numel)
+        Str("storage");
+        Global("torch", StorageClassName(t.dtype).c_str());
+        Str(t.storage_key);
+        Str("cpu");
+        Int(t.storage_numel);
+        Op(kTupleOp);
+        Op(kBinPersId);
+        Int(t.offset);
+        Op(kMark);
+        for (int64_t s : t.size) Int(s);
+        Op(kTupleOp);
+        Op(kMark);
+        for (int64_t s : t.stride) Int(s);
+        Op(kTupleOp);
+        Op(kNewFalse);  // requires_grad
+        Global("collections", "OrderedDict");
+        Op(kEmptyTuple);
+        Op(kReduce);
+        Op(kTupleOp);
+        Op(kReduce);
+        break;
+      }
+      default: break;
+    }
+  }
+  std::string out_;
+};
+
+class Reader {
+ public:
+  explicit Reader(const std::string& in) : in_(in) {}
+
+  Result<PyPtr> Run() {
+    while (true) {
+      uint8_t op;
+      if (!Byte(&op)) return Truncated();
+      Status st = Step(op);
+      if (!st.ok()) return st;
+      if (op == kStop) break;
+    }
+    if (stack_.size() != 1) return Corrupt("pickle ends with " + std::to_string(stack_.size()) +
+                                           " values on the stack");
+    return stack_.back();
+  }
+
+ private:
+  Status Truncated() { return Corrupt("pickle data is truncated at byte " + std::to_string(pos_)); }
+  bool Byte(uint8_t* b) {
+    if (pos_ >= in_.size()) return false;
+    *b = static_cast<uint8_t>(in_[pos_++]);
+    return true;
+  }
+  bool Bytes(void* out, size_t n) {
+    if (pos_ + n > in_.size()) return false;
+    std::memcpy(out, in_.data() + pos_, n);
+    pos_ += n;
+    return true;
+  }
+  bool Line(std::string* s) {
+    size_t end = in_.find('\n', pos_);
+    if (end == std::string::npos) return false;
+    *s = in_.substr(pos_, end - pos_);
+    pos_ = end + 1;
+    return true;
+  }
+  Result<PyPtr> Pop() {
+    if (stack_.empty() || !stack_.back()) return Corrupt("pickle stack underflow");
+    PyPtr v = stack_.back();
+    stack_.pop_back();
+    return v;
+  }
+  // Pops everything above the last MARK.
+  Result<std::vector<PyPtr>> PopMark() {
+    std::vector<PyPtr> items;
+    while (!stack_.empty() && stack_.back()) {
+      items.push_back(stack_.back());
+      stack_.pop_back();
+    }
+    if (stack_.empty()) return Corrupt("pickle MARK missing");
+    stack_.pop_back();
+    std::reverse(items.begin(), items.end());
+    return items;
+  }
+  Status PushGlobal(const std::string& module, const std::string& name) {
+    const std::string full = module + "." + name;
+    bool allowed = full == "torch._utils._rebuild_tensor_v2" ||
+                   full == "torch._utils._rebuild_parameter" ||
+                   full == "collections.OrderedDict";
+    for (const auto& s : kStorageNames) {
+      if (module == "torch" && name == s.name) allowed = true;
+    }
+    if (!allowed) {
+      return InvalidArgument("refusing to load global '" + full +
+                             "': only plain containers, numbers, strings and tensors are "
+                             "accepted (no code runs from a .pt file)");
+    }
+    auto g = std::make_shared<PyValue>();
+    g->kind = PyValue::Kind::kGlobal;
+    g->s = full;
+    stack_.push_back(g);
+    return Status::Ok();
+  }
+  Status Reduce(const PyPtr& callable, const PyPtr& args) {
+    using K = PyValue::Kind;
+    if (callable->kind != K::kGlobal || args->kind != K::kTuple) {
+      return Corrupt("pickle REDUCE on something that is not a global");
+    }
+    const auto& a = args->items;
+    if (callable->s == "collections.OrderedDict") {
+      stack_.push_back(PyValue::Dict());
+      return Status::Ok();
+    }
+    if (callable->s == "torch._utils._rebuild_parameter") {
+      if (a.empty() || a[0]->kind != K::kTensor) return Corrupt("malformed parameter in pickle");
+      stack_.push_back(a[0]);
+      return Status::Ok();
+    }
+    if (callable->s == "torch._utils._rebuild_tensor_v2") {
+      if (a.size() < 4 || a[0]->kind != K::kStorage || a[1]->kind != K::kInt ||
+          a[2]->kind != K::kTuple || a[3]->kind != K::kTuple) {
+        return Corrupt("malformed tensor in pickle");
+      }
+      PyTensorRef ref = a[0]->tensor;
+      ref.offset = a[1]->i;
+      for (const auto& x : a[2]->items) {
+        if (x->kind != K::kInt) return Corrupt("malformed tensor size in pickle");
+        ref.size.push_back(x->i);
+      }
+      for (const auto& x : a[3]->items) {
+        if (x->kind != K::kInt) return Corrupt("malformed tensor stride in pickle");
+        ref.stride.push_back(x->i);
+      }
+      if (ref.size.size() != ref.stride.size()) return Corrupt("tensor size and stride differ");
+      stack_.push_back(PyValue::Tensor(ref));
+      return Status::Ok();
+    }
+    return InvalidArgument("refusing to call global '" + callable->s + "'");
+  }
+  Status PersistentLoad(const PyPtr& pid) {
+    using K = PyValue::Kind;
+    const auto& a = pid->items;
+    if (pid->kind != K::kTuple || a.size() != 5 || a[0]->kind != K::kString ||
+        a[0]->s != "storage" || a[1]->kind != K::kGlobal || a[2]->kind != K::kString ||
+        a[4]->kind != K::kInt) {
+      return Corrupt("unsupported persistent id in pickle");
+    }
+    auto storage = std::make_shared<PyValue>();
+    storage->kind = K::kStorage;
+    bool found = false;
+    for (const auto& s : kStorageNames) {
+      if (a[1]->s == std::string("torch.") + s.name) {
+        storage->tensor.dtype = s.dtype;
+        found = true;
+      }
+    }
+    if (!found) return InvalidArgument("unsupported storage type '" + a[1]->s + "'");
+    storage->tensor.storage_key = a[2]->s;
+    storage->tensor.storage_numel = a[4]->i;
+    stack_.push_back(storage);
+    return Status::Ok();
+  }
+  Status SetItems(std::vector<PyPtr> kv) {
+    if (stack_.empty() || !stack_.back() || stack_.back()->kind != PyValue::Kind::kDict) {
+      return Corrupt("pickle SETITEMS without a dict");
+    }
+    if (kv.size() % 2) return Corrupt("pickle SETITEMS with an odd number of values");
+    for (size_t i = 0; i < kv.size(); i += 2) stack_.back()->dict.emplace_back(kv[i], kv[i + 1]);
+    return Status::Ok();
+  }
+  Status Appends(std::vector<PyPtr> items) {
+    if (stack_.empty() || !stack_.back() || stack_.back()->kind != PyValue::Kind::kList) {
+      return Corrupt("pickle APPENDS without a list");
+    }
+    for (auto& x : items) stack_.back()->items.push_back(x);
+    return Status::Ok();
+  }
+  Status Memo(uint32_t index) {
+    if (stack_.empty() || !stack_.back()) return Corrupt("pickle PUT on an empty stack");
+    memo_[index] = stack_.back();
+    return Status::Ok();
+  }
+  Status Get(uint32_t index) {
+    auto it = memo_.find(index);
+    if (it == memo_.end()) return Corrupt("pickle GET of unknown memo " + std::to_string(index));
+    stack_.push_back(it->second);
+    return Status::Ok();
+  }
+
+  Status Step(uint8_t op) {
+#define NEED(expr) \
+  if (!(expr)) return Truncated()
+    switch (op) {
+      case kProto: {
+        uint8_t v;
+        NEED(Byte(&v));
+        return Status::Ok();
+      }
+      case kFrame: {
+        uint64_t n;
+        NEED(Bytes(&n, 8));
+        return Status::Ok();
+      }
+      case kStop: return Status::Ok();
+      case kMark: stack_.push_back(nullptr); return Status::Ok();
+      case kNone: stack_.push_back(PyValue::None()); return Status::Ok();
+      case kNewTrue: stack_.push_back(PyValue::Bool(true)); return Status::Ok();
+      case kNewFalse: stack_.push_back(PyValue::Bool(false)); return Status::Ok();
+      case kBinInt1: {
+        uint8_t v;
+        NEED(Byte(&v));
+        stack_.push_back(PyValue::Int(v));
+        return Status::Ok();
+      }
+      case kBinInt2: {
+        uint16_t v;
+        NEED(Bytes(&v, 2));
+        stack_.push_back(PyValue::Int(v));
+        return Status::Ok();
+      }
+      case kBinInt: {
+        int32_t v;
+        NEED(Bytes(&v, 4));
+        stack_.push_back(PyValue::Int(v));
+        return Status::Ok();
+      }
+      case kLong1: {
+        uint8_t n;
+        NEED(Byte(&n));
+        if (n > 8) return InvalidArgument("integer wider than 64 bits in pickle");
+        uint8_t bytes[8] = {0};
+        NEED(Bytes(bytes, n));
+        int64_t v = 0;
+        for (int k = n - 1; k >= 0; --k) v = (v << 8) | bytes[k];
+        if (n > 0 && n < 8 && (bytes[n - 1] & 0x80)) v -= int64_t{1} << (8 * n);  // sign
+        stack_.push_back(PyValue::Int(v));
+        return Status::Ok();
+      }
+      case kBinFloat: {
+        uint64_t bits;
+        NEED(Bytes(&bits, 8));
+        bits = __builtin_bswap64(bits);
+        double d;
+        std::memcpy(&d, &bits, 8);
+        stack_.push_back(PyValue::Float(d));
+        return Status::Ok();
+      }
+      case kBinUnicode:
+      case kShortBinUnicode:
+      case kBinUnicode8: {
+        uint64_t n = 0;
+        if (op == kShortBinUnicode) {
+          uint8_t b;
+          NEED(Byte(&b));
+          n = b;
+        } else {
+          NEED(Bytes(&n, op == kBinUnicode ? 4 : 8));
+        }
+        NEED(pos_ + n <= in_.size());
+        stack_.push_back(PyValue::Str(in_.substr(pos_, n)));
+        pos_ += n;
+        return Status::Ok();
+      }
+      case kEmptyDict: stack_.push_back(PyValue::Dict()); return Status::Ok();
+      case kEmptyList: stack_.push_back(PyValue::List({})); return Status::Ok();
+      case kEmptyTuple: stack_.push_back(PyValue::Tuple({})); return Status::Ok();
+      case kTupleOp: {
+        ASSIGN_OR_RETURN(auto items, PopMark());
+        stack_.push_back(PyValue::Tuple(std::move(items)));
+        return Status::Ok();
+      }
+      case kTuple1:
+      case kTuple2:
+      case kTuple3: {
+        size_t n = op - kTuple1 + 1;
+        std::vector<PyPtr> items(n);
+        for (size_t k = n; k-- > 0;) {
+          ASSIGN_OR_RETURN(items[k], Pop());
+        }
+        stack_.push_back(PyValue::Tuple(std::move(items)));
+        return Status::Ok();
+      }
+      case kSetItem: {
+        ASSIGN_OR_RETURN(auto value, Pop());
+        ASSIGN_OR_RETURN(auto key, Pop());
+        return SetItems({key, value});
+      }
+      case kSetItems: {
+        ASSIGN_OR_RETURN(auto kv, PopMark());
+        return SetItems(std::move(kv));
+      }
+      case kAppend: {
+        ASSIGN_OR_RETURN(auto value, Pop());
+        return Appends({value});
+      }
+      case kAppends: {
+        ASSIGN_OR_RETURN(auto items, PopMark());
+        return Appends(std::move(items));
+      }
+      case kBinPut: {
+        uint8_t i;
+        NEED(Byte(&i));
+        return Memo(i);
+      }
+      case kLongBinPut: {
+        uint32_t i;
+        NEED(Bytes(&i, 4));
+        return Memo(i);
+      }
+      case kMemoize: return Memo(static_cast<uint32_t>(memo_.size()));
+      case kBinGet: {
+        uint8_t i;
+        NEED(Byte(&i));
+        return Get(i);
+      }
+      case kLongBinGet: {
+        uint32_t i;
+        NEED(Bytes(&i, 4));
+        return Get(i);
+      }
+      case kGlobal: {
+        std::string module, name;
+        NEED(Line(&module) && Line(&name));
+        return PushGlobal(module, name);
+      }
+      case kStackGlobal: {
+        ASSIGN_OR_RETURN(auto name, Pop());
+        ASSIGN_OR_RETURN(auto module, Pop());
+        if (name->kind != PyValue::Kind::kString || module->kind != PyValue::Kind::kString) {
+          return Corrupt("malformed STACK_GLOBAL in pickle");
+        }
+        return PushGlobal(module->s, name->s);
+      }
+      case kReduce: {
+        ASSIGN_OR_RETURN(auto args, Pop());
+        ASSIGN_OR_RETURN(auto callable, Pop());
+        return Reduce(callable, args);
+      }
+      case kBinPersId: {
+        ASSIGN_OR_RETURN(auto pid, Pop());
+        return PersistentLoad(pid);
+      }
+      case kBuild: {
+        // OrderedDict state (e.g. a state_dict's _metadata): not needed, dropped.
+        ASSIGN_OR_RETURN(auto state, Pop());
+        if (stack_.empty() || !stack_.back()) return Corrupt("pickle BUILD without an object");
+        return Status::Ok();
+      }
+      default: {
+        char hex[8];
+        std::snprintf(hex, sizeof(hex), "0x%02x", op);
+        return InvalidArgument(std::string("unsupported pickle opcode ") + hex + " at byte " +
+                               std::to_string(pos_ - 1));
+      }
+    }
+#undef NEED
+  }
+
+  const std::string& in_;
+  size_t pos_ = 0;
+  std::vector<PyPtr> stack_;  // nullptr marks a MARK
+  std::map<uint32_t, PyPtr> memo_;
+};
+
+}  // namespace
+
+std::string StorageClassName(at::ScalarType dtype) {
+  for (const auto& s : kStorageNames) {
+    if (s.dtype == dtype) return s.name;
+  }
+  return "";
+}
+
+std::string Pickle(const PyValue& root) { return Writer().Finish(root); }
+
+Result<PyPtr> Unpickle(const std::string& bytes) { return Reader(bytes).Run(); }
+
+}  // namespace distckpt

@@ -1,0 +1,66 @@
+// The subset of Python pickle that torch.save files use, both ways.
+//
+// PickleWriter emits protocol 2 with only what torch's weights-only unpickler accepts: dicts,
+// lists, tuples, ints, floats, bools, strings, None, and tensors as
+// torch._utils._rebuild_tensor_v2 over ('storage', torch.<Dtype>Storage, key, 'cpu', numel)
+// persistent ids. Unpickle is a restricted reader: it never calls anything; the only globals it
+// accepts are the tensor-rebuild functions, collections.OrderedDict and the storage types, and
+// anything else is refused with an error that names the global.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "distckpt/status.h"
+
+namespace distckpt {
+
+struct PyValue;
+using PyPtr = std::shared_ptr<PyValue>;
+
+struct PyTensorRef {
+  std::string storage_key;  // record "data/<key>" in the archive
+  at::ScalarType dtype = at::ScalarType::Float;
+  int64_t storage_numel = 0;
+  int64_t offset = 0;
+  std::vector<int64_t> size;
+  std::vector<int64_t> stride;
+};
+
+struct PyValue {
+  enum class Kind { kNone, kBool, kInt, kFloat, kString, kTuple, kList, kDict, kTensor,
+                    kGlobal, kStorage };
+  Kind kind = Kind::kNone;
+  bool b = false;
+  int64_t i = 0;
+  double d = 0;
+  std::string s;                             // string, or "module.name" of a global
+  std::vector<PyPtr> items;                  // tuple, list
+  std::vector<std::pair<PyPtr, PyPtr>> dict;  // insertion order
+  PyTensorRef tensor;                        // tensor, or storage (key, dtype, numel)
+
+  static PyPtr None();
+  static PyPtr Bool(bool v);
+  static PyPtr Int(int64_t v);
+  static PyPtr Float(double v);
+  static PyPtr Str(std::string v);
+  static PyPtr Tuple(std::vector<PyPtr> v);
+  static PyPtr List(std::vector<PyPtr> v);
+  static PyPtr Dict();
+  static PyPtr Tensor(PyTensorRef ref);
+  // The value stored under string key `key` in a dict, or nullptr.
+  PyPtr Get(const std::string& key) const;
+};
+
+// The Python name of a dtype's legacy storage class ("FloatStorage"); "" if none.
+std::string StorageClassName(at::ScalarType dtype);
+
+std::string Pickle(const PyValue& root);
+Result<PyPtr> Unpickle(const std::string& bytes);
+
+}  // namespace distckpt

@@ -1,0 +1,139 @@
+"""C++ <-> Python interop with real torch: export, one Python step, import, resume in C++.
+
+usage: python_interop_test.py TRAIN_BIN CLI_BIN MPIRUN WORKDIR
+"""
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import torch
+
+train, cli, mpirun, work = sys.argv[1:5]
+for name in os.listdir(work):  # a fresh start on every run
+    subprocess.run(["rm", "-rf", os.path.join(work, name)], check=True)
+SEED, BATCH = 1234, 96
+failures = []
+
+
+def check(name, ok, detail=""):
+    print(("ok   " if ok else "FAIL ") + name + (f": {detail}" if detail and not ok else ""))
+    if not ok:
+        failures.append(name)
+
+
+def run(*args, **kw):
+    return subprocess.run(list(args), check=kw.get("check", True), capture_output=True, text=True)
+
+
+class Simple(torch.nn.Module):
+    """PyTorch's checkpoint-tutorial model, named like distckpt-train --model simple."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(10, 1)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def batch(step):
+    # The same synthetic batch as distckpt-train's Batch(): seeded by (seed, step).
+    g = torch.Generator().manual_seed(SEED * 1000003 + step)
+    x = torch.randn(BATCH, 10, generator=g)
+    y = x.sum(1, keepdim=True) * 0.5 + torch.sin(x[:, :2]).sum(1, keepdim=True)
+    return x, y
+
+
+def make_optimizer(kind, params):
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=0.01)
+    return torch.optim.Adam(params, lr=0.01)
+
+
+def max_rel(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+for kind in ["sgd", "adam", "adamw"]:
+    ck = os.path.join(work, "ck-" + kind)
+    run(mpirun, "-np", "2", "--oversubscribe", train, "--ckpt-dir", ck, "--steps", "3",
+        "--save-every", "1", "--optimizer", kind, "--model", "simple")
+    for s in (2, 3):
+        run(cli, "export", f"{ck}/step-{s:08d}", f"{work}/{kind}-{s}.pt")
+    ck2 = torch.load(f"{work}/{kind}-2.pt")  # weights_only=True by default
+    ck3 = torch.load(f"{work}/{kind}-3.pt", mmap=True)
+    check(f"{kind}: layout", set(ck2) >= {"epoch", "model_state_dict", "optimizer_state_dict", "loss"},
+          str(sorted(ck2)))
+    model = Simple()
+    model.load_state_dict(ck2["model_state_dict"])
+    opt = make_optimizer(kind, model.parameters())
+    opt.load_state_dict(ck2["optimizer_state_dict"])
+    x, y = batch(3)
+    opt.zero_grad()
+    loss = ((model(x) - y) ** 2).sum() / BATCH
+    loss.backward()
+    opt.step()
+    for name, p in model.state_dict().items():
+        rel = max_rel(p, ck3["model_state_dict"][name])
+        check(f"{kind}: Python step 3 matches C++ step 3 for {name} (rel {rel:.1e})", rel < 1e-5,
+              f"rel {rel}")
+    check(f"{kind}: loss of step 3 matches", abs(loss.item() - ck3["loss"]) <= 1e-5 * abs(ck3["loss"]),
+          f"{loss.item()} vs {ck3['loss']}")
+
+    # Python -> C++: save the Python state, import it, resume the C++ run on 3 ranks.
+    torch.save({"epoch": 0, "step": 3, "model_state_dict": model.state_dict(),
+                "optimizer_state_dict": opt.state_dict(), "loss": loss.item()},
+               f"{work}/{kind}-py3.pt")
+    root = os.path.join(work, "imported-" + kind)
+    out = run(cli, "import", f"{work}/{kind}-py3.pt", root)
+    check(f"{kind}: import", "step-00000003" in out.stdout, out.stdout + out.stderr)
+    ref = run(mpirun, "-np", "2", "--oversubscribe", train, "--ckpt-dir", ck, "--steps", "5",
+              "--save-every", "0", "--optimizer", kind, "--model", "simple", "--resume")
+    res = run(mpirun, "-np", "3", "--oversubscribe", train, "--ckpt-dir", root, "--steps", "5",
+              "--save-every", "0", "--optimizer", kind, "--model", "simple", "--resume")
+    want = [float(l.split()[3]) for l in ref.stdout.splitlines() if l.startswith("step ")]
+    got = [float(l.split()[3]) for l in res.stdout.splitlines() if l.startswith("step ")]
+    check(f"{kind}: C++ resumed from the Python checkpoint on 3 ranks continues the run",
+          len(got) == 2 and len(want) == 2 and all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(got, want)),
+          f"{got} vs {want}")
+
+# A bare state_dict imports as the model part.
+torch.save(Simple().state_dict(), f"{work}/bare.pt")
+out = run(cli, "import", f"{work}/bare.pt", f"{work}/bare", "--step", "7")
+ins = run(cli, "inspect", f"{work}/bare/step-00000007")
+check("bare state_dict imports under model_state_dict", "model_state_dict/linear.weight" in ins.stdout,
+      out.stderr + ins.stdout)
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > " + os.path.join(work, "pwned"),))
+
+
+torch.save({"model_state_dict": {"w": torch.ones(2)}, "x": Evil()}, f"{work}/evil.pt")
+out = run(cli, "import", f"{work}/evil.pt", f"{work}/evil", check=False)
+check("a pickle that calls os.system is refused, naming the global",
+      out.returncode != 0 and "refusing to load global 'posix.system'" in out.stderr
+      and not os.path.exists(os.path.join(work, "pwned")), out.stderr)
+
+good = open(f"{work}/adam-2.pt", "rb").read()
+open(f"{work}/cut.pt", "wb").write(good[: len(good) // 2])
+out = run(cli, "import", f"{work}/cut.pt", f"{work}/cut", check=False)
+check("a truncated .pt is a clear error", out.returncode != 0 and "cut.pt" in out.stderr, out.stderr)
+open(f"{work}/text.pt", "w").write("hello")
+out = run(cli, "import", f"{work}/text.pt", f"{work}/text", check=False)
+check("a non-zip file is a clear error", out.returncode != 0 and "not a readable torch.save archive" in out.stderr,
+      out.stderr)
+with zipfile.ZipFile(f"{work}/adam-2.pt") as zin, zipfile.ZipFile(f"{work}/nostorage.pt", "w") as zout:
+    for item in zin.infolist():
+        if not item.filename.endswith("/data/0"):
+            zout.writestr(item, zin.read(item.filename))
+out = run(cli, "import", f"{work}/nostorage.pt", f"{work}/nostorage", check=False)
+check("a missing storage record is named", out.returncode != 0 and "data/0" in out.stderr, out.stderr)
+
+print(f"{len(failures)} failed" if failures else "python interop: all checks passed")
+sys.exit(1 if failures else 0)
