@@ -19,7 +19,8 @@ std::string Dir() {
 }
 
 at::Tensor Rows() { return Pattern({13, 4}, at::kFloat, 11); }
-at::Tensor Flat() { return Pattern({9, 7}, at::kHalf, 12); }
+at::Tensor Flat() { return Pattern({10, 7}, at::kHalf, 12); }  // shards cut mid-row
+at::Tensor Flat3d() { return Pattern({4, 5, 6}, at::kDouble, 14); }
 at::Tensor Replicated() { return Pattern({600, 1000}, at::kFloat, 13); }
 
 std::pair<int64_t, int64_t> Part(int64_t n) {
@@ -33,8 +34,11 @@ StateTree Tree(bool zeros) {
   StateTree tree;
   auto [r0, rn] = Part(13);
   tree.SetShardedRows("rows", fill(Rows().narrow(0, r0, rn)), {13, 4}, r0);
-  auto [f0, fn] = Part(63);
-  tree.SetShardedFlat("flat", fill(Flat().reshape({-1}).narrow(0, f0, fn)), {9, 7}, f0);
+  auto [f0, fn] = Part(70);
+  tree.SetShardedFlat("flat", fill(Flat().reshape({-1}).narrow(0, f0, fn)), {10, 7}, f0);
+  auto [g0, gn] = Part(120);
+  tree.SetShardedFlat("nested/flat3d", fill(Flat3d().reshape({-1}).narrow(0, g0, gn)), {4, 5, 6},
+                      g0);
   tree.SetTensor("replicated", fill(Replicated()));
   return tree;
 }
@@ -59,7 +63,7 @@ TEST(Reshard, Load) {
   }
   // A whole-tensor view of a sharded tensor loads too.
   StateTree whole;
-  whole.SetTensor("flat", at::zeros({9, 7}, at::kHalf));
+  whole.SetTensor("flat", at::zeros({10, 7}, at::kHalf));
   ckpt.Load(*dir, whole);
   EXPECT_TRUE(BitEqual(whole.tensor("flat").tensor, Flat()));
 }

@@ -1,11 +1,10 @@
 // distckpt: list, inspect and verify checkpoints. One plain process; no mpirun needed.
-#include <cstdio>
-#include <ctime>
-#include <string>
-
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <string>
 
 #include "distckpt/checkpoint.h"
 #include "distckpt/export.h"

@@ -256,8 +256,8 @@ Result<ExportStats> ExportCheckpoint(const std::string& ckpt_dir, const std::str
     return Status::Ok();
   };
   ExportStats stats;
-  RETURN_IF_ERROR(WriteArchive(leaves, out_path, options.model_only, true, source,
-                               options.progress, &stats));
+  RETURN_IF_ERROR(
+      WriteArchive(leaves, out_path, options.model_only, true, source, options.progress, &stats));
   return stats;
 }
 
@@ -291,9 +291,9 @@ Status ExportTree(Communicator& comm, const StateTree& tree, const std::string& 
       }
       return Status::Ok();
     }
-    const int64_t start =
-        e.placement == PlacementKind::kShardedRows ? e.offset * RowElements(e.global_shape)
-                                                   : e.offset;
+    const int64_t start = e.placement == PlacementKind::kShardedRows
+                              ? e.offset * RowElements(e.global_shape)
+                              : e.offset;
     ByteWriter w;
     w.PutI64(start);
     w.str().append(static_cast<const char*>(local.data_ptr()), local.nbytes());
@@ -305,8 +305,8 @@ Status ExportTree(Communicator& comm, const StateTree& tree, const std::string& 
       int64_t at_elem;
       std::memcpy(&at_elem, part.data(), sizeof(at_elem));
       const size_t n = part.size() - sizeof(at_elem);
-      if (at_elem < 0 || at_elem * esize + static_cast<int64_t>(n) >
-                             static_cast<int64_t>(buffer->size())) {
+      if (at_elem < 0 ||
+          at_elem * esize + static_cast<int64_t>(n) > static_cast<int64_t>(buffer->size())) {
         return InvalidArgument("tensor '" + leaf.path + "': a shard lies outside the tensor");
       }
       std::memcpy(buffer->data() + at_elem * esize, part.data() + sizeof(at_elem), n);
@@ -327,11 +327,20 @@ Status Flatten(caffe2::serialize::PyTorchStreamReader& archive, const PyPtr& v,
   using K = PyValue::Kind;
   auto join = [&](const std::string& key) { return path.empty() ? key : path + "/" + key; };
   switch (v->kind) {
-    case K::kNone: return Status::Ok();  // e.g. foreach=None: the optimizer's default
-    case K::kBool: tree->SetScalar(path, v->b); return Status::Ok();
-    case K::kInt: tree->SetScalar(path, v->i); return Status::Ok();
-    case K::kFloat: tree->SetScalar(path, v->d); return Status::Ok();
-    case K::kString: tree->SetScalar(path, v->s); return Status::Ok();
+    case K::kNone:
+      return Status::Ok();  // e.g. foreach=None: the optimizer's default
+    case K::kBool:
+      tree->SetScalar(path, v->b);
+      return Status::Ok();
+    case K::kInt:
+      tree->SetScalar(path, v->i);
+      return Status::Ok();
+    case K::kFloat:
+      tree->SetScalar(path, v->d);
+      return Status::Ok();
+    case K::kString:
+      tree->SetScalar(path, v->s);
+      return Status::Ok();
     case K::kDict:
       for (const auto& [key, value] : v->dict) {
         std::string k;
@@ -409,7 +418,8 @@ Status Flatten(caffe2::serialize::PyTorchStreamReader& archive, const PyPtr& v,
       tree->SetTensor(path, it->second.as_strided(ref.size, ref.stride, ref.offset).clone());
       return Status::Ok();
     }
-    default: return Corrupt("'" + path + "' holds an unsupported value");
+    default:
+      return Corrupt("'" + path + "' holds an unsupported value");
   }
 }
 

@@ -247,6 +247,91 @@ void WriteStringAttr(hid_t obj, const char* name, const std::string& value) {
   H5Tclose(type);
 }
 
+// Cuts flat elements [start, start + count) of a row-major tensor of `shape` into regular
+// blocks (at most two per dimension), each one HDF5 hyperslab. Calls fn(block_start,
+// block_count, offset of the block within the range).
+template <typename Fn>
+void ForEachBlock(const std::vector<int64_t>& shape, int64_t start, int64_t count, Fn&& fn) {
+  const size_t n = shape.size();
+  std::vector<int64_t> stride(n, 1);
+  for (size_t d = n - 1; d-- > 0;) stride[d] = stride[d + 1] * shape[d + 1];
+  int64_t pos = start;
+  const int64_t end = start + count;
+  while (pos < end) {
+    size_t level = n - 1;
+    for (size_t d = 0; d < n; ++d) {
+      if (pos % stride[d] == 0 && pos + stride[d] <= end) {
+        level = d;
+        break;
+      }
+    }
+    std::vector<hsize_t> block_start(n), block_count(n, 1);
+    int64_t rest = pos;
+    for (size_t d = 0; d < n; ++d) {
+      block_start[d] = static_cast<hsize_t>(rest / stride[d]);
+      rest %= stride[d];
+    }
+    const int64_t along = std::min<int64_t>(
+        (end - pos) / stride[level], shape[level] - static_cast<int64_t>(block_start[level]));
+    block_count[level] = static_cast<hsize_t>(along);
+    for (size_t d = level + 1; d < n; ++d) block_count[d] = static_cast<hsize_t>(shape[d]);
+    fn(block_start, block_count, pos - start);
+    pos += along * stride[level];
+  }
+}
+
+// A virtual dataset per tensor that stitches its shards from the rank files, so that
+// h5py.File("manifest.h5")["model_state_dict/w"][...] is the whole tensor. 0-d tensors and
+// empty tensors are left out: HDF5 maps no scalar or empty selections.
+Status WriteVirtualDatasets(hid_t file, const Manifest& m) {
+  hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+  H5Pset_create_intermediate_group(lcpl, 1);
+  Status status;
+  for (const TensorRecord& t : m.tensors) {
+    if (t.global_shape.empty() || t.numel() == 0) continue;
+    const int rank = static_cast<int>(t.global_shape.size());
+    std::vector<hsize_t> dims(t.global_shape.begin(), t.global_shape.end());
+    hid_t vspace = H5Screate_simple(rank, dims.data(), nullptr);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    for (const ShardRecord& s : t.shards) {
+      std::vector<hsize_t> sdims(s.stored_shape.begin(), s.stored_shape.end());
+      const bool flat_source = s.stored_shape.size() == 1;
+      ForEachBlock(
+          t.global_shape, s.flat_start, s.flat_count,
+          [&](const std::vector<hsize_t>& start, const std::vector<hsize_t>& count,
+              int64_t offset) {
+            H5Sselect_hyperslab(vspace, H5S_SELECT_SET, start.data(), nullptr, count.data(),
+                                nullptr);
+            hid_t sspace = H5Screate_simple(static_cast<int>(sdims.size()), sdims.data(), nullptr);
+            if (flat_source) {
+              hsize_t src_start = static_cast<hsize_t>(offset);
+              hsize_t src_count = 1;
+              for (hsize_t c : count) src_count *= c;
+              H5Sselect_hyperslab(sspace, H5S_SELECT_SET, &src_start, nullptr, &src_count, nullptr);
+            }  // else a row-aligned shard is one block: the whole source dataset
+            if (H5Pset_virtual(dcpl, vspace, s.file.c_str(), s.dataset.c_str(), sspace) < 0) {
+              status = IoError("cannot map shard of '" + t.path + "' in " + s.file);
+            }
+            H5Sclose(sspace);
+          });
+    }
+    H5Sselect_all(vspace);
+    hid_t type = MakeHdf5Type(t.dtype);
+    hid_t ds = H5Dcreate2(file, t.path.c_str(), type, vspace, lcpl, dcpl, H5P_DEFAULT);
+    if (ds < 0) {
+      status = IoError("cannot create the virtual dataset '" + t.path + "'");
+    } else {
+      H5Dclose(ds);
+    }
+    H5Tclose(type);
+    H5Pclose(dcpl);
+    H5Sclose(vspace);
+    if (!status.ok()) break;
+  }
+  H5Pclose(lcpl);
+  return status;
+}
+
 Status WriteManifestFile(const std::string& path, const Manifest& m) {
   QuietHdf5Errors();
   const std::string index = m.ToJson();
@@ -276,9 +361,10 @@ Status WriteManifestFile(const std::string& path, const Manifest& m) {
   if (ds >= 0) H5Dclose(ds);
   H5Sclose(space);
   H5Pclose(lcpl);
+  Status views = rc < 0 ? Status::Ok() : WriteVirtualDatasets(file, m);
   herr_t close_rc = H5Fclose(file);
   if (rc < 0 || close_rc < 0) return IoError("cannot write the manifest '" + path + "'");
-  return Status::Ok();
+  return views.Annotate("'" + path + "'");
 }
 
 }  // namespace

@@ -66,21 +66,50 @@ struct StorageName {
   const char* name;
 };
 constexpr StorageName kStorageNames[] = {
-    {at::kFloat, "FloatStorage"}, {at::kDouble, "DoubleStorage"}, {at::kHalf, "HalfStorage"},
-    {at::kBFloat16, "BFloat16Storage"}, {at::kChar, "CharStorage"}, {at::kShort, "ShortStorage"},
-    {at::kInt, "IntStorage"}, {at::kLong, "LongStorage"}, {at::kByte, "ByteStorage"},
-    {at::kBool, "BoolStorage"},
+    {at::kFloat, "FloatStorage"}, {at::kDouble, "DoubleStorage"},
+    {at::kHalf, "HalfStorage"},   {at::kBFloat16, "BFloat16Storage"},
+    {at::kChar, "CharStorage"},   {at::kShort, "ShortStorage"},
+    {at::kInt, "IntStorage"},     {at::kLong, "LongStorage"},
+    {at::kByte, "ByteStorage"},   {at::kBool, "BoolStorage"},
 };
 
 // Opcodes (Python's Lib/pickle.py).
 enum : uint8_t {
-  kMark = '(', kStop = '.', kBinInt = 'J', kBinInt1 = 'K', kBinInt2 = 'M', kNone = 'N',
-  kBinPersId = 'Q', kReduce = 'R', kBinUnicode = 'X', kAppend = 'a', kBuild = 'b',
-  kGlobal = 'c', kAppends = 'e', kBinGet = 'h', kLongBinGet = 'j', kEmptyList = ']',
-  kBinPut = 'q', kLongBinPut = 'r', kSetItem = 's', kTupleOp = 't', kEmptyTuple = ')',
-  kSetItems = 'u', kBinFloat = 'G', kEmptyDict = '}', kProto = 0x80, kTuple1 = 0x85,
-  kTuple2 = 0x86, kTuple3 = 0x87, kNewTrue = 0x88, kNewFalse = 0x89, kLong1 = 0x8a,
-  kShortBinUnicode = 0x8c, kBinUnicode8 = 0x8d, kStackGlobal = 0x93, kMemoize = 0x94,
+  kMark = '(',
+  kStop = '.',
+  kBinInt = 'J',
+  kBinInt1 = 'K',
+  kBinInt2 = 'M',
+  kNone = 'N',
+  kBinPersId = 'Q',
+  kReduce = 'R',
+  kBinUnicode = 'X',
+  kAppend = 'a',
+  kBuild = 'b',
+  kGlobal = 'c',
+  kAppends = 'e',
+  kBinGet = 'h',
+  kLongBinGet = 'j',
+  kEmptyList = ']',
+  kBinPut = 'q',
+  kLongBinPut = 'r',
+  kSetItem = 's',
+  kTupleOp = 't',
+  kEmptyTuple = ')',
+  kSetItems = 'u',
+  kBinFloat = 'G',
+  kEmptyDict = '}',
+  kProto = 0x80,
+  kTuple1 = 0x85,
+  kTuple2 = 0x86,
+  kTuple3 = 0x87,
+  kNewTrue = 0x88,
+  kNewFalse = 0x89,
+  kLong1 = 0x8a,
+  kShortBinUnicode = 0x8c,
+  kBinUnicode8 = 0x8d,
+  kStackGlobal = 0x93,
+  kMemoize = 0x94,
   kFrame = 0x95,
 };
 
@@ -127,9 +156,15 @@ class Writer {
   void Write(const PyValue& v) {
     using K = PyValue::Kind;
     switch (v.kind) {
-      case K::kNone: Op(kNone); break;
-      case K::kBool: Op(v.b ? kNewTrue : kNewFalse); break;
-      case K::kInt: Int(v.i); break;
+      case K::kNone:
+        Op(kNone);
+        break;
+      case K::kBool:
+        Op(v.b ? kNewTrue : kNewFalse);
+        break;
+      case K::kInt:
+        Int(v.i);
+        break;
       case K::kFloat: {
         Op(kBinFloat);
         uint64_t bits;
@@ -138,7 +173,9 @@ class Writer {
         Raw(&bits, 8);
         break;
       }
-      case K::kString: Str(v.s); break;
+      case K::kString:
+        Str(v.s);
+        break;
       case K::kTuple:
         Op(kMark);
         for (const auto& item : v.items) Write(*item);
@@ -190,7 +227,8 @@ class Writer {
         Op(kReduce);
         break;
       }
-      default: break;
+      default:
+        break;
     }
   }
   std::string out_;
@@ -208,8 +246,8 @@ class Reader {
       if (!st.ok()) return st;
       if (op == kStop) break;
     }
-    if (stack_.size() != 1) return Corrupt("pickle ends with " + std::to_string(stack_.size()) +
-                                           " values on the stack");
+    if (stack_.size() != 1)
+      return Corrupt("pickle ends with " + std::to_string(stack_.size()) + " values on the stack");
     return stack_.back();
   }
 
@@ -254,8 +292,7 @@ class Reader {
   Status PushGlobal(const std::string& module, const std::string& name) {
     const std::string full = module + "." + name;
     bool allowed = full == "torch._utils._rebuild_tensor_v2" ||
-                   full == "torch._utils._rebuild_parameter" ||
-                   full == "collections.OrderedDict";
+                   full == "torch._utils._rebuild_parameter" || full == "collections.OrderedDict";
     for (const auto& s : kStorageNames) {
       if (module == "torch" && name == s.name) allowed = true;
     }
@@ -370,11 +407,20 @@ class Reader {
         NEED(Bytes(&n, 8));
         return Status::Ok();
       }
-      case kStop: return Status::Ok();
-      case kMark: stack_.push_back(nullptr); return Status::Ok();
-      case kNone: stack_.push_back(PyValue::None()); return Status::Ok();
-      case kNewTrue: stack_.push_back(PyValue::Bool(true)); return Status::Ok();
-      case kNewFalse: stack_.push_back(PyValue::Bool(false)); return Status::Ok();
+      case kStop:
+        return Status::Ok();
+      case kMark:
+        stack_.push_back(nullptr);
+        return Status::Ok();
+      case kNone:
+        stack_.push_back(PyValue::None());
+        return Status::Ok();
+      case kNewTrue:
+        stack_.push_back(PyValue::Bool(true));
+        return Status::Ok();
+      case kNewFalse:
+        stack_.push_back(PyValue::Bool(false));
+        return Status::Ok();
       case kBinInt1: {
         uint8_t v;
         NEED(Byte(&v));
@@ -430,9 +476,15 @@ class Reader {
         pos_ += n;
         return Status::Ok();
       }
-      case kEmptyDict: stack_.push_back(PyValue::Dict()); return Status::Ok();
-      case kEmptyList: stack_.push_back(PyValue::List({})); return Status::Ok();
-      case kEmptyTuple: stack_.push_back(PyValue::Tuple({})); return Status::Ok();
+      case kEmptyDict:
+        stack_.push_back(PyValue::Dict());
+        return Status::Ok();
+      case kEmptyList:
+        stack_.push_back(PyValue::List({}));
+        return Status::Ok();
+      case kEmptyTuple:
+        stack_.push_back(PyValue::Tuple({}));
+        return Status::Ok();
       case kTupleOp: {
         ASSIGN_OR_RETURN(auto items, PopMark());
         stack_.push_back(PyValue::Tuple(std::move(items)));
@@ -476,7 +528,8 @@ class Reader {
         NEED(Bytes(&i, 4));
         return Memo(i);
       }
-      case kMemoize: return Memo(static_cast<uint32_t>(memo_.size()));
+      case kMemoize:
+        return Memo(static_cast<uint32_t>(memo_.size()));
       case kBinGet: {
         uint8_t i;
         NEED(Byte(&i));

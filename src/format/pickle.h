@@ -33,16 +33,27 @@ struct PyTensorRef {
 };
 
 struct PyValue {
-  enum class Kind { kNone, kBool, kInt, kFloat, kString, kTuple, kList, kDict, kTensor,
-                    kGlobal, kStorage };
+  enum class Kind {
+    kNone,
+    kBool,
+    kInt,
+    kFloat,
+    kString,
+    kTuple,
+    kList,
+    kDict,
+    kTensor,
+    kGlobal,
+    kStorage
+  };
   Kind kind = Kind::kNone;
   bool b = false;
   int64_t i = 0;
   double d = 0;
-  std::string s;                             // string, or "module.name" of a global
-  std::vector<PyPtr> items;                  // tuple, list
+  std::string s;                              // string, or "module.name" of a global
+  std::vector<PyPtr> items;                   // tuple, list
   std::vector<std::pair<PyPtr, PyPtr>> dict;  // insertion order
-  PyTensorRef tensor;                        // tensor, or storage (key, dtype, numel)
+  PyTensorRef tensor;                         // tensor, or storage (key, dtype, numel)
 
   static PyPtr None();
   static PyPtr Bool(bool v);
