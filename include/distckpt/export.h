@@ -26,9 +26,14 @@ namespace distckpt {
 // Called after each tensor with bytes done and bytes in total.
 using ProgressFn = std::function<void(int64_t done, int64_t total)>;
 
+class DeviceGatherer;
+
 struct ExportOptions {
   bool model_only = false;  // write the bare model state_dict, for deployment
   ProgressFn progress;
+  // Live export only: gathers CUDA shards over NCCL (see nccl.h); CPU shards, or all shards
+  // when this is null, are gathered over the Communicator (MPI).
+  DeviceGatherer* device_gatherer = nullptr;
 };
 
 struct ExportStats {

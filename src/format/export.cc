@@ -10,6 +10,7 @@
 #include <map>
 
 #include "core/bytes.h"
+#include "distckpt/nccl.h"
 #include "distckpt/plan.h"
 #include "format/pickle.h"
 #include "storage/shard_reader.h"
@@ -282,8 +283,28 @@ Status ExportTree(Communicator& comm, const StateTree& tree, const std::string& 
   // Every rank walks the tensors in the same order, so the gathers pair up.
   TensorSource source = [&](const Leaf& leaf, std::vector<char>* buffer) -> Status {
     const TensorEntry& e = tree.tensor(leaf.path);
-    at::Tensor local = e.tensor.detach().to(at::kCPU).contiguous();
     const int64_t esize = c10::elementSize(leaf.dtype);
+    const int64_t start =
+        e.placement == PlacementKind::kShardedRows ? e.offset * RowElements(e.global_shape)
+                                                   : e.offset;
+    if (e.placement != PlacementKind::kReplicated && e.tensor.is_cuda() &&
+        options.device_gatherer) {
+      // Shards stay on the GPUs until they reach rank 0; offsets travel over MPI.
+      std::vector<at::Tensor> parts;
+      RETURN_IF_ERROR(options.device_gatherer->Gather(e.tensor.detach().reshape({-1}), 0, &parts));
+      std::vector<std::string> starts;
+      RETURN_IF_ERROR(comm.Gather(std::to_string(start), &starts, 0));
+      if (!root) return Status::Ok();
+      at::Tensor whole = at::empty({NumElements(leaf.shape)}, parts[0].options());
+      for (size_t r = 0; r < parts.size(); ++r) {
+        whole.narrow(0, std::stoll(starts[r]), parts[r].numel()).copy_(parts[r]);
+      }
+      at::Tensor host = whole.to(at::kCPU);
+      buffer->resize(host.nbytes());
+      std::memcpy(buffer->data(), host.data_ptr(), host.nbytes());
+      return Status::Ok();
+    }
+    at::Tensor local = e.tensor.detach().to(at::kCPU).contiguous();
     if (e.placement == PlacementKind::kReplicated) {
       if (root) {
         buffer->resize(local.nbytes());
@@ -291,9 +312,6 @@ Status ExportTree(Communicator& comm, const StateTree& tree, const std::string& 
       }
       return Status::Ok();
     }
-    const int64_t start = e.placement == PlacementKind::kShardedRows
-                              ? e.offset * RowElements(e.global_shape)
-                              : e.offset;
     ByteWriter w;
     w.PutI64(start);
     w.str().append(static_cast<const char*>(local.data_ptr()), local.nbytes());

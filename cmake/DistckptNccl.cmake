@@ -1,0 +1,34 @@
+# Compiles the NCCL gather path when the CUDA runtime and NCCL are found: NCCL from the torch
+# wheel's nvidia-nccl package (or the system), the CUDA runtime from the CUDA toolkit or the
+# wheel. Nothing here needs a GPU; tests that do skip at run time.
+if(NOT DISTCKPT_WITH_NCCL)
+  return()
+endif()
+set(_nv_root "")
+if(TORCH_PACKAGE_DIR)
+  get_filename_component(_nv_root "${TORCH_PACKAGE_DIR}/../nvidia" ABSOLUTE)
+endif()
+find_path(NCCL_INCLUDE_DIR nccl.h
+  HINTS ${_nv_root}/nccl/include ENV NCCL_HOME PATH_SUFFIXES include)
+find_library(NCCL_LIBRARY NAMES nccl libnccl.so.2 NAMES_PER_DIR
+  HINTS ${_nv_root}/nccl/lib ENV NCCL_HOME PATH_SUFFIXES lib lib64)
+find_package(CUDAToolkit QUIET)
+find_path(CUDART_INCLUDE_DIR cuda_runtime.h
+  HINTS ${CUDAToolkit_INCLUDE_DIRS} ${_nv_root}/cu13/include /usr/local/cuda/include)
+find_library(CUDART_LIBRARY NAMES cudart libcudart.so.13 libcudart.so.12 NAMES_PER_DIR
+  HINTS ${_nv_root}/cu13/lib ${_nv_root}/cuda_runtime/lib ${CUDAToolkit_LIBRARY_DIR})
+if(NCCL_INCLUDE_DIR AND NCCL_LIBRARY AND CUDART_INCLUDE_DIR AND CUDART_LIBRARY)
+  message(STATUS "NCCL path: ${NCCL_LIBRARY}, CUDA runtime: ${CUDART_LIBRARY}")
+  target_compile_definitions(distckpt PRIVATE DISTCKPT_HAVE_NCCL=1)
+  target_include_directories(distckpt SYSTEM PRIVATE ${NCCL_INCLUDE_DIR} ${CUDART_INCLUDE_DIR})
+  target_link_libraries(distckpt PRIVATE ${NCCL_LIBRARY} ${CUDART_LIBRARY})
+  # LibTorch's CUDA kernels, so that at::empty on a CUDA device works in the same process.
+  find_library(_torch_cuda torch_cuda PATHS ${TORCH_PACKAGE_DIR}/lib NO_DEFAULT_PATH)
+  if(_torch_cuda)
+    target_link_libraries(distckpt PUBLIC -Wl,--no-as-needed ${_torch_cuda} -Wl,--as-needed)
+  endif()
+  set(DISTCKPT_HAVE_NCCL ON CACHE INTERNAL "")
+else()
+  message(STATUS "NCCL path disabled: NCCL or the CUDA runtime was not found")
+  set(DISTCKPT_HAVE_NCCL OFF CACHE INTERNAL "")
+endif()

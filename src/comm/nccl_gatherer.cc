@@ -1,0 +1,138 @@
+#include <cstdlib>
+#include <string>
+
+#include "distckpt/nccl.h"
+
+#ifdef DISTCKPT_HAVE_NCCL
+#include <ATen/ATen.h>
+#include <cuda_runtime.h>
+#include <nccl.h>
+#endif
+
+namespace distckpt {
+
+int LocalCudaDevice(const Communicator& comm) {
+  const int count = CudaDeviceCount();
+  if (count == 0) return -1;
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+  const int local_rank = local ? std::atoi(local) : comm.rank();
+  return local_rank % count;
+}
+
+#ifdef DISTCKPT_HAVE_NCCL
+
+bool NcclCompiledIn() { return true; }
+
+int CudaDeviceCount() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) return 0;
+  return count;
+}
+
+namespace {
+
+class NcclGatherer : public DeviceGatherer {
+ public:
+  NcclGatherer(Communicator& comm, int device) : comm_(comm), device_(device) {}
+  ~NcclGatherer() override {
+    if (nccl_) ncclCommDestroy(nccl_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  Status Init() {
+    RETURN_IF_ERROR(Cuda(cudaSetDevice(device_), "cudaSetDevice"));
+    // A blocking stream: it waits for work queued on the legacy default stream.
+    RETURN_IF_ERROR(Cuda(cudaStreamCreate(&stream_), "cudaStreamCreate"));
+    ncclUniqueId id;
+    std::string bytes;
+    if (comm_.rank() == 0) {
+      RETURN_IF_ERROR(Nccl(ncclGetUniqueId(&id), "ncclGetUniqueId"));
+      bytes.assign(reinterpret_cast<const char*>(&id), sizeof(id));
+    }
+    RETURN_IF_ERROR(comm_.Broadcast(&bytes, 0));
+    if (bytes.size() != sizeof(id)) return Internal("malformed ncclUniqueId broadcast");
+    std::memcpy(&id, bytes.data(), sizeof(id));
+    return Nccl(ncclCommInitRank(&nccl_, comm_.size(), id, comm_.rank()), "ncclCommInitRank");
+  }
+
+  Status Gather(const at::Tensor& local, int root, std::vector<at::Tensor>* parts) override {
+    if (!local.is_cuda()) return InvalidArgument("NCCL gather of a tensor that is not on a GPU");
+    at::Tensor src = local.contiguous();
+    const size_t esize = src.element_size();
+    // Sizes first (over MPI), so the root can allocate each part.
+    std::string mine = std::to_string(src.numel());
+    std::vector<std::string> sizes;
+    RETURN_IF_ERROR(comm_.Gather(mine, &sizes, root));
+    RETURN_IF_ERROR(Cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize"));
+    parts->clear();
+    const bool is_root = comm_.rank() == root;
+    if (is_root) {
+      for (const std::string& s : sizes) {
+        parts->push_back(at::empty({std::stoll(s)}, src.options()));
+      }
+    }
+    RETURN_IF_ERROR(Nccl(ncclGroupStart(), "ncclGroupStart"));
+    if (is_root) {
+      for (int r = 0; r < comm_.size(); ++r) {
+        at::Tensor& dst = (*parts)[r];
+        if (r == root) {
+          cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), src.numel() * esize,
+                          cudaMemcpyDeviceToDevice, stream_);
+        } else if (dst.numel() > 0) {
+          RETURN_IF_ERROR(Nccl(ncclRecv(dst.data_ptr(), dst.numel() * esize, ncclUint8, r,
+                                        nccl_, stream_),
+                               "ncclRecv"));
+        }
+      }
+    } else if (src.numel() > 0) {
+      RETURN_IF_ERROR(Nccl(ncclSend(src.data_ptr(), src.numel() * esize, ncclUint8, root, nccl_,
+                                    stream_),
+                           "ncclSend"));
+    }
+    RETURN_IF_ERROR(Nccl(ncclGroupEnd(), "ncclGroupEnd"));
+    return Cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+  }
+
+  int device() const override { return device_; }
+
+ private:
+  Status Cuda(cudaError_t rc, const char* what) const {
+    if (rc == cudaSuccess) return Status::Ok();
+    return Status(Code::kAborted, std::string(what) + " failed on rank " +
+                                      std::to_string(comm_.rank()) + ": " + cudaGetErrorString(rc));
+  }
+  Status Nccl(ncclResult_t rc, const char* what) const {
+    if (rc == ncclSuccess) return Status::Ok();
+    return Status(Code::kAborted, std::string(what) + " failed on rank " +
+                                      std::to_string(comm_.rank()) + ": " + ncclGetErrorString(rc));
+  }
+
+  Communicator& comm_;
+  int device_;
+  cudaStream_t stream_ = nullptr;
+  ncclComm_t nccl_ = nullptr;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<DeviceGatherer>> MakeNcclGatherer(Communicator& comm) {
+  Status local;
+  const int device = LocalCudaDevice(comm);
+  if (device < 0) local = NotFound("no CUDA device on rank " + std::to_string(comm.rank()));
+  RETURN_IF_ERROR(AgreeOnStatus(comm, local));
+  auto gatherer = std::make_unique<NcclGatherer>(comm, device);
+  RETURN_IF_ERROR(AgreeOnStatus(comm, gatherer->Init()));
+  return std::unique_ptr<DeviceGatherer>(std::move(gatherer));
+}
+
+#else  // !DISTCKPT_HAVE_NCCL
+
+bool NcclCompiledIn() { return false; }
+int CudaDeviceCount() { return 0; }
+Result<std::unique_ptr<DeviceGatherer>> MakeNcclGatherer(Communicator&) {
+  return InvalidArgument("distckpt was built without NCCL (DISTCKPT_WITH_NCCL=OFF or no CUDA/NCCL)");
+}
+
+#endif
+
+}  // namespace distckpt
