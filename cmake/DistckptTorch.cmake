@@ -26,7 +26,9 @@ set(TORCH_PACKAGE_DIR ${TORCH_PACKAGE_DIR} CACHE INTERNAL "")
 target_include_directories(distckpt_torch SYSTEM INTERFACE
   ${TORCH_PACKAGE_DIR}/include ${TORCH_PACKAGE_DIR}/include/torch/csrc/api/include)
 target_compile_definitions(distckpt_torch INTERFACE _GLIBCXX_USE_CXX11_ABI=${_torch_abi})
-foreach(_lib torch torch_cpu c10)
+# Not libtorch.so: in the CUDA wheel it pulls in libtorch_cuda and ~400 MiB of resident CUDA
+# libraries at load time. Everything distckpt uses lives in torch_cpu and c10.
+foreach(_lib torch_cpu c10)
   find_library(_torch_lib_${_lib} ${_lib} PATHS ${TORCH_PACKAGE_DIR}/lib NO_DEFAULT_PATH REQUIRED)
   target_link_libraries(distckpt_torch INTERFACE ${_torch_lib_${_lib}})
 endforeach()
