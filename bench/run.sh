@@ -7,10 +7,13 @@ build
 GIB=${1:-1}; REPS=${2:-3}
 mkdir -p "$DISTCKPT_ROOT/bench/results"
 CSV=$DISTCKPT_ROOT/bench/results/save_load.csv
-rm -f "$CSV"
+rm -f "$CSV" "$DISTCKPT_ROOT/bench/results/export.csv"
 say "save/load benchmark: ${GIB} GiB state, median of $REPS, $(nproc) cores, $(date -u +%F)"
 for np in 1 2 4; do
   mpirun --oversubscribe -np $np "$BUILD_DIR/bench/save_load_bench" --gib "$GIB" --reps "$REPS" \
     --dir "${BENCH_DIR:-/tmp/distckpt-bench}" --csv "$CSV"
 done
+say "export benchmark: ${EXPORT_GIB:-4} GiB state, no tensor over 256 MiB"
+"$BUILD_DIR/bench/export_bench" --gib "${EXPORT_GIB:-4}" --cli "$BUILD_DIR/distckpt" \
+  --dir "${BENCH_DIR:-/tmp/distckpt-bench}-export" --csv "$DISTCKPT_ROOT/bench/results/export.csv"
 echo "CSV: $CSV"

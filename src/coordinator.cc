@@ -518,14 +518,19 @@ std::optional<std::string> LatestCheckpoint(const std::string& root) {
   return latest;
 }
 
-Result<VerifyReport> VerifyCheckpoint(const std::string& dir, Env* env) {
+Result<VerifyReport> VerifyCheckpoint(const std::string& dir, Env* env,
+                                      const ProgressFn& progress) {
   if (!env) env = Env::Default();
   ASSIGN_OR_RETURN(Manifest manifest, ReadManifest(dir));
   VerifyReport report;
   ShardReader reader(env, dir, manifest.piece_bytes, 0);
   std::vector<char> buffer;
+  int64_t done = 0;
+  const int64_t total = manifest.TotalBytes();
   for (const TensorRecord& t : manifest.tensors) {
     ++report.tensors_checked;
+    done += t.nbytes();
+    if (progress) progress(done, total);
     const int64_t esize = c10::elementSize(t.dtype);
     for (const ShardRecord& s : t.shards) {
       // Bounded memory: verify large shards in slices.

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -28,6 +29,9 @@
 namespace distckpt {
 
 inline constexpr char kLibraryVersion[] = "0.1.0";
+
+// Long operations report bytes done and bytes in total through this, after each tensor.
+using ProgressFn = std::function<void(int64_t done, int64_t total)>;
 
 struct CheckpointerOptions {
   Env* env = nullptr;                 // nullptr: Env::Default()
@@ -108,6 +112,7 @@ struct VerifyReport {
   bool ok() const { return problems.empty(); }
 };
 // Non-collective. Reads every byte of every shard and checks every checksum.
-Result<VerifyReport> VerifyCheckpoint(const std::string& dir, Env* env = nullptr);
+Result<VerifyReport> VerifyCheckpoint(const std::string& dir, Env* env = nullptr,
+                                      const ProgressFn& progress = nullptr);
 
 }  // namespace distckpt

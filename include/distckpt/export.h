@@ -23,9 +23,6 @@
 
 namespace distckpt {
 
-// Called after each tensor with bytes done and bytes in total.
-using ProgressFn = std::function<void(int64_t done, int64_t total)>;
-
 class DeviceGatherer;
 
 struct ExportOptions {

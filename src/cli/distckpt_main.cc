@@ -128,8 +128,10 @@ int Inspect(const std::string& dir, bool json) {
   return 0;
 }
 
+distckpt::ProgressFn TerminalProgress(const char* what);
+
 int Verify(const std::string& dir) {
-  auto report = distckpt::VerifyCheckpoint(dir);
+  auto report = distckpt::VerifyCheckpoint(dir, nullptr, TerminalProgress("verify"));
   if (!report.ok()) {
     std::fprintf(stderr, "distckpt verify: FAILED: %s\n", report.status().ToString().c_str());
     return 1;

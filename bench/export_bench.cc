@@ -1,0 +1,108 @@
+// Peak memory and time of `distckpt export` (a separate process, measured with wait4) on a
+// state of --gib GiB made of tensors no larger than --max-mib MiB. Aim: peak resident memory
+// under 1.25 x the largest tensor + 256 MiB, whatever the total. Correctness: the exported file
+// is read back and every tensor compared with the regenerated original.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "bench_util.h"
+#include "distckpt/checkpoint.h"
+#include "distckpt/export.h"
+
+using namespace distckpt;
+
+namespace {
+
+at::Tensor Make(int64_t index, int64_t numel) {
+  auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(index));
+  return at::rand({numel / 1024, 1024}, gen);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  double gib = 4;
+  int64_t max_mib = 256;
+  std::string dir = "/tmp/distckpt-export-bench", cli = "build/distckpt", csv;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string k = argv[i];
+    if (k == "--gib") gib = std::stod(argv[i + 1]);
+    if (k == "--max-mib") max_mib = std::stoll(argv[i + 1]);
+    if (k == "--dir") dir = argv[i + 1];
+    if (k == "--cli") cli = argv[i + 1];
+    if (k == "--csv") csv = argv[i + 1];
+  }
+  at::set_num_threads(1);
+  std::filesystem::remove_all(dir);
+  const int64_t total = static_cast<int64_t>(gib * (1LL << 30));
+  // Sizes cycle through max, max/2, max/4 so the state is not one uniform block.
+  std::vector<int64_t> sizes;
+  for (int64_t done = 0, i = 0; done < total; ++i) {
+    int64_t bytes = std::min((max_mib << 20) >> (i % 3), total - done);
+    sizes.push_back(bytes / 4);
+    done += bytes;
+  }
+  int64_t largest = 0;
+  {
+    StateTree tree;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      tree.SetTensor("model_state_dict/layer" + std::to_string(i) + ".weight", Make(i, sizes[i]));
+      largest = std::max(largest, sizes[i] * 4);
+    }
+    tree.SetScalar("epoch", int64_t{1});
+    auto comm = MakeLocalCommunicator();
+    Checkpointer(dir + "/ckpt", *comm).Save(tree, 1);
+  }
+  const std::string ckpt = dir + "/ckpt/" + CheckpointDirName(1);
+  const std::string out = dir + "/export.pt";
+  const double t0 = bench::Now();
+  pid_t pid = fork();
+  if (pid == 0) {
+    execl(cli.c_str(), cli.c_str(), "export", ckpt.c_str(), out.c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  int status = 0;
+  struct rusage ru;
+  wait4(pid, &status, 0, &ru);
+  const double secs = bench::Now() - t0;
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    std::fprintf(stderr, "distckpt export failed\n");
+    return 1;
+  }
+  const double peak_mib = ru.ru_maxrss / 1024.0;
+  const double limit_mib = 1.25 * largest / (1 << 20) + 256;
+  // Read back tensor by tensor through a .pt reader and compare with the originals.
+  auto back = ReadPt(out);
+  if (!back.ok()) {
+    std::fprintf(stderr, "%s\n", back.status().ToString().c_str());
+    return 1;
+  }
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (!at::equal(back->tensor("model_state_dict/layer" + std::to_string(i) + ".weight").tensor,
+                   Make(i, sizes[i]))) {
+      std::fprintf(stderr, "tensor %zu differs after export\n", i);
+      return 2;
+    }
+  }
+  std::printf("export of %.2f GiB (%zu tensors, largest %lld MiB): %.2f s, %.2f GB/s, peak RSS "
+              "%.0f MiB (limit 1.25 x largest + 256 = %.0f MiB: %s)\n",
+              static_cast<double>(total) / (1 << 30), sizes.size(),
+              static_cast<long long>(largest >> 20), secs, total / 1e9 / secs, peak_mib, limit_mib,
+              peak_mib < limit_mib ? "met" : "MISSED");
+  if (!csv.empty()) {
+    bool header = !std::filesystem::exists(csv);
+    FILE* f = std::fopen(csv.c_str(), "a");
+    if (header) std::fprintf(f, "tool,state_bytes,largest_bytes,seconds,peak_rss_mib\n");
+    std::fprintf(f, "distckpt export,%lld,%lld,%.3f,%.0f\n", (long long)total, (long long)largest,
+                 secs, peak_mib);
+    std::fclose(f);
+  }
+  std::filesystem::remove_all(dir);
+  return 0;
+}
