@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <random>
 
 #include "core/bytes.h"
@@ -432,22 +433,58 @@ Status Checkpointer::LoadStatus(const std::string& dir, StateTree& tree,
   }
   RETURN_IF_ERROR(AgreeOnStatus(comm_, local).Annotate("loading '" + dir + "'"));
 
-  // Read into staging buffers, verifying every piece.
+  // Which tensors does every rank want whole (the same range)? Those are read once in total.
+  const int world = comm_.size();
+  std::vector<bool> shared(pending.size(), false);
+  if (options.read_once && world > 1) {
+    ByteWriter w;
+    for (const Pending& p : pending) {
+      w.PutString(p.record->path);
+      w.PutI64(p.start);
+      w.PutI64(p.count);
+    }
+    std::vector<std::string> all;
+    RETURN_IF_ERROR(comm_.AllGather(w.str(), &all));
+    std::map<std::string, std::pair<int, std::pair<int64_t, int64_t>>> seen;  // path -> (ranks, range)
+    for (const std::string& bytes : all) {
+      ByteReader r(bytes);
+      std::string path;
+      int64_t start, count;
+      while (!r.done() && r.GetString(&path) && r.GetI64(&start) && r.GetI64(&count)) {
+        auto [it, inserted] = seen.emplace(path, std::make_pair(1, std::make_pair(start, count)));
+        if (!inserted) {
+          it->second.first += 1;
+          if (it->second.second != std::make_pair(start, count)) it->second.first = -world;
+        }
+      }
+    }
+    for (size_t i = 0; i < pending.size(); ++i) {
+      shared[i] = seen[pending[i].record->path].first == world && pending[i].count > 0;
+    }
+  }
+
+  // Read into staging buffers, verifying every piece; shared tensors a 1/M slice each.
   ShardReader reader(env_, dir, manifest.piece_bytes, rank);
   local = Guarded("reading " + rank_tag, [&]() -> Status {
-    for (Pending& p : pending) {
+    for (size_t i = 0; i < pending.size(); ++i) {
+      Pending& p = pending[i];
       const at::Tensor& target = p.entry->tensor;
       if (options.in_place && target.device().is_cpu() && target.is_contiguous()) {
         p.staging = target.view({-1});
       } else {
         p.staging = at::empty({p.count}, at::TensorOptions().dtype(p.record->dtype));
       }
+      int64_t begin = 0, end = p.count;
+      if (shared[i]) {
+        begin = p.count * rank / world;
+        end = p.count * (rank + 1) / world;
+      }
       std::vector<StoredRange> ranges;
       for (const ShardRecord& s : p.record->shards) ranges.push_back({s.flat_start, s.flat_count});
-      auto items = PlanRead(ranges, p.start, p.count);
+      auto items = PlanRead(ranges, p.start + begin, end - begin);
       if (!items.ok()) return items.status().Annotate("tensor '" + p.record->path + "'");
-      char* dest = static_cast<char*>(p.staging.data_ptr());
       const int64_t esize = c10::elementSize(p.record->dtype);
+      char* dest = static_cast<char*>(p.staging.data_ptr()) + begin * esize;
       for (const ReadItem& item : items.value()) {
         RETURN_IF_ERROR(reader.Read(*p.record, p.record->shards[item.shard_index], item.shard_elem,
                                     item.count, dest + item.dest_elem * esize));
@@ -457,6 +494,20 @@ Status Checkpointer::LoadStatus(const std::string& dir, StateTree& tree,
   });
   load_stats_ = reader.stats();
   RETURN_IF_ERROR(AgreeOnStatus(comm_, local).Annotate("loading '" + dir + "'"));
+
+  // Every slice verified: exchange the shared tensors' slices.
+  for (size_t i = 0; i < pending.size(); ++i) {
+    if (!shared[i]) continue;
+    const Pending& p = pending[i];
+    const int64_t esize = c10::elementSize(p.record->dtype);
+    std::vector<int64_t> offsets(world), sizes(world);
+    for (int r = 0; r < world; ++r) {
+      offsets[r] = p.count * r / world * esize;
+      sizes[r] = p.count * (r + 1) / world * esize - offsets[r];
+    }
+    RETURN_IF_ERROR(comm_.AllGatherInPlace(p.staging.data_ptr(), offsets, sizes)
+                        .Annotate("exchanging tensor '" + p.record->path + "'"));
+  }
 
   // Everything verified on every rank: now overwrite the caller's tensors.
   return Guarded("copying into destination tensors", [&]() -> Status {

@@ -133,5 +133,34 @@ TEST(Coordinator, DamageSeenByOneRankFailsTheLoadEverywhereAndTouchesNothing) {
   }
 }
 
+TEST(Coordinator, ReadOnceLoadsEveryByteFromStorageOnceInTotal) {
+  const std::string root = testing::ScratchDir("root");
+  CheckpointerOptions options;
+  options.piece_bytes = 4096;  // small pieces: little padding around each rank's slice
+  Checkpointer ckpt(root, Comm(), options);
+  const std::string dir = ckpt.Save(LocalTree(false), 1);
+  const int64_t size = ckpt.ReadManifest(dir).TotalBytes();
+  for (bool read_once : {true, false}) {
+    StateTree whole;
+    whole.SetTensor("replicated/big", at::zeros({1024, 1024}));
+    whole.SetTensor("sharded/rows", at::zeros({10, 3}, at::kDouble));
+    whole.SetTensor("sharded/flat", at::zeros({7, 5}, at::kBFloat16));
+    LoadOptions load;
+    load.read_once = read_once;
+    ckpt.Load(dir, whole, load);
+    EXPECT_TRUE(BitEqual(whole.tensor("replicated/big").tensor, BigReplicated()));
+    EXPECT_TRUE(BitEqual(whole.tensor("sharded/rows").tensor, GlobalRows()));
+    EXPECT_TRUE(BitEqual(whole.tensor("sharded/flat").tensor, GlobalFlat()));
+    double bytes = static_cast<double>(ckpt.last_load_stats().bytes_read);
+    ASSERT_TRUE(Comm().AllReduceSum(&bytes, 1).ok());
+    const double ratio = bytes / static_cast<double>(size - 5 * 8);  // small/ is not loaded
+    if (read_once) {
+      EXPECT_LT(ratio, 1.05) << "read " << bytes << " bytes for " << size;
+    } else {
+      EXPECT_GT(ratio, Comm().size() * 0.95) << "read " << bytes << " bytes for " << size;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace distckpt

@@ -44,6 +44,10 @@ struct LoadOptions {
   // Saves a copy and the memory of the state, but a failed load may leave those tensors partly
   // overwritten: use it only for scratch tensors the caller would discard on failure.
   bool in_place = false;
+  // Tensors that every rank loads whole are read from storage once in total: each rank reads
+  // and verifies a distinct 1/M of the bytes, and the ranks exchange them over the
+  // communicator. Off: every rank reads everything it needs itself.
+  bool read_once = true;
 };
 
 struct LoadStats {

@@ -28,6 +28,10 @@ class Communicator {
   virtual Status Gather(const std::string& mine, std::vector<std::string>* all, int root) = 0;
   // `bytes` on `root` is copied to every other rank.
   virtual Status Broadcast(std::string* bytes, int root) = 0;
+  // Rank r's bytes are at buffer + offsets[r] (sizes[r] bytes, already filled on rank r);
+  // afterwards every rank holds every segment. Moved in rounds of bounded size.
+  virtual Status AllGatherInPlace(void* buffer, const std::vector<int64_t>& offsets,
+                                  const std::vector<int64_t>& sizes) = 0;
   // Element-wise sum of `count` doubles across ranks, in place.
   virtual Status AllReduceSum(double* values, size_t count) = 0;
   virtual std::string name() const = 0;

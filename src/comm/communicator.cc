@@ -1,5 +1,7 @@
 #include <mpi.h>
 
+#include <algorithm>
+#include <climits>
 #include <vector>
 
 #include "core/bytes.h"
@@ -22,6 +24,10 @@ class LocalCommunicator : public Communicator {
     return Status::Ok();
   }
   Status Broadcast(std::string*, int) override { return Status::Ok(); }
+  Status AllGatherInPlace(void*, const std::vector<int64_t>&,
+                          const std::vector<int64_t>&) override {
+    return Status::Ok();
+  }
   Status AllReduceSum(double*, size_t) override { return Status::Ok(); }
   std::string name() const override { return "local"; }
 };
@@ -96,6 +102,31 @@ class MpiCommunicator : public Communicator {
     if (n > INT32_MAX) return InvalidArgument("broadcast of more than 2 GiB");
     bytes->resize(static_cast<size_t>(n));
     return Check(MPI_Bcast(bytes->data(), static_cast<int>(n), MPI_BYTE, root, comm_), "broadcast");
+  }
+  Status AllGatherInPlace(void* buffer, const std::vector<int64_t>& offsets,
+                          const std::vector<int64_t>& sizes) override {
+    // Rounds of at most kRound bytes per rank keep MPI's int counts in range.
+    constexpr int64_t kRound = 256 << 20;
+    int64_t longest = 0;
+    for (int64_t s : sizes) longest = std::max(longest, s);
+    std::vector<int> counts(size_), displs(size_);
+    char* base = static_cast<char*>(buffer);
+    for (int64_t done = 0; done < longest; done += kRound) {
+      // Displacements are relative to `base`; each must fit an int, so shift the base.
+      int64_t low = INT64_MAX;
+      for (int r = 0; r < size_; ++r) low = std::min(low, offsets[r] + std::min(done, sizes[r]));
+      for (int r = 0; r < size_; ++r) {
+        const int64_t from = std::min(done, sizes[r]);
+        counts[r] = static_cast<int>(std::min(kRound, sizes[r] - from));
+        const int64_t displ = offsets[r] + from - low;
+        if (displ > INT32_MAX) return InvalidArgument("all-gather segments too far apart");
+        displs[r] = static_cast<int>(displ);
+      }
+      RETURN_IF_ERROR(Check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, base + low,
+                                           counts.data(), displs.data(), MPI_BYTE, comm_),
+                            "all-gather in place"));
+    }
+    return Status::Ok();
   }
   Status AllReduceSum(double* values, size_t count) override {
     return Check(

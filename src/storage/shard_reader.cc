@@ -42,8 +42,10 @@ Status ShardReader::Read(const TensorRecord& tensor, const ShardRecord& shard, i
   ReadableFile* file = file_or.value();
   char* out = static_cast<char*>(dest);
   const int64_t group = kPiecesPerRead * piece_bytes_;
+  // Read whole pieces (each has a checksum), but no piece beyond the one holding byte b1 - 1.
+  const int64_t last = std::min(shard_bytes, (b1 + piece_bytes_ - 1) / piece_bytes_ * piece_bytes_);
   for (int64_t g0 = (b0 / piece_bytes_) * piece_bytes_; g0 < b1; g0 += group) {
-    const int64_t g1 = std::min(g0 + group, shard_bytes);
+    const int64_t g1 = std::min(g0 + group, last);
     const int64_t o0 = std::max(g0, b0);
     const int64_t o1 = std::min(g1, b1);
     const bool direct = (o0 == g0 && o1 == g1);
