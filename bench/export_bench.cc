@@ -90,11 +90,11 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  std::printf("export of %.2f GiB (%zu tensors, largest %lld MiB): %.2f s, %.2f GB/s, peak RSS "
-              "%.0f MiB (limit 1.25 x largest + 256 = %.0f MiB: %s)\n",
-              static_cast<double>(total) / (1 << 30), sizes.size(),
-              static_cast<long long>(largest >> 20), secs, total / 1e9 / secs, peak_mib, limit_mib,
-              peak_mib < limit_mib ? "met" : "MISSED");
+  std::printf(
+      "export of %.2f GiB (%zu tensors, largest %lld MiB): %.2f s, %.2f GB/s, peak RSS "
+      "%.0f MiB (limit 1.25 x largest + 256 = %.0f MiB: %s)\n",
+      static_cast<double>(total) / (1 << 30), sizes.size(), static_cast<long long>(largest >> 20),
+      secs, total / 1e9 / secs, peak_mib, limit_mib, peak_mib < limit_mib ? "met" : "MISSED");
   if (!csv.empty()) {
     bool header = !std::filesystem::exists(csv);
     FILE* f = std::fopen(csv.c_str(), "a");

@@ -126,8 +126,29 @@ int main(int argc, char** argv) {
       }
     }
     if (rep > 0) {
+      // Keep the last checkpoint for the replicated-load comparison below.
       std::filesystem::remove(raw_path(rep - 1));
       if (rank == 0) std::filesystem::remove_all(dir + "/ckpt/" + CheckpointDirName(rep - 1));
+    }
+  }
+  // Every rank loads the whole replicated state (plain data-parallel resume): read once in
+  // total and exchanged, against every rank reading everything itself.
+  const std::string last = dir + "/ckpt/" + CheckpointDirName(reps - 1);
+  double replicated_t[2] = {0, 0}, replicated_bytes[2] = {0, 0};
+  for (int mode = 0; mode < 2; ++mode) {
+    if (rank == 0) bench::EvictTree(last);
+    for (auto& t : full) t.zero_();
+    LoadOptions options;
+    options.read_once = mode == 0;
+    replicated_t[mode] = bench::TimeCollective([&] { ckpt.Load(last, tree, options); });
+    replicated_bytes[mode] = static_cast<double>(ckpt.last_load_stats().bytes_read);
+    MPI_Allreduce(MPI_IN_PLACE, &replicated_bytes[mode], 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    for (int64_t t = 0; t < count; ++t) {
+      auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(t));
+      if (!at::equal(full[t], at::rand({rows, cols}, gen))) {
+        std::fprintf(stderr, "rank %d: replicated load of t%lld differs\n", rank, (long long)t);
+        MPI_Abort(MPI_COMM_WORLD, 3);
+      }
     }
   }
   double rss = bench::PeakRssMiB();
@@ -142,16 +163,23 @@ int main(int argc, char** argv) {
         "peak RSS/rank %.0f MiB\n",
         world, static_cast<double>(total) / (1 << 30), gb / s, w / s, gb / w, gb / l, r / l, gb / r,
         gb / ip, r / ip, rss);
+    std::printf(
+        "ranks=%d replicated load (every rank loads all): read-once %.2f s, %.2fx of the "
+        "checkpoint read from storage; per-rank full reads %.2f s, %.2fx\n",
+        world, replicated_t[0], replicated_bytes[0] / total, replicated_t[1],
+        replicated_bytes[1] / total);
     if (!csv.empty()) {
       bool header = !std::filesystem::exists(csv);
       FILE* f = std::fopen(csv.c_str(), "a");
       if (header) {
         std::fprintf(f,
                      "ranks,state_bytes,save_gbps,raw_write_gbps,load_gbps,load_in_place_gbps,"
-                     "raw_read_gbps,peak_rss_mib\n");
+                     "raw_read_gbps,peak_rss_mib,replicated_read_once_s,read_once_bytes_ratio,"
+                     "replicated_full_reads_s,full_reads_bytes_ratio\n");
       }
-      std::fprintf(f, "%d,%lld,%.3f,%.3f,%.3f,%.3f,%.3f,%.0f\n", world, (long long)total, gb / s,
-                   gb / w, gb / l, gb / ip, gb / r, rss);
+      std::fprintf(f, "%d,%lld,%.3f,%.3f,%.3f,%.3f,%.3f,%.0f,%.3f,%.3f,%.3f,%.3f\n", world,
+                   (long long)total, gb / s, gb / w, gb / l, gb / ip, gb / r, rss, replicated_t[0],
+                   replicated_bytes[0] / total, replicated_t[1], replicated_bytes[1] / total);
       std::fclose(f);
     }
   }
