@@ -33,6 +33,8 @@ Status Guarded(const std::string& what, Fn&& fn) {
     return fn();
   } catch (const Error& e) {
     return e.status();
+  } catch (const c10::Error& e) {
+    return Internal(what + ": " + e.what_without_backtrace());
   } catch (const std::exception& e) {
     return Internal(what + ": " + e.what());
   }
@@ -445,7 +447,8 @@ Status Checkpointer::LoadStatus(const std::string& dir, StateTree& tree,
     }
     std::vector<std::string> all;
     RETURN_IF_ERROR(comm_.AllGather(w.str(), &all));
-    std::map<std::string, std::pair<int, std::pair<int64_t, int64_t>>> seen;  // path -> (ranks, range)
+    std::map<std::string, std::pair<int, std::pair<int64_t, int64_t>>>
+        seen;  // path -> (ranks, range)
     for (const std::string& bytes : all) {
       ByteReader r(bytes);
       std::string path;

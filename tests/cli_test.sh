@@ -16,7 +16,7 @@ check "ls shows the leftover as uncommitted" "grep -Eq '^9 .* no ' '$tmp/ls'"
 check "inspect shows tensors with dtype and shape" "grep -q 'model_state_dict/fc2.weight  float32 \[64, 64\] replicated' '$tmp/inspect'"
 "$cli" inspect "$tmp/ck/step-00000006" --json >"$tmp/json"
 check "inspect --json is valid JSON with every tensor" \
-  "python3 -c 'import json,sys; m=json.load(open(\"$tmp/json\")); assert m[\"step\"]==6 and len(m[\"tensors\"])==24' "
+  "python3 -c 'import json,sys; m=json.load(open(\"$tmp/json\")); assert m[\"step\"]==6 and len(m[\"tensors\"])==25' "
 check "verify passes on a good checkpoint" "'$cli' verify '$tmp/ck/step-00000006' >/dev/null"
 
 # Flip one byte inside fc1.weight's data, wherever it was written.

@@ -1,8 +1,9 @@
 // Live export from a running job (ranks 1, 2, 3): rank 0 writes one .pt while shards are
 // gathered to it one tensor at a time; the file reads back equal to the global tensors.
+#include "distckpt/export.h"
+
 #include <filesystem>
 
-#include "distckpt/export.h"
 #include "test_util.h"
 
 namespace distckpt {

@@ -14,8 +14,8 @@ using testing::BitEqual;
 using testing::Comm;
 using testing::Pattern;
 
-#define SKIP_WITHOUT_GPU()                                                        \
-  if (!NcclCompiledIn()) GTEST_SKIP() << "built without the NCCL/CUDA path";     \
+#define SKIP_WITHOUT_GPU()                                                   \
+  if (!NcclCompiledIn()) GTEST_SKIP() << "built without the NCCL/CUDA path"; \
   if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device on this machine"
 
 at::Device MyDevice() { return at::Device(at::kCUDA, LocalCudaDevice(Comm())); }
@@ -48,8 +48,8 @@ TEST(Gpu, LiveExportGathersOverNccl) {
   const at::Tensor flat = Pattern({1000, 33}, at::kFloat, 2);
   int64_t e0 = 33000 * r / n, e1 = 33000 * (r + 1) / n;
   StateTree tree;
-  tree.SetShardedFlat("model_state_dict/w", flat.reshape({-1}).narrow(0, e0, e1 - e0).to(MyDevice()),
-                      {1000, 33}, e0);
+  tree.SetShardedFlat("model_state_dict/w",
+                      flat.reshape({-1}).narrow(0, e0, e1 - e0).to(MyDevice()), {1000, 33}, e0);
   ExportOptions options;
   options.device_gatherer = gatherer.get();
   ThrowIfError(ExportTree(Comm(), tree, dir + "/live.pt", options));

@@ -39,9 +39,12 @@ class Simple(torch.nn.Module):
 
 
 def batch(step):
-    # The same synthetic batch as distckpt-train's Batch(): seeded by (seed, step).
-    g = torch.Generator().manual_seed(SEED * 1000003 + step)
-    x = torch.randn(BATCH, 10, generator=g)
+    # distckpt-train's data: sample i is a function of (seed, i); step s takes the next 96.
+    xs = []
+    for pos in range((step - 1) * BATCH, step * BATCH):
+        g = torch.Generator().manual_seed(SEED * 1000003 + pos % 960)
+        xs.append(torch.randn(10, generator=g))
+    x = torch.stack(xs)
     y = x.sum(1, keepdim=True) * 0.5 + torch.sin(x[:, :2]).sum(1, keepdim=True)
     return x, y
 

@@ -11,6 +11,7 @@
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
 
+#include <optional>
 #include <string>
 
 #include "distckpt/checkpoint.h"
@@ -44,5 +45,16 @@ struct TrainingMeta {
 // the optimizer has been modified.
 TrainingMeta LoadTrainingState(Checkpointer& checkpointer, const std::string& dir,
                                torch::nn::Module& module, torch::optim::Optimizer* optimizer);
+
+// Per-rank state (an RNG state, a data-loader position): rank r's `mine` is stored as row r of
+// a tensor of shape [world, mine.shape...] (every rank passes the same shape and dtype).
+void AddPerRankTensor(StateTree& tree, const std::string& path, const at::Tensor& mine,
+                      const Communicator& comm);
+
+// Collective. Loads rank r's row of per-rank tensor `path` when the checkpoint was saved by more
+// than r ranks. On a rank count change, ranks beyond the saving world get std::nullopt (and must
+// start that state afresh), and rows of ranks that no longer exist are not loaded.
+std::optional<at::Tensor> LoadPerRankTensor(Checkpointer& checkpointer, const std::string& dir,
+                                            const std::string& path);
 
 }  // namespace distckpt

@@ -79,15 +79,15 @@ class NcclGatherer : public DeviceGatherer {
           cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), src.numel() * esize,
                           cudaMemcpyDeviceToDevice, stream_);
         } else if (dst.numel() > 0) {
-          RETURN_IF_ERROR(Nccl(ncclRecv(dst.data_ptr(), dst.numel() * esize, ncclUint8, r,
-                                        nccl_, stream_),
-                               "ncclRecv"));
+          RETURN_IF_ERROR(
+              Nccl(ncclRecv(dst.data_ptr(), dst.numel() * esize, ncclUint8, r, nccl_, stream_),
+                   "ncclRecv"));
         }
       }
     } else if (src.numel() > 0) {
-      RETURN_IF_ERROR(Nccl(ncclSend(src.data_ptr(), src.numel() * esize, ncclUint8, root, nccl_,
-                                    stream_),
-                           "ncclSend"));
+      RETURN_IF_ERROR(
+          Nccl(ncclSend(src.data_ptr(), src.numel() * esize, ncclUint8, root, nccl_, stream_),
+               "ncclSend"));
     }
     RETURN_IF_ERROR(Nccl(ncclGroupEnd(), "ncclGroupEnd"));
     return Cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
@@ -130,7 +130,8 @@ Result<std::unique_ptr<DeviceGatherer>> MakeNcclGatherer(Communicator& comm) {
 bool NcclCompiledIn() { return false; }
 int CudaDeviceCount() { return 0; }
 Result<std::unique_ptr<DeviceGatherer>> MakeNcclGatherer(Communicator&) {
-  return InvalidArgument("distckpt was built without NCCL (DISTCKPT_WITH_NCCL=OFF or no CUDA/NCCL)");
+  return InvalidArgument(
+      "distckpt was built without NCCL (DISTCKPT_WITH_NCCL=OFF or no CUDA/NCCL)");
 }
 
 #endif

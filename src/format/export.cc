@@ -284,9 +284,9 @@ Status ExportTree(Communicator& comm, const StateTree& tree, const std::string& 
   TensorSource source = [&](const Leaf& leaf, std::vector<char>* buffer) -> Status {
     const TensorEntry& e = tree.tensor(leaf.path);
     const int64_t esize = c10::elementSize(leaf.dtype);
-    const int64_t start =
-        e.placement == PlacementKind::kShardedRows ? e.offset * RowElements(e.global_shape)
-                                                   : e.offset;
+    const int64_t start = e.placement == PlacementKind::kShardedRows
+                              ? e.offset * RowElements(e.global_shape)
+                              : e.offset;
     if (e.placement != PlacementKind::kReplicated && e.tensor.is_cuda() &&
         options.device_gatherer) {
       // Shards stay on the GPUs until they reach rank 0; offsets travel over MPI.

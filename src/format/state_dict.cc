@@ -292,4 +292,31 @@ TrainingMeta LoadTrainingState(Checkpointer& checkpointer, const std::string& di
   return meta;
 }
 
+void AddPerRankTensor(StateTree& tree, const std::string& path, const at::Tensor& mine,
+                      const Communicator& comm) {
+  std::vector<int64_t> shape = {comm.size()};
+  for (int64_t d : mine.sizes()) shape.push_back(d);
+  tree.SetShardedRows(path, mine.unsqueeze(0), shape, comm.rank());
+}
+
+std::optional<at::Tensor> LoadPerRankTensor(Checkpointer& checkpointer, const std::string& dir,
+                                            const std::string& path) {
+  const Manifest manifest = checkpointer.ReadManifest(dir);
+  const TensorRecord* rec = manifest.FindTensor(path);
+  if (!rec || rec->global_shape.empty()) {
+    throw Error(NotFound("checkpoint '" + dir + "' has no per-rank tensor '" + path + "'"));
+  }
+  const int rank = checkpointer.comm().rank();
+  const bool have_row = rank < rec->global_shape[0];
+  std::vector<int64_t> row_shape(rec->global_shape.begin() + 1, rec->global_shape.end());
+  row_shape.insert(row_shape.begin(), have_row ? 1 : 0);
+  // Every rank takes part in the collective load; ranks without a row ask for zero rows.
+  StateTree tree;
+  at::Tensor row = at::empty(row_shape, at::TensorOptions().dtype(rec->dtype));
+  tree.SetShardedRows(path, row, rec->global_shape, have_row ? rank : 0);
+  checkpointer.Load(dir, tree);
+  if (!have_row) return std::nullopt;
+  return row.squeeze(0);
+}
+
 }  // namespace distckpt

@@ -4,11 +4,22 @@
 // gradients of a contiguous run of them, and every rank sums all micro-batch gradients in
 // micro-batch order. The arithmetic is therefore the same for any rank count, so a run resumed
 // on a different number of ranks continues bit for bit (as long as ranks <= micro-batches).
+//
+// With --zero 1 the optimizer state is partitioned as in ZeRO stage 1: the parameters are
+// flattened in order, each rank owns one contiguous range of that flat space and keeps optimizer
+// state only for it, updates its range after the reduction, and the ranges are all-gathered.
+// The checkpoint layout is the same either way (Python's optimizer layout, with ZeRO ranges
+// saved as flat shards), so a run saved with --zero resumes without it and the other way round.
+//
+// Data: a dataset of --dataset-size samples, sample i a function of (seed, i); the job keeps a
+// global sample counter (saved as "samples_seen"), so that after a resume on another rank count
+// every sample of the epoch is still seen exactly once (--log-samples records them per rank).
 #include <mpi.h>
 #include <torch/torch.h>
 
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <string>
 
@@ -23,25 +34,28 @@ struct Args {
   int64_t steps = 20;
   int64_t save_every = 5;
   bool resume = false;
+  int zero = 0;
   std::string optimizer = "adam";
   std::string model = "mlp";
+  std::string log_samples;
   double lr = 1e-2;
   int64_t seed = 1234;
   int64_t global_batch = 96;
   int64_t micro_batches = 12;
-  int64_t steps_per_epoch = 10;
+  int64_t dataset_size = 960;
 };
 
 void Usage() {
   std::fprintf(stderr,
                "usage: distckpt-train --ckpt-dir DIR [--steps S] [--save-every K] [--resume]\n"
-               "       [--optimizer sgd|adam|adamw] [--model mlp|simple] [--lr LR] [--seed N]\n");
+               "       [--optimizer sgd|adam|adamw] [--model mlp|simple] [--zero 0|1]\n"
+               "       [--lr LR] [--seed N] [--dataset-size N] [--log-samples PREFIX]\n");
 }
 
 bool Parse(int argc, char** argv, Args* a) {
   for (int i = 1; i < argc; ++i) {
     std::string k = argv[i];
-    auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
+    auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : "0"; };
     if (k == "--ckpt-dir")
       a->ckpt_dir = next();
     else if (k == "--steps")
@@ -50,18 +64,24 @@ bool Parse(int argc, char** argv, Args* a) {
       a->save_every = std::stoll(next());
     else if (k == "--resume")
       a->resume = true;
+    else if (k == "--zero")
+      a->zero = std::stoi(next());
     else if (k == "--optimizer")
       a->optimizer = next();
     else if (k == "--model")
       a->model = next();
+    else if (k == "--log-samples")
+      a->log_samples = next();
     else if (k == "--lr")
       a->lr = std::stod(next());
     else if (k == "--seed")
       a->seed = std::stoll(next());
+    else if (k == "--dataset-size")
+      a->dataset_size = std::stoll(next());
     else
       return false;
   }
-  return !a->ckpt_dir.empty() && a->global_batch % a->micro_batches == 0;
+  return !a->ckpt_dir.empty() && a->global_batch % a->micro_batches == 0 && a->dataset_size > 0;
 }
 
 struct Mlp : torch::nn::Module {
@@ -83,12 +103,20 @@ struct Simple : torch::nn::Module {
   torch::nn::Linear linear{nullptr};
 };
 
-// Synthetic regression data: a function of (seed, step) only, identical on every rank.
-std::pair<torch::Tensor, torch::Tensor> Batch(const Args& a, int64_t in_features, int64_t step) {
-  auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(a.seed * 1000003 + step));
-  torch::Tensor x = at::randn({a.global_batch, in_features}, gen);
-  torch::Tensor y = x.sum(1, true) * 0.5 + torch::sin(x.narrow(1, 0, 2)).sum(1, true);
-  return {x, y};
+// Sample `index` of the dataset: a function of (seed, index) only, identical on every rank.
+torch::Tensor FlatParams(const std::vector<torch::Tensor>& params) {
+  std::vector<torch::Tensor> flat;
+  for (const auto& p : params) flat.push_back(p.detach().reshape({-1}));
+  return torch::cat(flat);
+}
+
+torch::Tensor SampleInput(const Args& a, int64_t in_features, int64_t index) {
+  auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(a.seed * 1000003 + index));
+  return at::randn({in_features}, gen);
+}
+
+torch::Tensor Target(const torch::Tensor& x) {
+  return x.sum(1, true) * 0.5 + torch::sin(x.narrow(1, 0, 2)).sum(1, true);
 }
 
 std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const Args& a,
@@ -106,6 +134,122 @@ std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const Args& a,
   throw std::invalid_argument("unknown optimizer '" + a.optimizer + "'");
 }
 
+std::vector<std::string> StateKeys(const Args& a) {
+  if (a.optimizer == "sgd") return {"momentum_buffer"};
+  return {"exp_avg", "exp_avg_sq"};
+}
+
+// ZeRO-1: this rank's range [lo, hi) of the flat parameter space and its optimizer.
+struct ZeroShard {
+  int64_t lo = 0, hi = 0;
+  torch::Tensor flat;  // this rank's parameters, the optimizer's only tensor
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+};
+
+torch::Tensor* StateTensor(const Args& a, torch::optim::OptimizerParamState& st,
+                           const std::string& key) {
+  if (a.optimizer == "sgd") {
+    return &const_cast<torch::Tensor&>(
+        static_cast<torch::optim::SGDParamState&>(st).momentum_buffer());
+  }
+  auto& adam = static_cast<torch::optim::AdamParamState&>(st);
+  return key == "exp_avg" ? &const_cast<torch::Tensor&>(adam.exp_avg())
+                          : &const_cast<torch::Tensor&>(adam.exp_avg_sq());
+}
+
+// The ZeRO state in the checkpoint's logical layout: per-parameter tensors in flat shards.
+void AddZeroState(const Args& a, const std::vector<torch::Tensor>& params, ZeroShard& z,
+                  distckpt::StateTree& tree) {
+  const std::string prefix = std::string(distckpt::kOptimizerKey) + "/";
+  auto& st = *z.optimizer->state().at(z.flat.unsafeGetTensorImpl());
+  int64_t pos = 0;
+  std::vector<int64_t> indices;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int64_t n = params[i].numel();
+    const int64_t a0 = std::max(pos, z.lo), a1 = std::min(pos + n, z.hi);
+    const std::string s = prefix + "state/" + std::to_string(i) + "/";
+    for (const std::string& key : StateKeys(a)) {
+      torch::Tensor local =
+          a1 > a0 ? StateTensor(a, st, key)->narrow(0, a0 - z.lo, a1 - a0) : torch::empty({0});
+      tree.SetShardedFlat(s + key, local, params[i].sizes().vec(), a1 > a0 ? a0 - pos : 0);
+    }
+    if (a.optimizer != "sgd") {
+      const int64_t step = static_cast<torch::optim::AdamParamState&>(st).step();
+      tree.SetTensor(s + "step", torch::full({}, static_cast<float>(step)));
+    }
+    indices.push_back(static_cast<int64_t>(i));
+    pos += n;
+  }
+  // Hyperparameters as a plain optimizer over all parameters would store them.
+  distckpt::StateTree groups;
+  distckpt::AddOptimizerState(groups, distckpt::kOptimizerKey, *z.optimizer);
+  for (const auto& [path, value] : groups.scalars()) tree.SetScalar(path, value);
+  tree.SetScalar(prefix + "param_groups/0/params", indices);
+}
+
+void LoadZeroState(const Args& a, distckpt::Checkpointer& ckpt, const std::string& dir,
+                   torch::nn::Module& model, const std::vector<torch::Tensor>& params,
+                   ZeroShard& z) {
+  const std::string prefix = std::string(distckpt::kOptimizerKey) + "/";
+  distckpt::StateTree staged;
+  for (const auto& item : model.named_parameters()) {
+    staged.SetTensor(std::string(distckpt::kModelKey) + "/" + item.key(),
+                     torch::empty_like(item.value()));
+  }
+  std::map<std::string, torch::Tensor> flat;  // key -> this rank's range of the state
+  for (const std::string& key : StateKeys(a)) flat[key] = torch::empty({z.hi - z.lo});
+  int64_t pos = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int64_t n = params[i].numel();
+    const int64_t a0 = std::max(pos, z.lo), a1 = std::min(pos + n, z.hi);
+    const std::string s = prefix + "state/" + std::to_string(i) + "/";
+    for (const std::string& key : StateKeys(a)) {
+      torch::Tensor view = a1 > a0 ? flat[key].narrow(0, a0 - z.lo, a1 - a0) : torch::empty({0});
+      staged.SetShardedFlat(s + key, view, params[i].sizes().vec(), a1 > a0 ? a0 - pos : 0);
+    }
+    pos += n;
+  }
+  if (a.optimizer != "sgd") staged.SetTensor(prefix + "state/0/step", torch::empty({}));
+  // The staged tensors are views of our scratch buffers: load straight into them.
+  ckpt.Load(dir, staged, distckpt::LoadOptions{.in_place = true});
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& item : model.named_parameters()) {
+      item.value().copy_(staged.tensor(std::string(distckpt::kModelKey) + "/" + item.key()).tensor);
+    }
+    torch::Tensor all = FlatParams(params);
+    z.flat.copy_(all.narrow(0, z.lo, z.hi - z.lo));
+  }
+  auto& state = z.optimizer->state();
+  if (a.optimizer == "sgd") {
+    auto st = std::make_unique<torch::optim::SGDParamState>();
+    st->momentum_buffer(flat["momentum_buffer"]);
+    state[z.flat.unsafeGetTensorImpl()] = std::move(st);
+  } else {
+    const int64_t step =
+        static_cast<int64_t>(staged.tensor(prefix + "state/0/step").tensor.item<float>());
+    std::unique_ptr<torch::optim::OptimizerParamState> ptr;
+    if (a.optimizer == "adamw") {
+      auto st = std::make_unique<torch::optim::AdamWParamState>();
+      st->step(step);
+      st->exp_avg(flat["exp_avg"]);
+      st->exp_avg_sq(flat["exp_avg_sq"]);
+      ptr = std::move(st);
+    } else {
+      auto st = std::make_unique<torch::optim::AdamParamState>();
+      st->step(step);
+      st->exp_avg(flat["exp_avg"]);
+      st->exp_avg_sq(flat["exp_avg_sq"]);
+      ptr = std::move(st);
+    }
+    state[z.flat.unsafeGetTensorImpl()] = std::move(ptr);
+  }
+  const auto& scalars = staged.scalars();
+  auto lr = scalars.find(prefix + "param_groups/0/lr");
+  if (lr != scalars.end())
+    z.optimizer->param_groups()[0].options().set_lr(std::get<double>(lr->second));
+}
+
 template <typename Model>
 int Train(const Args& a, distckpt::Communicator& comm) {
   const int rank = comm.rank();
@@ -114,37 +258,84 @@ int Train(const Args& a, distckpt::Communicator& comm) {
   auto model = std::make_shared<Model>();
   const int64_t in_features = model->parameters()[0].size(1);
   std::vector<torch::Tensor> params = model->parameters();
-  auto optimizer = MakeOptimizer(a, params);
+  int64_t numel = 0;
+  for (auto& p : params) numel += p.numel();
+
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  ZeroShard zero;
+  if (a.zero) {
+    zero.lo = numel * rank / world;
+    zero.hi = numel * (rank + 1) / world;
+    torch::NoGradGuard no_grad;
+    zero.flat = FlatParams(params).narrow(0, zero.lo, zero.hi - zero.lo).clone();
+    zero.optimizer = MakeOptimizer(a, {zero.flat});
+  } else {
+    optimizer = MakeOptimizer(a, params);
+  }
   distckpt::Checkpointer checkpointer(a.ckpt_dir, comm);
 
   int64_t first_step = 1;
+  int64_t samples_seen = 0;
   if (a.resume) {
     if (auto dir = checkpointer.Latest()) {
-      auto meta = distckpt::LoadTrainingState(checkpointer, *dir, *model, optimizer.get());
-      first_step = meta.step + 1;
+      const distckpt::Manifest manifest = checkpointer.ReadManifest(*dir);
+      first_step = manifest.step + 1;
+      if (a.zero) {
+        LoadZeroState(a, checkpointer, *dir, *model, params, zero);
+      } else {
+        distckpt::LoadTrainingState(checkpointer, *dir, *model, optimizer.get());
+      }
+      auto seen = manifest.scalars.find("samples_seen");
+      samples_seen = seen != manifest.scalars.end() ? std::get<int64_t>(seen->second)
+                                                    : manifest.step * a.global_batch;
+      // Each rank's RNG state comes back when the rank existed at save time; otherwise it
+      // starts afresh from (seed, step, rank).
+      // (A checkpoint imported from Python has no per-rank state.)
+      std::optional<at::Tensor> rng;
+      if (manifest.FindTensor("rank_state/rng")) {
+        rng = distckpt::LoadPerRankTensor(checkpointer, *dir, "rank_state/rng");
+      }
+      if (rng) {
+        at::Generator generator = at::detail::getDefaultCPUGenerator();
+        generator.set_state(*rng);
+      } else {
+        torch::manual_seed(a.seed + 7919 * manifest.step + rank);
+      }
       if (rank == 0) {
-        std::printf("resumed from %s (step %lld, epoch %lld, loss %.9g) on %d rank(s)\n",
-                    dir->c_str(), static_cast<long long>(meta.step),
-                    static_cast<long long>(meta.epoch), meta.loss, world);
+        auto loss = manifest.scalars.find("loss");
+        std::printf("resumed from %s (step %lld, %lld samples seen, loss %.9g) on %d rank(s)%s\n",
+                    dir->c_str(), static_cast<long long>(manifest.step),
+                    static_cast<long long>(samples_seen),
+                    loss != manifest.scalars.end() ? std::get<double>(loss->second) : 0.0, world,
+                    a.zero ? " with ZeRO-1" : "");
       }
     } else if (rank == 0) {
       std::printf("no checkpoint in %s: starting from scratch\n", a.ckpt_dir.c_str());
     }
   }
 
-  int64_t numel = 0;
-  for (auto& p : params) numel += p.numel();
+  std::ofstream sample_log;
+  if (!a.log_samples.empty()) {
+    sample_log.open(a.log_samples + ".rank" + std::to_string(rank), std::ios::app);
+  }
   const int64_t micro = a.global_batch / a.micro_batches;
   const int64_t my_first = a.micro_batches * rank / world;
   const int64_t my_last = a.micro_batches * (rank + 1) / world;
   for (int64_t step = first_step; step <= a.steps; ++step) {
-    auto [x, y] = Batch(a, in_features, step);
     // Per micro-batch: [loss (double), gradient (float32 x numel)].
     std::string mine;
     for (int64_t m = my_first; m < my_last; ++m) {
-      optimizer->zero_grad();
-      auto pred = model->forward(x.narrow(0, m * micro, micro));
-      auto loss = (pred - y.narrow(0, m * micro, micro)).pow(2).sum() / a.global_batch;
+      std::vector<torch::Tensor> xs;
+      for (int64_t k = 0; k < micro; ++k) {
+        const int64_t index = (samples_seen + m * micro + k) % a.dataset_size;
+        xs.push_back(SampleInput(a, in_features, index));
+        if (sample_log.is_open()) sample_log << index << "\n";
+      }
+      torch::Tensor x = torch::stack(xs);
+      for (auto& p : params) {
+        if (p.grad().defined()) p.mutable_grad().zero_();
+      }
+      auto loss = (model->forward(x) - Target(x)).pow(2).sum() / a.global_batch;
       loss.backward();
       double loss_value = loss.template item<double>();
       mine.append(reinterpret_cast<const char*>(&loss_value), sizeof(double));
@@ -164,23 +355,45 @@ int Train(const Args& a, distckpt::Communicator& comm) {
         double lv;
         std::memcpy(&lv, part.data() + off, sizeof(double));
         total_loss += lv;
-        auto g = torch::from_blob(const_cast<char*>(part.data() + off + sizeof(double)), {numel});
-        total += g;
+        total += torch::from_blob(const_cast<char*>(part.data() + off + sizeof(double)), {numel});
       }
     }
-    int64_t pos = 0;
-    for (auto& p : params) {
-      p.mutable_grad() = total.narrow(0, pos, p.numel()).view(p.sizes()).clone();
-      pos += p.numel();
+    if (a.zero) {
+      zero.flat.mutable_grad() = total.narrow(0, zero.lo, zero.hi - zero.lo).clone();
+      zero.optimizer->step();
+      std::string bytes(static_cast<const char*>(zero.flat.data_ptr()), zero.flat.nbytes());
+      std::vector<std::string> ranges;
+      distckpt::ThrowIfError(comm.AllGather(bytes, &ranges));
+      std::string joined;
+      for (const auto& r : ranges) joined += r;
+      torch::Tensor updated = torch::from_blob(joined.data(), {numel});
+      torch::NoGradGuard no_grad;
+      int64_t pos = 0;
+      for (auto& p : params) {
+        p.copy_(updated.narrow(0, pos, p.numel()).view(p.sizes()));
+        pos += p.numel();
+      }
+    } else {
+      int64_t pos = 0;
+      for (auto& p : params) {
+        p.mutable_grad() = total.narrow(0, pos, p.numel()).view(p.sizes()).clone();
+        pos += p.numel();
+      }
+      optimizer->step();
     }
-    optimizer->step();
+    samples_seen += a.global_batch;
     if (rank == 0) std::printf("step %lld loss %.9g\n", static_cast<long long>(step), total_loss);
     std::fflush(stdout);
     if (a.save_every > 0 && step % a.save_every == 0) {
-      auto tree = distckpt::MakeTrainingState(*model, optimizer.get(), step / a.steps_per_epoch,
-                                              total_loss);
+      const int64_t epoch = samples_seen / a.dataset_size;
+      distckpt::StateTree tree =
+          a.zero ? distckpt::MakeTrainingState(*model, nullptr, epoch, total_loss)
+                 : distckpt::MakeTrainingState(*model, optimizer.get(), epoch, total_loss);
+      if (a.zero) AddZeroState(a, params, zero, tree);
       tree.SetScalar("step", step);
-      tree.SetScalar("samples_seen", step * a.global_batch);
+      tree.SetScalar("samples_seen", samples_seen);
+      distckpt::AddPerRankTensor(tree, "rank_state/rng",
+                                 at::detail::getDefaultCPUGenerator().get_state(), comm);
       std::string dir = checkpointer.Save(tree, step);
       if (rank == 0) std::printf("saved %s\n", dir.c_str());
     }
@@ -203,6 +416,9 @@ int main(int argc, char** argv) {
   int rc = 0;
   try {
     rc = args.model == "simple" ? Train<Simple>(args, *comm) : Train<Mlp>(args, *comm);
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "distckpt-train: rank %d: %s\n", comm->rank(), e.what_without_backtrace());
+    rc = 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "distckpt-train: rank %d: %s\n", comm->rank(), e.what());
     rc = 1;
