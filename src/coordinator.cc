@@ -26,6 +26,10 @@ std::string RankFileName(int rank) {
   return buf;
 }
 
+double NowSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 // Runs `fn`, turning a LibTorch or standard exception into a Status.
 template <typename Fn>
 Status Guarded(const std::string& what, Fn&& fn) {
@@ -143,7 +147,8 @@ std::string EncodeShards(const std::vector<TensorRecord>& records) {
 
 // This rank's part of the save: one HDF5 file with one dataset per planned write.
 Status WriteRankFile(Env* env, const std::string& dir, int rank, const StateTree& tree,
-                     const SavePlan& plan, int64_t piece_bytes, std::vector<TensorRecord>* out) {
+                     const SavePlan& plan, int64_t piece_bytes, double deadline,
+                     std::vector<TensorRecord>* out) {
   const std::vector<WriteItem>& items = plan.per_rank[rank];
   if (items.empty()) return Status::Ok();
   const std::string name = RankFileName(rank);
@@ -174,8 +179,19 @@ Status WriteRankFile(Env* env, const std::string& dir, int rank, const StateTree
     const at::Tensor& src = sources[i];
     const size_t nbytes = src.nbytes();
     const char* data = static_cast<const char*>(src.data_ptr());
-    RETURN_IF_ERROR(file->PWrite(offsets[i], data, nbytes)
-                        .Annotate("tensor '" + item.path + "', rank " + std::to_string(rank)));
+    const std::string where = "tensor '" + item.path + "', rank " + std::to_string(rank);
+    // Pieces of at most 64 MiB, so that a deadline is noticed on slow storage.
+    constexpr size_t kPiece = 64 << 20;
+    for (size_t off = 0; off < nbytes; off += kPiece) {
+      if (deadline > 0 && NowSeconds() > deadline) {
+        return Status(Code::kAborted, where +
+                                          ": the save did not finish within its time limit "
+                                          "(writing '" +
+                                          path + "')");
+      }
+      RETURN_IF_ERROR(file->PWrite(offsets[i] + off, data + off, std::min(kPiece, nbytes - off))
+                          .Annotate(where));
+    }
     TensorRecord rec;
     rec.path = item.path;
     ShardRecord shard;
@@ -235,6 +251,8 @@ Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string
     return InvalidArgument("step " + std::to_string(step) + " is outside [0, 99999999]");
   }
 
+  const double deadline =
+      options_.save_timeout_seconds > 0 ? NowSeconds() + options_.save_timeout_seconds : 0;
   // Phase 1: every rank describes its tree; every rank computes the same plan.
   std::vector<LocalTensorInfo> mine;
   Status local = DescribeLocal(tree, &mine);
@@ -267,7 +285,7 @@ Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string
   // Phase 3: every rank writes and fsyncs its file, then the ranks vote.
   std::vector<TensorRecord> written;
   local = Guarded("writing " + rank_tag, [&] {
-    return WriteRankFile(env_, tmp_dir, rank, tree, plan, options_.piece_bytes, &written);
+    return WriteRankFile(env_, tmp_dir, rank, tree, plan, options_.piece_bytes, deadline, &written);
   });
   Status agreed = AgreeOnStatus(comm_, local);
   std::vector<std::string> fragments;
@@ -322,7 +340,9 @@ Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string
       } else {
         RETURN_IF_ERROR(env_->Rename(tmp_dir, final_dir));
       }
-      return env_->SyncDir(root_);
+      RETURN_IF_ERROR(env_->SyncDir(root_));
+      if (options_.retention.active()) CollectGarbage(root_, options_.retention);
+      return Status::Ok();
     });
     if (!local.ok()) env_->RemoveAll(tmp_dir);
   }
@@ -410,6 +430,7 @@ Status Checkpointer::LoadStatus(const std::string& dir, StateTree& tree,
                                 const LoadOptions& options) {
   const int rank = comm_.rank();
   const std::string rank_tag = "rank " + std::to_string(rank);
+  LoadGuard guard(dir);  // retention elsewhere on this machine must not delete it meanwhile
   Manifest manifest;
   RETURN_IF_ERROR(ShareManifest(dir, &manifest).Annotate("loading '" + dir + "'"));
 

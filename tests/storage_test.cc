@@ -1,4 +1,6 @@
 // One process: dtypes, fault injection during save, and every kind of damaged checkpoint.
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -233,6 +235,114 @@ TEST_F(DamagedCheckpoint, ModelThatDiffersIsNamedAndLeftUntouched) {
   extra.SetTensor("model_state_dict/w", at::ones({64, 32}));
   extra.SetTensor("model_state_dict/missing", at::ones({2}));
   expect_mismatch(extra, "'model_state_dict/missing' is not in the checkpoint");
+}
+
+TEST(Retention, KeepLastAndKeepBestAreAUnionAndTheNewestSurvives) {
+  const std::string root = testing::ScratchDir("root");
+  CheckpointerOptions options;
+  options.retention.keep_last = 2;
+  options.retention.keep_best = 1;
+  Checkpointer ckpt(root, Comm(), options);
+  const double losses[] = {5, 1, 4, 3, 6, 2};
+  for (int step = 1; step <= 6; ++step) {
+    StateTree t = SampleTree(step);
+    t.SetScalar("loss", losses[step - 1]);
+    ckpt.Save(t, step);
+  }
+  std::vector<int64_t> steps;
+  for (const auto& c : ListCheckpoints(root)) steps.push_back(c.step);
+  EXPECT_EQ(steps, (std::vector<int64_t>{2, 5, 6}));
+}
+
+TEST(Retention, ACheckpointBeingLoadedIsNotDeleted) {
+  const std::string root = testing::ScratchDir("root");
+  Checkpointer ckpt(root, Comm());
+  const std::string first = ckpt.Save(SampleTree(1), 1);
+  ckpt.Save(SampleTree(2), 2);
+  RetentionPolicy policy;
+  policy.keep_last = 1;
+  {
+    LoadGuard reading(first);
+    EXPECT_TRUE(CollectGarbage(root, policy).empty());
+    EXPECT_TRUE(fs::exists(first));
+  }
+  EXPECT_EQ(CollectGarbage(root, policy), std::vector<std::string>{first});
+  EXPECT_FALSE(fs::exists(first));
+}
+
+TEST(Fallback, DamagedNewestFallsBackToTheLastGoodOne) {
+  const std::string root = testing::ScratchDir("root");
+  Checkpointer ckpt(root, Comm());
+  const StateTree good = SampleTree(1);
+  const std::string good_dir = ckpt.Save(good, 1);
+  const std::string bad_dir = ckpt.Save(SampleTree(2), 2);
+  const Manifest m = ReadManifest(bad_dir).value();
+  const ShardRecord& s = m.tensors[0].shards[0];
+  testing::FlipBit(bad_dir + "/" + s.file, s.byte_offset + 3);
+  std::vector<std::string> logged;
+  auto log = [&](const std::string& line) { logged.push_back(line); };
+  EXPECT_EQ(LatestVerifiedCheckpoint(root, log), good_dir);
+  ASSERT_EQ(logged.size(), 1u);
+  EXPECT_TRUE(Contains(logged[0], "step-00000002")) << logged[0];
+
+  StateTree back = ZerosLike(good);
+  logged.clear();
+  auto loaded = ckpt.LoadNewestGood([&](const std::string& dir) { ckpt.Load(dir, back); }, log);
+  EXPECT_EQ(loaded, good_dir);
+  EXPECT_TRUE(
+      BitEqual(back.tensor("model_state_dict/w").tensor, good.tensor("model_state_dict/w").tensor));
+  ASSERT_EQ(logged.size(), 1u);
+  EXPECT_TRUE(Contains(logged[0], "falling back")) << logged[0];
+
+  // A model that does not match is not "damage": no silent fall back.
+  StateTree wrong;
+  wrong.SetTensor("model_state_dict/w", at::zeros({3}));
+  EXPECT_THROW(ckpt.LoadNewestGood([&](const std::string& dir) { ckpt.Load(dir, wrong); }, log),
+               Error);
+}
+
+// Storage that takes 50 ms per write.
+class SlowEnv : public testing::FaultEnv {
+ public:
+  Result<std::unique_ptr<WritableFile>> OpenWritable(const std::string& path) override {
+    auto file = target()->OpenWritable(path);
+    if (!file.ok()) return file;
+    return std::unique_ptr<WritableFile>(new SlowFile(std::move(file).value()));
+  }
+
+ private:
+  class SlowFile : public WritableFile {
+   public:
+    explicit SlowFile(std::unique_ptr<WritableFile> base) : base_(std::move(base)) {}
+    Status PWrite(uint64_t offset, const void* data, size_t size) override {
+      usleep(50000);
+      return base_->PWrite(offset, data, size);
+    }
+    Status Sync() override { return base_->Sync(); }
+    Status Close() override { return base_->Close(); }
+    const std::string& path() const override { return base_->path(); }
+
+   private:
+    std::unique_ptr<WritableFile> base_;
+  };
+};
+
+TEST(TimeLimit, ASaveOnSlowStorageGivesUpWithAClearError) {
+  const std::string root = testing::ScratchDir("root");
+  SlowEnv slow;
+  CheckpointerOptions options;
+  options.env = &slow;
+  options.save_timeout_seconds = 0.08;
+  Checkpointer ckpt(root, Comm(), options);
+  StateTree tree;
+  for (int i = 0; i < 5; ++i) tree.SetTensor("t" + std::to_string(i), at::ones({4}));
+  try {
+    ckpt.Save(tree, 1);
+    FAIL() << "a save on slow storage did not time out";
+  } catch (const Error& e) {
+    EXPECT_TRUE(Contains(e.what(), "did not finish within its time limit")) << e.what();
+  }
+  EXPECT_FALSE(LatestCheckpoint(root).has_value());
 }
 
 }  // namespace

@@ -33,10 +33,23 @@ inline constexpr char kLibraryVersion[] = "0.1.0";
 // Long operations report bytes done and bytes in total through this, after each tensor.
 using ProgressFn = std::function<void(int64_t done, int64_t total)>;
 
+struct RetentionPolicy {
+  int keep_last = 0;  // keep the K newest committed checkpoints (0: no limit from this rule)
+  int keep_best = 0;  // keep the K best by `metric` (0: no limit from this rule)
+  std::string metric = "loss";  // a numeric scalar of the tree
+  bool lower_is_better = true;
+  // Checkpoints kept by either rule survive (a union); the newest committed one always does.
+  bool active() const { return keep_last > 0 || keep_best > 0; }
+};
+
 struct CheckpointerOptions {
   Env* env = nullptr;                 // nullptr: Env::Default()
   int64_t piece_bytes = 1 << 20;      // checksum granularity
   int64_t min_split_bytes = 1 << 20;  // replicated tensors smaller than this stay whole
+  RetentionPolicy retention;          // applied by rank 0 after each successful commit
+  // A save whose writes have not finished after this many seconds gives up with an error on
+  // every rank (0: no limit). Checked between pieces of at most 64 MiB.
+  double save_timeout_seconds = 0;
 };
 
 struct LoadOptions {
@@ -75,6 +88,15 @@ class Checkpointer {
 
   // Collective. The newest committed checkpoint under root, as rank 0 sees it.
   std::optional<std::string> Latest();
+  // Collective. Every committed checkpoint under root, newest first, as rank 0 sees it.
+  std::vector<std::string> CommittedNewestFirst();
+
+  // Collective. Calls load(dir) on the newest committed checkpoint; if that throws an Error
+  // because the checkpoint is damaged (corrupt or missing files), reports it through `log` and
+  // falls back to the next older one. Returns the directory that loaded, or nullopt if none
+  // exists. Other errors (a model that does not match) are thrown as they are.
+  std::optional<std::string> LoadNewestGood(const std::function<void(const std::string&)>& load,
+                                            const std::function<void(const std::string&)>& log);
 
   const std::string& root() const { return root_; }
   Communicator& comm() { return comm_; }
@@ -108,6 +130,29 @@ struct CheckpointInfo {
 std::vector<CheckpointInfo> ListCheckpoints(const std::string& root);
 // Non-collective. The newest committed checkpoint's directory, if any.
 std::optional<std::string> LatestCheckpoint(const std::string& root);
+
+// Non-collective. The newest committed checkpoint that passes VerifyCheckpoint; each damaged
+// newer one is reported through `log` ("skipping ...: reason").
+std::optional<std::string> LatestVerifiedCheckpoint(
+    const std::string& root, const std::function<void(const std::string&)>& log = nullptr);
+
+// Non-collective. Removes uncommitted leftovers and the committed checkpoints that `policy` does
+// not keep; never the newest committed one, never one that a load holds (see LoadGuard). Returns
+// the removed directories.
+std::vector<std::string> CollectGarbage(const std::string& root, const RetentionPolicy& policy);
+
+// Holds a shared lock on a checkpoint directory while it is being read, so that retention in
+// another process on this machine leaves it alone (flock on the directory).
+class LoadGuard {
+ public:
+  explicit LoadGuard(const std::string& dir);
+  ~LoadGuard();
+  LoadGuard(const LoadGuard&) = delete;
+  LoadGuard& operator=(const LoadGuard&) = delete;
+
+ private:
+  int fd_ = -1;
+};
 
 struct VerifyReport {
   int64_t bytes_checked = 0;

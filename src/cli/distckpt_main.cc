@@ -15,12 +15,15 @@ namespace {
 using distckpt::Manifest;
 
 int Usage() {
-  std::fprintf(stderr,
-               "usage: distckpt ls ROOT\n"
-               "       distckpt inspect CKPT [--json]\n"
-               "       distckpt verify CKPT\n"
-               "       distckpt export CKPT OUT.pt [--model-only]\n"
-               "       distckpt import IN.pt ROOT [--step N]\n");
+  std::fprintf(
+      stderr,
+      "usage: distckpt ls ROOT\n"
+      "       distckpt inspect CKPT [--json]\n"
+      "       distckpt verify CKPT\n"
+      "       distckpt export CKPT OUT.pt [--model-only]\n"
+      "       distckpt import IN.pt ROOT [--step N]\n"
+      "       distckpt gc ROOT [--keep-last K] [--keep-best K [--metric NAME] [--higher]]\n"
+      "       distckpt latest ROOT [--verified]\n");
   return 2;
 }
 
@@ -192,6 +195,43 @@ int Import(const std::string& pt, const std::string& root, int64_t step) {
   return 0;
 }
 
+int Gc(int argc, char** argv) {
+  distckpt::RetentionPolicy policy;
+  for (int i = 3; i < argc; ++i) {
+    std::string k = argv[i];
+    if (k == "--keep-last" && i + 1 < argc)
+      policy.keep_last = std::atoi(argv[++i]);
+    else if (k == "--keep-best" && i + 1 < argc)
+      policy.keep_best = std::atoi(argv[++i]);
+    else if (k == "--metric" && i + 1 < argc)
+      policy.metric = argv[++i];
+    else if (k == "--higher")
+      policy.lower_is_better = false;
+    else
+      return Usage();
+  }
+  auto removed = distckpt::CollectGarbage(argv[2], policy);
+  for (const auto& dir : removed) std::printf("removed %s\n", dir.c_str());
+  std::printf("%zu removed\n", removed.size());
+  return 0;
+}
+
+int Latest(const std::string& root, bool verified) {
+  auto dir = verified ? distckpt::LatestVerifiedCheckpoint(
+                            root,
+                            [](const std::string& line) {
+                              std::fprintf(stderr, "distckpt latest: %s\n", line.c_str());
+                            })
+                      : distckpt::LatestCheckpoint(root);
+  if (!dir) {
+    std::fprintf(stderr, "distckpt latest: no %scommitted checkpoint under %s\n",
+                 verified ? "good " : "", root.c_str());
+    return 1;
+  }
+  std::printf("%s\n", dir->c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -200,6 +240,8 @@ int main(int argc, char** argv) {
   if (cmd == "ls") return List(argv[2]);
   if (cmd == "inspect") return Inspect(argv[2], argc > 3 && std::string(argv[3]) == "--json");
   if (cmd == "verify") return Verify(argv[2]);
+  if (cmd == "gc") return Gc(argc, argv);
+  if (cmd == "latest") return Latest(argv[2], argc > 3 && std::string(argv[3]) == "--verified");
   if (cmd == "export" && argc >= 4) {
     return Export(argv[2], argv[3], argc > 4 && std::string(argv[4]) == "--model-only");
   }

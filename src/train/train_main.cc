@@ -17,7 +17,9 @@
 #include <mpi.h>
 #include <torch/torch.h>
 
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -43,13 +45,15 @@ struct Args {
   int64_t global_batch = 96;
   int64_t micro_batches = 12;
   int64_t dataset_size = 960;
+  int keep_last = 0;
 };
 
 void Usage() {
   std::fprintf(stderr,
                "usage: distckpt-train --ckpt-dir DIR [--steps S] [--save-every K] [--resume]\n"
                "       [--optimizer sgd|adam|adamw] [--model mlp|simple] [--zero 0|1]\n"
-               "       [--lr LR] [--seed N] [--dataset-size N] [--log-samples PREFIX]\n");
+               "       [--lr LR] [--seed N] [--dataset-size N] [--log-samples PREFIX]\n"
+               "       [--keep-last K]\n");
 }
 
 bool Parse(int argc, char** argv, Args* a) {
@@ -78,6 +82,8 @@ bool Parse(int argc, char** argv, Args* a) {
       a->seed = std::stoll(next());
     else if (k == "--dataset-size")
       a->dataset_size = std::stoll(next());
+    else if (k == "--keep-last")
+      a->keep_last = std::stoi(next());
     else
       return false;
   }
@@ -250,6 +256,47 @@ void LoadZeroState(const Args& a, distckpt::Checkpointer& ckpt, const std::strin
     z.optimizer->param_groups()[0].options().set_lr(std::get<double>(lr->second));
 }
 
+// Test hook: DISTCKPT_TEST_KILL_RANK=r and DISTCKPT_TEST_KILL_AT_STEP=s make rank r die by
+// SIGKILL after DISTCKPT_TEST_KILL_AFTER_BYTES bytes of the checkpoint of step s.
+class KillEnv : public distckpt::EnvWrapper {
+ public:
+  explicit KillEnv(int64_t budget) : EnvWrapper(distckpt::Env::Default()), budget_(budget) {}
+  distckpt::Result<std::unique_ptr<distckpt::WritableFile>> OpenWritable(
+      const std::string& path) override {
+    auto file = target()->OpenWritable(path);
+    if (!file.ok()) return file;
+    return std::unique_ptr<distckpt::WritableFile>(new File(this, std::move(file).value()));
+  }
+
+ private:
+  class File : public distckpt::WritableFile {
+   public:
+    File(KillEnv* env, std::unique_ptr<distckpt::WritableFile> base)
+        : env_(env), base_(std::move(base)) {}
+    distckpt::Status PWrite(uint64_t offset, const void* data, size_t size) override {
+      if (static_cast<int64_t>(size) >= env_->budget_) {
+        base_->PWrite(offset, data, static_cast<size_t>(env_->budget_));
+        std::raise(SIGKILL);
+      }
+      env_->budget_ -= static_cast<int64_t>(size);
+      return base_->PWrite(offset, data, size);
+    }
+    distckpt::Status Sync() override { return base_->Sync(); }
+    distckpt::Status Close() override { return base_->Close(); }
+    const std::string& path() const override { return base_->path(); }
+
+   private:
+    KillEnv* env_;
+    std::unique_ptr<distckpt::WritableFile> base_;
+  };
+  int64_t budget_;
+};
+
+int64_t EnvInt(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  return v ? std::atoll(v) : fallback;
+}
+
 template <typename Model>
 int Train(const Args& a, distckpt::Communicator& comm) {
   const int rank = comm.rank();
@@ -272,19 +319,34 @@ int Train(const Args& a, distckpt::Communicator& comm) {
   } else {
     optimizer = MakeOptimizer(a, params);
   }
-  distckpt::Checkpointer checkpointer(a.ckpt_dir, comm);
+  distckpt::CheckpointerOptions options;
+  options.retention.keep_last = a.keep_last;
+  const int64_t kill_step = EnvInt("DISTCKPT_TEST_KILL_AT_STEP", -1);
+  KillEnv kill_env(EnvInt("DISTCKPT_TEST_KILL_AFTER_BYTES", 4096));
+  distckpt::Checkpointer checkpointer(a.ckpt_dir, comm, options);
+  distckpt::CheckpointerOptions kill_options = options;
+  kill_options.env = &kill_env;
+  distckpt::Checkpointer killing(a.ckpt_dir, comm, kill_options);
 
   int64_t first_step = 1;
   int64_t samples_seen = 0;
   if (a.resume) {
-    if (auto dir = checkpointer.Latest()) {
-      const distckpt::Manifest manifest = checkpointer.ReadManifest(*dir);
+    distckpt::Manifest manifest;
+    // The newest checkpoint that loads; a damaged one is reported and skipped.
+    auto dir = checkpointer.LoadNewestGood(
+        [&](const std::string& d) {
+          manifest = checkpointer.ReadManifest(d);
+          if (a.zero) {
+            LoadZeroState(a, checkpointer, d, *model, params, zero);
+          } else {
+            distckpt::LoadTrainingState(checkpointer, d, *model, optimizer.get());
+          }
+        },
+        [&](const std::string& line) {
+          if (rank == 0) std::printf("%s\n", line.c_str());
+        });
+    if (dir) {
       first_step = manifest.step + 1;
-      if (a.zero) {
-        LoadZeroState(a, checkpointer, *dir, *model, params, zero);
-      } else {
-        distckpt::LoadTrainingState(checkpointer, *dir, *model, optimizer.get());
-      }
       auto seen = manifest.scalars.find("samples_seen");
       samples_seen = seen != manifest.scalars.end() ? std::get<int64_t>(seen->second)
                                                     : manifest.step * a.global_batch;
@@ -394,7 +456,8 @@ int Train(const Args& a, distckpt::Communicator& comm) {
       tree.SetScalar("samples_seen", samples_seen);
       distckpt::AddPerRankTensor(tree, "rank_state/rng",
                                  at::detail::getDefaultCPUGenerator().get_state(), comm);
-      std::string dir = checkpointer.Save(tree, step);
+      const bool kill = step == kill_step && rank == EnvInt("DISTCKPT_TEST_KILL_RANK", -1);
+      std::string dir = (kill ? killing : checkpointer).Save(tree, step);
       if (rank == 0) std::printf("saved %s\n", dir.c_str());
     }
   }
@@ -404,6 +467,8 @@ int Train(const Args& a, distckpt::Communicator& comm) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A file-size limit (RLIMIT_FSIZE) should fail the write with EFBIG, not kill the rank.
+  std::signal(SIGXFSZ, SIG_IGN);
   MPI_Init(&argc, &argv);
   Args args;
   if (!Parse(argc, argv, &args)) {
