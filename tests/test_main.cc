@@ -65,7 +65,10 @@ void FlipBit(const std::string& path, uint64_t offset, int bit) {
 
 int main(int argc, char** argv) {
   // Under mpirun every rank takes part; as a plain process MPI stays off (local world).
-  if (std::getenv("OMPI_COMM_WORLD_SIZE")) MPI_Init(&argc, &argv);
+  if (std::getenv("OMPI_COMM_WORLD_SIZE")) {
+    int provided = 0;  // asynchronous saves vote from a background thread
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
+  }
   ::testing::InitGoogleTest(&argc, argv);
   auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
   if (distckpt::testing::Comm().rank() != 0)

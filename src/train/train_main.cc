@@ -25,6 +25,7 @@
 #include <iostream>
 #include <string>
 
+#include "distckpt/async.h"
 #include "distckpt/checkpoint.h"
 #include "distckpt/comm.h"
 #include "distckpt/state_dict.h"
@@ -46,6 +47,7 @@ struct Args {
   int64_t micro_batches = 12;
   int64_t dataset_size = 960;
   int keep_last = 0;
+  bool async = false;
 };
 
 void Usage() {
@@ -53,7 +55,7 @@ void Usage() {
                "usage: distckpt-train --ckpt-dir DIR [--steps S] [--save-every K] [--resume]\n"
                "       [--optimizer sgd|adam|adamw] [--model mlp|simple] [--zero 0|1]\n"
                "       [--lr LR] [--seed N] [--dataset-size N] [--log-samples PREFIX]\n"
-               "       [--keep-last K]\n");
+               "       [--keep-last K] [--async]\n");
 }
 
 bool Parse(int argc, char** argv, Args* a) {
@@ -84,6 +86,8 @@ bool Parse(int argc, char** argv, Args* a) {
       a->dataset_size = std::stoll(next());
     else if (k == "--keep-last")
       a->keep_last = std::stoi(next());
+    else if (k == "--async")
+      a->async = true;
     else
       return false;
   }
@@ -327,6 +331,8 @@ int Train(const Args& a, distckpt::Communicator& comm) {
   distckpt::CheckpointerOptions kill_options = options;
   kill_options.env = &kill_env;
   distckpt::Checkpointer killing(a.ckpt_dir, comm, kill_options);
+  std::unique_ptr<distckpt::AsyncCheckpointer> async;
+  if (a.async) async = std::make_unique<distckpt::AsyncCheckpointer>(a.ckpt_dir, options);
 
   int64_t first_step = 1;
   int64_t samples_seen = 0;
@@ -457,9 +463,21 @@ int Train(const Args& a, distckpt::Communicator& comm) {
       distckpt::AddPerRankTensor(tree, "rank_state/rng",
                                  at::detail::getDefaultCPUGenerator().get_state(), comm);
       const bool kill = step == kill_step && rank == EnvInt("DISTCKPT_TEST_KILL_RANK", -1);
-      std::string dir = (kill ? killing : checkpointer).Save(tree, step);
-      if (rank == 0) std::printf("saved %s\n", dir.c_str());
+      if (async && !kill) {
+        async->SaveAsync(tree, step);
+        if (rank == 0) {
+          std::printf("saving step %lld in the background (training blocked %.3f s)\n",
+                      static_cast<long long>(step), async->last_blocked_seconds());
+        }
+      } else {
+        std::string dir = (kill ? killing : checkpointer).Save(tree, step);
+        if (rank == 0) std::printf("saved %s\n", dir.c_str());
+      }
     }
+  }
+  if (async) {
+    std::string dir = async->Wait();
+    if (rank == 0 && !dir.empty()) std::printf("saved %s (last background save)\n", dir.c_str());
   }
   return 0;
 }
@@ -469,7 +487,8 @@ int Train(const Args& a, distckpt::Communicator& comm) {
 int main(int argc, char** argv) {
   // A file-size limit (RLIMIT_FSIZE) should fail the write with EFBIG, not kill the rank.
   std::signal(SIGXFSZ, SIG_IGN);
-  MPI_Init(&argc, &argv);
+  int provided = 0;  // --async saves vote from a background thread
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
   Args args;
   if (!Parse(argc, argv, &args)) {
     Usage();

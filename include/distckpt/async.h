@@ -1,0 +1,58 @@
+// AsyncCheckpointer: saves that block training only for a snapshot to host memory.
+//
+// SaveAsync copies every tensor of the tree into host buffers that are kept and reused from
+// one save to the next (pinned memory for CUDA tensors), then returns: training may modify the
+// model at once. A background thread per rank writes the HDF5 files, fsyncs and takes part in
+// the commit vote over its own duplicate of the MPI world communicator, so it never collides
+// with the training's collectives. At most one save is in flight: SaveAsync first waits for the
+// previous one. Wait() returns the last save's directory or throws its Error, the same on every
+// rank.
+//
+// Requirements: with more than one MPI rank, MPI must be initialised with
+// MPI_THREAD_MULTIPLE. HDF5 is not thread-safe in Debian's build, so while a save is in flight
+// the process must make no other HDF5 calls (no Load, no synchronous Save): call Wait() first.
+// Methods are called from one (the training) thread.
+#pragma once
+
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "distckpt/checkpoint.h"
+
+namespace distckpt {
+
+class AsyncCheckpointer {
+ public:
+  // Collective: duplicates the MPI world communicator (or uses a local one without MPI).
+  explicit AsyncCheckpointer(std::string root, CheckpointerOptions options = {});
+  // Waits for the save in flight; its error, if any, is dropped (call Wait() to see it).
+  ~AsyncCheckpointer();
+
+  // Collective. Waits for the previous save (throwing its error), snapshots `tree`, starts the
+  // write in the background and returns.
+  void SaveAsync(const StateTree& tree, int64_t step);
+  // Collective if a save is in flight. The last save's directory; throws its Error.
+  std::string Wait();
+  bool in_flight() const { return worker_.joinable(); }
+  // Seconds the last SaveAsync blocked the caller (waiting for the previous save included).
+  double last_blocked_seconds() const { return last_blocked_; }
+  // Bytes of snapshot buffers held for reuse.
+  int64_t snapshot_bytes() const;
+
+ private:
+  std::string root_;
+  CheckpointerOptions options_;
+  std::unique_ptr<Communicator> comm_;
+  std::map<std::string, at::Tensor> buffers_;  // path -> reusable host snapshot
+  StateTree snapshot_;
+  std::thread worker_;
+  Status status_;
+  std::string dir_;
+  double last_blocked_ = 0;
+};
+
+}  // namespace distckpt

@@ -1,0 +1,72 @@
+#include "distckpt/async.h"
+
+#include <ATen/ATen.h>
+#include <mpi.h>
+
+#include <chrono>
+
+namespace distckpt {
+
+AsyncCheckpointer::AsyncCheckpointer(std::string root, CheckpointerOptions options)
+    : root_(std::move(root)), options_(options) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (initialized) {
+    int world = 1, provided = MPI_THREAD_SINGLE;
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    MPI_Query_thread(&provided);
+    if (world > 1 && provided < MPI_THREAD_MULTIPLE) {
+      throw Error(InvalidArgument(
+          "asynchronous saves need MPI_Init_thread(..., MPI_THREAD_MULTIPLE, ...): the "
+          "background thread votes over MPI while training runs its own collectives"));
+    }
+  }
+  comm_ = MakeDefaultCommunicator();  // a duplicate of MPI_COMM_WORLD: its own message space
+}
+
+AsyncCheckpointer::~AsyncCheckpointer() {
+  if (worker_.joinable()) worker_.join();
+}
+
+int64_t AsyncCheckpointer::snapshot_bytes() const {
+  int64_t total = 0;
+  for (const auto& [path, t] : buffers_) total += static_cast<int64_t>(t.nbytes());
+  return total;
+}
+
+std::string AsyncCheckpointer::Wait() {
+  if (worker_.joinable()) worker_.join();
+  ThrowIfError(status_);
+  return dir_;
+}
+
+void AsyncCheckpointer::SaveAsync(const StateTree& tree, int64_t step) {
+  const auto t0 = std::chrono::steady_clock::now();
+  Wait();
+  snapshot_ = StateTree();
+  for (const auto& [path, entry] : tree.tensors()) {
+    const at::Tensor& src = entry.tensor;
+    at::Tensor& buffer = buffers_[path];
+    if (!buffer.defined() || buffer.sizes() != src.sizes() ||
+        buffer.scalar_type() != src.scalar_type()) {
+      buffer = at::empty(src.sizes(),
+                         at::TensorOptions().dtype(src.scalar_type()).pinned_memory(src.is_cuda()));
+    }
+    // Synchronous: the snapshot must be complete before the caller may change the model.
+    // Pinned buffers make the device-to-host copies run at full PCIe speed.
+    buffer.copy_(src.detach());
+    TensorEntry copy = entry;
+    copy.tensor = buffer;
+    snapshot_.mutable_tensors()[path] = copy;
+  }
+  for (const auto& [path, value] : tree.scalars()) snapshot_.SetScalar(path, value);
+  status_ = Status::Ok();
+  dir_.clear();
+  worker_ = std::thread([this, step] {
+    Checkpointer writer(root_, *comm_, options_);
+    status_ = writer.SaveStatus(snapshot_, step, &dir_);
+  });
+  last_blocked_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace distckpt
