@@ -16,4 +16,9 @@ done
 say "export benchmark: ${EXPORT_GIB:-4} GiB state, no tensor over 256 MiB"
 "$BUILD_DIR/bench/export_bench" --gib "${EXPORT_GIB:-4}" --cli "$BUILD_DIR/distckpt" \
   --dir "${BENCH_DIR:-/tmp/distckpt-bench}-export" --csv "$DISTCKPT_ROOT/bench/results/export.csv"
+say "asynchronous save: time blocked vs a synchronous save, step time with a save running"
+for np in 1 4; do
+  mpirun --oversubscribe -np $np "$BUILD_DIR/bench/async_bench" --gib "$GIB" \
+    --dir "${BENCH_DIR:-/tmp/distckpt-bench}-async"
+done
 echo "CSV: $CSV"

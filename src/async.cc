@@ -44,8 +44,26 @@ void AsyncCheckpointer::SaveAsync(const StateTree& tree, int64_t step) {
   const auto t0 = std::chrono::steady_clock::now();
   Wait();
   snapshot_ = StateTree();
+  // Only the bytes this rank will write are copied: for replicated tensors that is its 1/N
+  // share, kept as a flat shard so the background save writes exactly the planned ranges.
+  SavePlan plan;
+  {
+    Checkpointer planner(root_, *comm_, options_);
+    ThrowIfError(planner.PlanCollective(tree, &plan));
+  }
+  std::map<std::string, const WriteItem*> mine;
+  for (const WriteItem& item : plan.per_rank[comm_->rank()]) mine[item.path] = &item;
   for (const auto& [path, entry] : tree.tensors()) {
-    const at::Tensor& src = entry.tensor;
+    at::Tensor src = entry.tensor.detach();
+    TensorEntry copy = entry;
+    if (entry.placement == PlacementKind::kReplicated) {
+      auto it = mine.find(path);
+      const int64_t start = it == mine.end() ? 0 : it->second->flat_start;
+      const int64_t count = it == mine.end() ? 0 : it->second->flat_count;
+      src = src.reshape({-1}).narrow(0, start, count);
+      copy.placement = PlacementKind::kShardedFlat;
+      copy.offset = start;
+    }
     at::Tensor& buffer = buffers_[path];
     if (!buffer.defined() || buffer.sizes() != src.sizes() ||
         buffer.scalar_type() != src.scalar_type()) {
@@ -54,8 +72,7 @@ void AsyncCheckpointer::SaveAsync(const StateTree& tree, int64_t step) {
     }
     // Synchronous: the snapshot must be complete before the caller may change the model.
     // Pinned buffers make the device-to-host copies run at full PCIe speed.
-    buffer.copy_(src.detach());
-    TensorEntry copy = entry;
+    buffer.copy_(src);
     copy.tensor = buffer;
     snapshot_.mutable_tensors()[path] = copy;
   }

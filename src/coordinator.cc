@@ -243,6 +243,19 @@ Checkpointer::Checkpointer(std::string root, Communicator& comm, CheckpointerOpt
       options_(options),
       env_(options.env ? options.env : Env::Default()) {}
 
+Status Checkpointer::PlanCollective(const StateTree& tree, SavePlan* plan) {
+  const int world = comm_.size();
+  std::vector<LocalTensorInfo> mine;
+  Status local = DescribeLocal(tree, &mine);
+  RETURN_IF_ERROR(AgreeOnStatus(comm_, local));
+  std::vector<std::string> gathered;
+  RETURN_IF_ERROR(comm_.AllGather(EncodeInfos(mine), &gathered));
+  std::vector<std::vector<LocalTensorInfo>> all(world);
+  for (int r = 0; r < world; ++r) RETURN_IF_ERROR(DecodeInfos(gathered[r], &all[r]));
+  ASSIGN_OR_RETURN(*plan, PlanSave(all, options_.min_split_bytes));
+  return Status::Ok();
+}
+
 Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string* out_dir) {
   const int rank = comm_.rank();
   const int world = comm_.size();
@@ -254,14 +267,9 @@ Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string
   const double deadline =
       options_.save_timeout_seconds > 0 ? NowSeconds() + options_.save_timeout_seconds : 0;
   // Phase 1: every rank describes its tree; every rank computes the same plan.
-  std::vector<LocalTensorInfo> mine;
-  Status local = DescribeLocal(tree, &mine);
-  RETURN_IF_ERROR(AgreeOnStatus(comm_, local));
-  std::vector<std::string> gathered;
-  RETURN_IF_ERROR(comm_.AllGather(EncodeInfos(mine), &gathered));
-  std::vector<std::vector<LocalTensorInfo>> all(world);
-  for (int r = 0; r < world; ++r) RETURN_IF_ERROR(DecodeInfos(gathered[r], &all[r]));
-  ASSIGN_OR_RETURN(SavePlan plan, PlanSave(all, options_.min_split_bytes));
+  SavePlan plan;
+  RETURN_IF_ERROR(PlanCollective(tree, &plan));
+  Status local;
 
   // Phase 2: rank 0 clears leftovers of saves that never committed and makes the directory.
   std::string tmp_name;

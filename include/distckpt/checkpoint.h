@@ -24,6 +24,7 @@
 #include "distckpt/comm.h"
 #include "distckpt/env.h"
 #include "distckpt/manifest.h"
+#include "distckpt/plan.h"
 #include "distckpt/tree.h"
 
 namespace distckpt {
@@ -103,6 +104,8 @@ class Checkpointer {
   const LoadStats& last_load_stats() const { return load_stats_; }
 
   Status SaveStatus(const StateTree& tree, int64_t step, std::string* dir);
+  // Collective. The plan Save would follow for `tree` (see plan.h).
+  Status PlanCollective(const StateTree& tree, SavePlan* plan);
   Status LoadStatus(const std::string& dir, StateTree& tree, const LoadOptions& options = {});
 
  private:
