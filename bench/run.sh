@@ -8,7 +8,7 @@ GIB=${1:-1}; REPS=${2:-3}
 mkdir -p "$DISTCKPT_ROOT/bench/results"
 CSV=$DISTCKPT_ROOT/bench/results/save_load.csv
 rm -f "$CSV" "$DISTCKPT_ROOT/bench/results/export.csv"
-say "save/load benchmark: ${GIB} GiB state, median of $REPS, $(nproc) cores, $(date -u +%F)"
+say "save/load benchmark: ${GIB} GiB state, median of $REPS, $(env -u OMP_NUM_THREADS nproc) cores, $(date -u +%F)"
 for np in 1 2 4; do
   mpirun --oversubscribe -np $np "$BUILD_DIR/bench/save_load_bench" --gib "$GIB" --reps "$REPS" \
     --dir "${BENCH_DIR:-/tmp/distckpt-bench}" --csv "$CSV"

@@ -52,7 +52,7 @@ build() {
     cmake -S "$DISTCKPT_ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
       -DPython3_EXECUTABLE="$(command -v "$PYTHON")" "$@"
   fi
-  cmake --build "$BUILD_DIR" -j "$(nproc)"
+  cmake --build "$BUILD_DIR" -j "$(env -u OMP_NUM_THREADS nproc)"
 }
 
 # MPI as root needs explicit consent; more ranks than cores need oversubscription; LibTorch's
