@@ -139,16 +139,18 @@ Status DecodeInfos(const std::string& bytes, std::vector<LocalTensorInfo>* infos
 }
 
 // Rank files record shards as a manifest fragment: the tensors list of a Manifest.
-std::string EncodeShards(const std::vector<TensorRecord>& records) {
+std::string EncodeShards(const std::vector<TensorRecord>& records,
+                         const std::vector<FileRecord>& files) {
   Manifest fragment;
   fragment.tensors = records;
+  fragment.file_records = files;
   return fragment.ToJson();
 }
 
 // This rank's part of the save: one HDF5 file with one dataset per planned write.
 Status WriteRankFile(Env* env, const std::string& dir, int rank, const StateTree& tree,
                      const SavePlan& plan, int64_t piece_bytes, double deadline,
-                     std::vector<TensorRecord>* out) {
+                     std::vector<TensorRecord>* out, std::vector<FileRecord>* files) {
   const std::vector<WriteItem>& items = plan.per_rank[rank];
   if (items.empty()) return Status::Ok();
   const std::string name = RankFileName(rank);
@@ -207,7 +209,25 @@ Status WriteRankFile(Env* env, const std::string& dir, int rank, const StateTree
     out->push_back(std::move(rec));
   }
   RETURN_IF_ERROR(file->Sync().Annotate("rank " + std::to_string(rank)));
-  return file->Close();
+  RETURN_IF_ERROR(file->Close());
+  // Size and a checksum of everything that is not tensor data (the HDF5 metadata).
+  ASSIGN_OR_RETURN(auto in, env->OpenReadable(path));
+  FileRecord record;
+  record.name = name;
+  ASSIGN_OR_RETURN(record.size, in->Size());
+  std::vector<std::pair<uint64_t, uint64_t>> data;
+  for (size_t i = 0; i < items.size(); ++i) {
+    data.emplace_back(offsets[i], offsets[i] + sources[i].nbytes());
+  }
+  std::sort(data.begin(), data.end());
+  if (!HashOutside(
+          record.size, data,
+          [&](uint64_t off, void* buf, size_t n) { return in->PRead(off, buf, n).ok(); },
+          &record.meta_xxh3)) {
+    return IoError("cannot read back '" + path + "'");
+  }
+  files->push_back(record);
+  return Status::Ok();
 }
 
 std::string RandomNonce() {
@@ -292,12 +312,14 @@ Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string
 
   // Phase 3: every rank writes and fsyncs its file, then the ranks vote.
   std::vector<TensorRecord> written;
+  std::vector<FileRecord> written_files;
   local = Guarded("writing " + rank_tag, [&] {
-    return WriteRankFile(env_, tmp_dir, rank, tree, plan, options_.piece_bytes, deadline, &written);
+    return WriteRankFile(env_, tmp_dir, rank, tree, plan, options_.piece_bytes, deadline, &written,
+                         &written_files);
   });
   Status agreed = AgreeOnStatus(comm_, local);
   std::vector<std::string> fragments;
-  if (agreed.ok()) agreed = comm_.AllGather(EncodeShards(written), &fragments);
+  if (agreed.ok()) agreed = comm_.AllGather(EncodeShards(written, written_files), &fragments);
   if (!agreed.ok()) {
     if (rank == 0) env_->RemoveAll(tmp_dir);
     return agreed.Annotate("save of step " + std::to_string(step) + " to '" + root_ +
@@ -326,6 +348,7 @@ Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string
         auto fragment = Manifest::FromJson(fragments[r], /*validate=*/false);
         if (!fragment.ok())
           return fragment.status().Annotate("shards of rank " + std::to_string(r));
+        for (const FileRecord& f : fragment.value().file_records) m.file_records.push_back(f);
         for (TensorRecord& rec : fragment.value().tensors) {
           for (TensorRecord& t : m.tensors) {
             if (t.path == rec.path) {
@@ -496,7 +519,7 @@ Status Checkpointer::LoadStatus(const std::string& dir, StateTree& tree,
   }
 
   // Read into staging buffers, verifying every piece; shared tensors a 1/M slice each.
-  ShardReader reader(env_, dir, manifest.piece_bytes, rank);
+  ShardReader reader(env_, dir, &manifest, rank);
   local = Guarded("reading " + rank_tag, [&]() -> Status {
     for (size_t i = 0; i < pending.size(); ++i) {
       Pending& p = pending[i];
@@ -606,8 +629,12 @@ Result<VerifyReport> VerifyCheckpoint(const std::string& dir, Env* env,
   if (!env) env = Env::Default();
   ASSIGN_OR_RETURN(Manifest manifest, ReadManifest(dir));
   VerifyReport report;
-  ShardReader reader(env, dir, manifest.piece_bytes, 0);
+  ShardReader reader(env, dir, &manifest, 0);
   std::vector<char> buffer;
+  for (const FileRecord& f : manifest.file_records) {
+    Status st = reader.CheckFile(f.name);
+    if (!st.ok()) report.problems.push_back(st);
+  }
   int64_t done = 0;
   const int64_t total = manifest.TotalBytes();
   for (const TensorRecord& t : manifest.tensors) {

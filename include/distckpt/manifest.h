@@ -23,6 +23,8 @@ namespace distckpt {
 
 inline constexpr int kFormatVersion = 1;
 inline constexpr char kManifestName[] = "manifest.h5";
+// Beside the manifest: the xxh3 of manifest.h5's bytes, so any flipped bit in it is caught.
+inline constexpr char kManifestSumName[] = "manifest.xxh3";
 
 struct ShardRecord {
   int writer_rank = 0;
@@ -33,6 +35,14 @@ struct ShardRecord {
   std::vector<int64_t> stored_shape;  // the dataset's shape
   uint64_t byte_offset = 0;           // where the data starts in the file
   std::vector<uint64_t> checksums;    // xxHash3-64 of each piece of piece_bytes
+};
+
+// A rank file as a whole: its size and a checksum of every byte that is not tensor data (HDF5
+// metadata), so that a flipped bit anywhere in the file is caught.
+struct FileRecord {
+  std::string name;
+  uint64_t size = 0;
+  uint64_t meta_xxh3 = 0;
 };
 
 struct TensorRecord {
@@ -54,6 +64,7 @@ struct Manifest {
   std::string torch_version;
   int64_t piece_bytes = 1 << 20;
   std::vector<std::string> files;  // every rank file, relative to the checkpoint directory
+  std::vector<FileRecord> file_records;
   std::map<std::string, ScalarValue> scalars;
   std::vector<TensorRecord> tensors;  // sorted by path
 

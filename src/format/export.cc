@@ -245,7 +245,7 @@ std::vector<Leaf> LeavesOf(const Manifest& m) {
 Result<ExportStats> ExportCheckpoint(const std::string& ckpt_dir, const std::string& out_path,
                                      const ExportOptions& options) {
   ASSIGN_OR_RETURN(Manifest manifest, ReadManifest(ckpt_dir));
-  ShardReader reader(Env::Default(), ckpt_dir, manifest.piece_bytes, 0);
+  ShardReader reader(Env::Default(), ckpt_dir, &manifest, 0);
   std::vector<Leaf> leaves = LeavesOf(manifest);
   TensorSource source = [&](const Leaf& leaf, std::vector<char>* buffer) -> Status {
     const TensorRecord* rec = manifest.FindTensor(leaf.path);

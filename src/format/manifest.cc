@@ -2,6 +2,7 @@
 
 #include <hdf5.h>
 
+#include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
 
@@ -148,6 +149,11 @@ std::string Manifest::ToJson(int indent) const {
   j["torch_version"] = torch_version;
   j["piece_bytes"] = piece_bytes;
   j["files"] = files;
+  json records = json::array();
+  for (const FileRecord& f : file_records) {
+    records.push_back({{"name", f.name}, {"size", f.size}, {"meta_xxh3", f.meta_xxh3}});
+  }
+  j["file_records"] = records;
   json scalars_json = json::object();
   for (const auto& [path, value] : scalars) scalars_json[path] = ScalarToJson(value);
   j["scalars"] = scalars_json;
@@ -190,6 +196,12 @@ Result<Manifest> Manifest::FromJson(const std::string& text, bool validate) {
     m.torch_version = j.at("torch_version").get<std::string>();
     m.piece_bytes = j.at("piece_bytes").get<int64_t>();
     m.files = j.at("files").get<std::vector<std::string>>();
+    if (j.contains("file_records")) {
+      for (const json& f : j.at("file_records")) {
+        m.file_records.push_back({f.at("name").get<std::string>(), f.at("size").get<uint64_t>(),
+                                  f.at("meta_xxh3").get<uint64_t>()});
+      }
+    }
     for (const auto& [path, value] : j.at("scalars").items()) {
       m.scalars[path] = ScalarFromJson(value);
     }
@@ -373,11 +385,29 @@ Status WriteManifest(Env* env, const std::string& dir, const Manifest& manifest)
   const std::string tmp = JoinPath(dir, std::string(kManifestName) + ".tmp");
   const std::string final_path = JoinPath(dir, kManifestName);
   RETURN_IF_ERROR(WriteManifestFile(tmp, manifest));
+  uint64_t whole = 0;
   {
     ASSIGN_OR_RETURN(auto file, env->OpenWritable(tmp));
     RETURN_IF_ERROR(file->Sync());
     RETURN_IF_ERROR(file->Close());
+    ASSIGN_OR_RETURN(auto in, env->OpenReadable(tmp));
+    ASSIGN_OR_RETURN(uint64_t size, in->Size());
+    std::string bytes(size, '\0');
+    RETURN_IF_ERROR(in->PRead(0, bytes.data(), size));
+    whole = HashBytes(bytes.data(), bytes.size());
   }
+  // The sum goes in first: a manifest without its sum is never visible.
+  const std::string sum_tmp = JoinPath(dir, std::string(kManifestSumName) + ".tmp");
+  {
+    std::FILE* f = std::fopen(sum_tmp.c_str(), "w");
+    if (!f) return IoError("cannot create '" + sum_tmp + "'");
+    std::fprintf(f, "%016llx\n", static_cast<unsigned long long>(whole));
+    std::fclose(f);
+    ASSIGN_OR_RETURN(auto file, env->OpenWritable(sum_tmp));
+    RETURN_IF_ERROR(file->Sync());
+    RETURN_IF_ERROR(file->Close());
+  }
+  RETURN_IF_ERROR(env->Rename(sum_tmp, JoinPath(dir, kManifestSumName)));
   return env->Rename(tmp, final_path);
 }
 
@@ -388,6 +418,33 @@ Result<Manifest> ReadManifest(const std::string& dir) {
   if (!env->IsDirectory(dir)) return NotFound("checkpoint directory '" + dir + "' does not exist");
   if (!env->Exists(path)) {
     return NotFound("'" + dir + "' has no " + kManifestName + " (not a committed checkpoint)");
+  }
+  // The whole-file sum, when present (every checkpoint this version writes has one).
+  const std::string sum_path = JoinPath(dir, kManifestSumName);
+  if (env->Exists(sum_path)) {
+    std::string recorded;
+    {
+      auto sum = env->OpenReadable(sum_path);
+      if (!sum.ok()) return sum.status();
+      auto n = sum.value()->Size();
+      if (!n.ok()) return n.status();
+      recorded.resize(std::min<uint64_t>(n.value(), 64));
+      if (!sum.value()->PRead(0, recorded.data(), recorded.size()).ok()) recorded.clear();
+    }
+    auto in = env->OpenReadable(path);
+    if (!in.ok()) return in.status();
+    auto size = in.value()->Size();
+    if (!size.ok()) return size.status();
+    std::string bytes(size.value(), '\0');
+    Status read = in.value()->PRead(0, bytes.data(), bytes.size());
+    char expected[32];
+    std::snprintf(expected, sizeof(expected), "%016llx\n",
+                  static_cast<unsigned long long>(HashBytes(bytes.data(), bytes.size())));
+    const bool parsed = recorded.size() == 17;
+    if (!parsed || !read.ok() || recorded != expected) {
+      return Corrupt("'" + path + "' fails its xxh3 checksum in " + kManifestSumName +
+                     " (bit rot or truncation)");
+    }
   }
   if (H5Fis_hdf5(path.c_str()) <= 0) {
     return Corrupt("'" + path + "' is not an HDF5 file");

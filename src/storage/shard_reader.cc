@@ -25,8 +25,43 @@ Result<ReadableFile*> ShardReader::File(const std::string& name) {
   }
   ++stats_.files_opened;
   ReadableFile* raw = opened.value().get();
+  // Size and HDF5 metadata: a flipped bit outside tensor data is caught here.
+  for (const FileRecord& record : manifest_->file_records) {
+    if (record.name != name) continue;
+    auto size = raw->Size();
+    if (!size.ok()) return size.status();
+    if (size.value() != record.size) {
+      return Corrupt("'" + path + "' is " + std::to_string(size.value()) +
+                     " bytes, the manifest says " + std::to_string(record.size) +
+                     " (truncated or replaced?)");
+    }
+    std::vector<std::pair<uint64_t, uint64_t>> data;
+    for (const TensorRecord& t : manifest_->tensors) {
+      for (const ShardRecord& s : t.shards) {
+        if (s.file == name) {
+          data.emplace_back(s.byte_offset,
+                            s.byte_offset + s.flat_count * c10::elementSize(t.dtype));
+        }
+      }
+    }
+    std::sort(data.begin(), data.end());
+    uint64_t hash = 0;
+    bool read = HashOutside(
+        record.size, data,
+        [&](uint64_t off, void* buf, size_t n) { return raw->PRead(off, buf, n).ok(); }, &hash);
+    if (!read || hash != record.meta_xxh3) {
+      return Corrupt("'" + path +
+                     "': HDF5 metadata (bytes outside tensor data) fails its xxh3 "
+                     "checksum");
+    }
+  }
   files_[name] = std::move(opened).value();
   return raw;
+}
+
+Status ShardReader::CheckFile(const std::string& name) {
+  auto file = File(name);
+  return file.ok() ? Status::Ok() : file.status().Annotate("rank " + std::to_string(rank_));
 }
 
 Status ShardReader::Read(const TensorRecord& tensor, const ShardRecord& shard, int64_t elem_begin,

@@ -15,8 +15,17 @@ namespace distckpt {
 
 class ShardReader {
  public:
-  ShardReader(Env* env, std::string dir, int64_t piece_bytes, int rank)
-      : env_(env), dir_(std::move(dir)), piece_bytes_(piece_bytes), rank_(rank) {}
+  // `manifest` (kept by the caller) lists each rank file's size and metadata checksum, checked
+  // when the file is first opened.
+  ShardReader(Env* env, std::string dir, const Manifest* manifest, int rank)
+      : env_(env),
+        dir_(std::move(dir)),
+        manifest_(manifest),
+        piece_bytes_(manifest->piece_bytes),
+        rank_(rank) {}
+
+  // Opens (once) and checks rank file `name`: size and every byte outside tensor data.
+  Status CheckFile(const std::string& name);
 
   // Copies elements [elem_begin, elem_begin + count) of `shard` of `tensor` into `dest`,
   // verifying every piece they touch. Errors name the tensor, file, offset and rank.
@@ -30,6 +39,7 @@ class ShardReader {
 
   Env* env_;
   std::string dir_;
+  const Manifest* manifest_;
   int64_t piece_bytes_;
   int rank_;
   std::map<std::string, std::unique_ptr<ReadableFile>> files_;
