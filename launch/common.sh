@@ -5,7 +5,8 @@ DISTCKPT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD_DIR=${BUILD_DIR:-$DISTCKPT_ROOT/build}
 PYTHON=${PYTHON:-python3}
 APT_PACKAGES=(g++ cmake ninja-build ccache python3 python3-pip openmpi-bin libopenmpi-dev
-  libhdf5-openmpi-dev hdf5-tools libgtest-dev libxxhash-dev nlohmann-json3-dev)
+  libhdf5-openmpi-dev hdf5-tools libgtest-dev libxxhash-dev nlohmann-json3-dev clang
+  libclang-rt-14-dev)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 

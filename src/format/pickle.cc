@@ -1,5 +1,6 @@
 #include "format/pickle.h"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 

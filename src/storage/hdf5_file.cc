@@ -20,31 +20,32 @@ void QuietHdf5Errors() {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
 }
 
+namespace {
+
+// A 2-byte IEEE-style float (sign bit 15) that h5py reads: float16 or bfloat16.
+// The order matters: shrink the precision before the size.
+hid_t TwoByteFloat(size_t mantissa_bits, size_t exponent_bits, size_t bias) {
+  hid_t t = H5Tcopy(H5T_IEEE_F32LE);
+  H5Tset_fields(t, 15, mantissa_bits, exponent_bits, 0, mantissa_bits);
+  H5Tset_offset(t, 0);
+  H5Tset_precision(t, 16);
+  H5Tset_size(t, 2);
+  H5Tset_ebias(t, bias);
+  return t;
+}
+
+}  // namespace
+
 hid_t MakeHdf5Type(at::ScalarType dtype) {
   switch (dtype) {
     case at::ScalarType::Float:
       return H5Tcopy(H5T_IEEE_F32LE);
     case at::ScalarType::Double:
       return H5Tcopy(H5T_IEEE_F64LE);
-    case at::ScalarType::Half: {
-      // The order matters: shrink the precision before the size.
-      hid_t t = H5Tcopy(H5T_IEEE_F32LE);
-      H5Tset_fields(t, 15, 10, 5, 0, 10);
-      H5Tset_offset(t, 0);
-      H5Tset_precision(t, 16);
-      H5Tset_size(t, 2);
-      H5Tset_ebias(t, 15);
-      return t;
-    }
-    case at::ScalarType::BFloat16: {
-      hid_t t = H5Tcopy(H5T_IEEE_F32LE);
-      H5Tset_fields(t, 15, 7, 8, 0, 7);
-      H5Tset_offset(t, 0);
-      H5Tset_precision(t, 16);
-      H5Tset_size(t, 2);
-      H5Tset_ebias(t, 127);
-      return t;
-    }
+    case at::ScalarType::Half:
+      return TwoByteFloat(10, 5, 15);
+    case at::ScalarType::BFloat16:
+      return TwoByteFloat(7, 8, 127);
     case at::ScalarType::Char:
       return H5Tcopy(H5T_STD_I8LE);
     case at::ScalarType::Short:
