@@ -1,0 +1,128 @@
+"""One rank of the PyTorch side of bench/compare.sh: DCP save/load (gloo) and, on one process,
+torch.save/torch.load, on the same state as save_load_bench (float32 tensors of 64 MiB named
+model/t<i>, replicated on every rank). Prints one JSON line per measurement from rank 0.
+
+Launched by mpirun; the rank and world size come from Open MPI's environment.
+"""
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+
+
+def evict(path):
+    for root, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+
+
+def state(gib, zeros=False):
+    count = max(1, int(gib * 16))
+    out = {}
+    for i in range(count):
+        if zeros:
+            out[f"model/t{i}"] = torch.zeros(4096, 4096)
+        else:
+            out[f"model/t{i}"] = torch.rand(4096, 4096, generator=torch.Generator().manual_seed(i))
+    return out
+
+
+def timed(fn):
+    dist.barrier()
+    t0 = time.perf_counter()
+    fn()
+    dist.barrier()
+    t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--gib", type=float, default=1.0)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--dir", default="/tmp/distckpt-dcp-bench")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", 0))
+    world = int(os.environ.get("OMPI_COMM_WORLD_SIZE", 1))
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29561")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    src = state(a.gib)
+    nbytes = sum(t.numel() * t.element_size() for t in src.values())
+    results = []
+
+    def report(tool, op, secs, extra=None):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = torch.tensor([rss])
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        row = {"tool": tool, "op": op, "ranks": world, "bytes": nbytes, "seconds": secs,
+               "gbps": nbytes / 1e9 / secs, "peak_rss_mib": peak.item()}
+        if extra:
+            row.update(extra)
+        results.append(row)
+
+    for threads, label in ((a.threads, f"DCP ({a.threads} thread)"), (None, "DCP (default threads)")):
+        saves, loads = [], []
+        for rep in range(a.reps):
+            path = f"{a.dir}/dcp-{rep}"
+            if rank == 0:
+                shutil.rmtree(path, ignore_errors=True)
+            dist.barrier()
+            kw = {"sync_files": True}
+            if threads:
+                kw["thread_count"] = threads
+            writer = dcp.FileSystemWriter(path, **kw)
+            saves.append(timed(lambda: dcp.save(src, storage_writer=writer)))
+            if rank == 0:
+                evict(path)
+            dest = state(a.gib, zeros=True)
+            loads.append(timed(lambda: dcp.load(dest, checkpoint_id=path)))
+            for k in src:  # correctness: no tool wins by skipping work
+                assert torch.equal(dest[k], src[k]), k
+            if rank == 0:
+                shutil.rmtree(path, ignore_errors=True)
+        report(label, "save", statistics.median(saves))
+        report(label, "load (every rank whole)", statistics.median(loads))
+
+    if world == 1:
+        saves, loads = [], []
+        for rep in range(a.reps):
+            path = f"{a.dir}/torch-{rep}.pt"
+            os.makedirs(a.dir, exist_ok=True)
+
+            def save():
+                with open(path, "wb") as f:
+                    torch.save(src, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+
+            saves.append(timed(save))
+            evict(a.dir)
+            loaded = {}
+            loads.append(timed(lambda: loaded.update(torch.load(path))))
+            for k in src:
+                assert torch.equal(loaded[k], src[k]), k
+            os.remove(path)
+        report("torch.save", "save", statistics.median(saves))
+        report("torch.save", "load (every rank whole)", statistics.median(loads))
+    if rank == 0:
+        for r in results:
+            print(json.dumps(r), flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

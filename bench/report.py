@@ -1,0 +1,77 @@
+"""Turns bench/compare.sh's raw results into compare.csv, compare.md and compare.png."""
+import csv
+import json
+import sys
+
+out = sys.argv[1]
+rows = []
+with open(f"{out}/compare-distckpt.csv") as f:
+    for r in csv.DictReader(f):
+        n, b = int(r["ranks"]), int(r["state_bytes"])
+        gb = b / 1e9
+        rows += [
+            ("distckpt", "save", n, b, gb / float(r["save_gbps"])),
+            ("distckpt", "load (every rank whole)", n, b, float(r["replicated_read_once_s"])),
+            ("distckpt (per-rank reads)", "load (every rank whole)", n, b,
+             float(r["replicated_full_reads_s"])),
+            ("distckpt", "load (1/N each)", n, b, gb / float(r["load_gbps"])),
+            ("write+fsync / read", "save", n, b, gb / float(r["raw_write_gbps"])),
+            ("write+fsync / read", "load (1/N each)", n, b, gb / float(r["raw_read_gbps"])),
+        ]
+with open(f"{out}/compare-torch.jsonl") as f:
+    for line in f:
+        if line.startswith("{"):
+            r = json.loads(line)
+            rows.append((r["tool"], r["op"], r["ranks"], r["bytes"], r["seconds"]))
+
+with open(f"{out}/compare.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["tool", "op", "ranks", "state_bytes", "seconds", "gbps"])
+    for t, op, n, b, s in rows:
+        w.writerow([t, op, n, b, f"{s:.3f}", f"{b / 1e9 / s:.3f}"])
+
+index = {(t, op, n, b): s for t, op, n, b, s in rows}
+sizes = sorted({b for *_, b, _ in rows})
+lines = ["| state | ranks | op | distckpt GB/s | DCP 1 thread | DCP default | torch.save | raw | DCP / distckpt |",
+         "|---|---|---|---|---|---|---|---|---|"]
+for b in sizes:
+    for n in sorted({n for _, _, n, bb, _ in rows if bb == b}):
+        for op in ("save", "load (every rank whole)", "load (1/N each)"):
+            def g(tool, op=op):
+                s = index.get((tool, op, n, b))
+                return b / 1e9 / s if s else None
+            d = g("distckpt")
+            if d is None:
+                continue
+            raw = g("write+fsync / read", op if op != "load (every rank whole)" else "load (1/N each)")
+            dcp = g("DCP (1 thread)")
+            cells = [f"{b / 2**30:.2f} GiB", str(n), op, f"{d:.2f}"]
+            for v in (dcp, g("DCP (default threads)"), g("torch.save"), raw):
+                cells.append(f"{v:.2f}" if v else "-")
+            cells.append(f"{dcp / d:.2f}x" if dcp else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+open(f"{out}/compare.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:
+    print("matplotlib missing: no plot")
+    sys.exit(0)
+fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+top = max(n for _, _, n, _, _ in rows)
+for ax, op in zip(axes, ("save", "load (every rank whole)")):
+    for tool in sorted({t for t, o, *_ in rows if o == op}):
+        pts = sorted((b, b / 1e9 / s) for t, o, n, b, s in rows if t == tool and o == op and n == top)
+        if pts:
+            ax.plot([p[0] / 2**30 for p in pts], [p[1] for p in pts], marker="o", label=tool)
+    ax.set_title(f"{op}, {top} ranks")
+    ax.set_xlabel("state size (GiB)")
+    ax.set_ylabel("GB/s")
+    ax.set_xscale("log", base=2)
+    ax.legend(fontsize=7)
+fig.tight_layout()
+fig.savefig(f"{out}/compare.png", dpi=110)
+print(f"plot: {out}/compare.png")
