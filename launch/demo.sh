@@ -31,5 +31,15 @@ say "5. distckpt verify: read every byte back and check every checksum"
 "$BIN/distckpt" verify "$CKPT/step-00000030"
 "$BIN/distckpt" verify "$CKPT/step-00000020"
 
-say "Done. Checkpoints are in $CKPT; read one from Python with:"
-echo "   python3 -c \"import h5py; f = h5py.File('$CKPT/step-00000030/rank-00000.h5'); f.visit(print)\""
+say "6. distckpt export: one .pt file that Python's torch.load reads (weights_only, the default)"
+"$BIN/distckpt" export "$CKPT/step-00000030" "$CKPT/step-30.pt"
+"$PYTHON" - "$CKPT/step-30.pt" <<'PY'
+import sys, torch
+ck = torch.load(sys.argv[1])
+print("   keys:", sorted(ck))
+print("   epoch", ck["epoch"], "loss", round(ck["loss"], 6), "| fc1.weight", tuple(ck["model_state_dict"]["fc1.weight"].shape),
+      "| Adam step", ck["optimizer_state_dict"]["state"][0]["step"].item())
+PY
+
+say "Done. Checkpoints are in $CKPT. Every tensor is also readable with h5py, whole:"
+echo "   python3 -c \"import h5py; print(h5py.File('$CKPT/step-00000030/manifest.h5')['model_state_dict/fc1.weight'][...].shape)\""
