@@ -430,13 +430,8 @@ Status CheckTarget(const TensorEntry& entry, const TensorRecord& rec, int64_t* s
                     ", destination has " + std::string(c10::toString(entry.tensor.scalar_type())));
   }
   if (entry.global_shape != rec.global_shape) {
-    auto show = [](const std::vector<int64_t>& s) {
-      std::string out = "[";
-      for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-      return out + "]";
-    };
-    return Mismatch(where + ": checkpoint has shape " + show(rec.global_shape) +
-                    ", destination has " + show(entry.global_shape));
+    return Mismatch(where + ": checkpoint has shape " + ShapeString(rec.global_shape) +
+                    ", destination has " + ShapeString(entry.global_shape));
   }
   *count = entry.tensor.numel();
   switch (entry.placement) {

@@ -61,6 +61,9 @@ class StateTree {
   std::map<std::string, ScalarValue> scalars_;
 };
 
+// "[2, 3]": a shape as error messages and tools print it.
+std::string ShapeString(const std::vector<int64_t>& shape);
+
 // "float32", "bfloat16", ... as Python torch spells them; "" for unsupported dtypes.
 std::string DtypeName(at::ScalarType dtype);
 // Inverse of DtypeName; returns false for names that are not supported.

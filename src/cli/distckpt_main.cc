@@ -65,12 +65,6 @@ std::string ScalarText(const Manifest& m, const std::string& key) {
   return it == m.scalars.end() ? "-" : ValueText(it->second);
 }
 
-std::string Shape(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 int List(const std::string& root) {
   auto all = distckpt::ListCheckpoints(root);
   if (all.empty()) {
@@ -120,7 +114,8 @@ int Inspect(const std::string& dir, bool json) {
   std::printf("tensors:\n");
   for (const auto& t : m->tensors) {
     std::printf("  %s  %s %s %s\n", t.path.c_str(), distckpt::DtypeName(t.dtype).c_str(),
-                Shape(t.global_shape).c_str(), distckpt::PlacementName(t.placement));
+                distckpt::ShapeString(t.global_shape).c_str(),
+                distckpt::PlacementName(t.placement));
     for (const auto& s : t.shards) {
       std::printf("      elements [%lld, %lld) in %s:%s (rank %d)\n",
                   static_cast<long long>(s.flat_start),

@@ -80,6 +80,12 @@ constexpr DtypeNameEntry kDtypeNames[] = {
 };
 }  // namespace
 
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
 std::string DtypeName(at::ScalarType dtype) {
   for (const auto& e : kDtypeNames) {
     if (e.dtype == dtype) return e.name;

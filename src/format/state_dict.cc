@@ -78,12 +78,6 @@ std::unique_ptr<torch::optim::OptimizerParamState> MakeAdamState(const StateTree
   return st;
 }
 
-std::string ShapeText(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
-}
-
 bool StartsWith(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
 }
@@ -168,8 +162,8 @@ TrainingMeta LoadTrainingState(Checkpointer& checkpointer, const std::string& di
       fail("tensor '" + model_prefix + name + "' is in the model but not in the checkpoint");
     if (rec->global_shape != target.sizes().vec() || rec->dtype != target.scalar_type()) {
       fail("tensor '" + rec->path + "' differs: checkpoint has " + DtypeName(rec->dtype) + " " +
-           ShapeText(rec->global_shape) + ", model has " + DtypeName(target.scalar_type()) + " " +
-           ShapeText(target.sizes().vec()));
+           ShapeString(rec->global_shape) + ", model has " + DtypeName(target.scalar_type()) + " " +
+           ShapeString(target.sizes().vec()));
     }
     staged.SetTensor(model_prefix + name,
                      at::empty(target.sizes(), at::TensorOptions().dtype(target.scalar_type())));

@@ -1,6 +1,5 @@
 #include <algorithm>
 #include <map>
-#include <sstream>
 
 #include "distckpt/plan.h"
 
@@ -20,14 +19,6 @@ int64_t RowElements(const std::vector<int64_t>& shape) {
 }
 
 namespace {
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
-  os << "]";
-  return os.str();
-}
 
 Status CheckSameOnEveryRank(const std::vector<std::vector<LocalTensorInfo>>& all_ranks) {
   const auto& first = all_ranks[0];

@@ -197,6 +197,16 @@ void AddZeroState(const Args& a, const std::vector<torch::Tensor>& params, ZeroS
   tree.SetScalar(prefix + "param_groups/0/params", indices);
 }
 
+template <typename State>
+std::unique_ptr<torch::optim::OptimizerParamState> MakeAdamFamilyState(
+    int64_t step, std::map<std::string, torch::Tensor>& flat) {
+  auto st = std::make_unique<State>();
+  st->step(step);
+  st->exp_avg(flat["exp_avg"]);
+  st->exp_avg_sq(flat["exp_avg_sq"]);
+  return st;
+}
+
 void LoadZeroState(const Args& a, distckpt::Checkpointer& ckpt, const std::string& dir,
                    torch::nn::Module& model, const std::vector<torch::Tensor>& params,
                    ZeroShard& z) {
@@ -238,20 +248,9 @@ void LoadZeroState(const Args& a, distckpt::Checkpointer& ckpt, const std::strin
   } else {
     const int64_t step =
         static_cast<int64_t>(staged.tensor(prefix + "state/0/step").tensor.item<float>());
-    std::unique_ptr<torch::optim::OptimizerParamState> ptr;
-    if (a.optimizer == "adamw") {
-      auto st = std::make_unique<torch::optim::AdamWParamState>();
-      st->step(step);
-      st->exp_avg(flat["exp_avg"]);
-      st->exp_avg_sq(flat["exp_avg_sq"]);
-      ptr = std::move(st);
-    } else {
-      auto st = std::make_unique<torch::optim::AdamParamState>();
-      st->step(step);
-      st->exp_avg(flat["exp_avg"]);
-      st->exp_avg_sq(flat["exp_avg_sq"]);
-      ptr = std::move(st);
-    }
+    std::unique_ptr<torch::optim::OptimizerParamState> ptr =
+        a.optimizer == "adamw" ? MakeAdamFamilyState<torch::optim::AdamWParamState>(step, flat)
+                               : MakeAdamFamilyState<torch::optim::AdamParamState>(step, flat);
     state[z.flat.unsafeGetTensorImpl()] = std::move(ptr);
   }
   const auto& scalars = staged.scalars();
