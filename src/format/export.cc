@@ -221,22 +221,30 @@ Status WriteArchive(const std::vector<Leaf>& leaves, const std::string& out_path
   return status;
 }
 
-std::vector<Leaf> LeavesOf(const Manifest& m) {
-  std::vector<Leaf> leaves;
-  for (const TensorRecord& t : m.tensors) {
-    Leaf leaf;
-    leaf.path = t.path;
-    leaf.is_tensor = true;
-    leaf.dtype = t.dtype;
-    leaf.shape = t.global_shape;
-    leaves.push_back(leaf);
-  }
-  for (const auto& [path, value] : m.scalars) {
+Leaf TensorLeaf(const std::string& path, at::ScalarType dtype, std::vector<int64_t> shape) {
+  Leaf leaf;
+  leaf.path = path;
+  leaf.is_tensor = true;
+  leaf.dtype = dtype;
+  leaf.shape = std::move(shape);
+  return leaf;
+}
+
+void AppendScalarLeaves(const std::map<std::string, ScalarValue>& scalars,
+                        std::vector<Leaf>* leaves) {
+  for (const auto& [path, value] : scalars) {
     Leaf leaf;
     leaf.path = path;
     leaf.scalar = value;
-    leaves.push_back(leaf);
+    leaves->push_back(leaf);
   }
+}
+
+std::vector<Leaf> LeavesOf(const Manifest& m) {
+  std::vector<Leaf> leaves;
+  for (const TensorRecord& t : m.tensors)
+    leaves.push_back(TensorLeaf(t.path, t.dtype, t.global_shape));
+  AppendScalarLeaves(m.scalars, &leaves);
   return leaves;
 }
 
@@ -266,19 +274,9 @@ Status ExportTree(Communicator& comm, const StateTree& tree, const std::string& 
                   const ExportOptions& options) {
   std::vector<Leaf> leaves;
   for (const auto& [path, e] : tree.tensors()) {
-    Leaf leaf;
-    leaf.path = path;
-    leaf.is_tensor = true;
-    leaf.dtype = e.tensor.scalar_type();
-    leaf.shape = e.global_shape;
-    leaves.push_back(leaf);
+    leaves.push_back(TensorLeaf(path, e.tensor.scalar_type(), e.global_shape));
   }
-  for (const auto& [path, value] : tree.scalars()) {
-    Leaf leaf;
-    leaf.path = path;
-    leaf.scalar = value;
-    leaves.push_back(leaf);
-  }
+  AppendScalarLeaves(tree.scalars(), &leaves);
   const bool root = comm.rank() == 0;
   // Every rank walks the tensors in the same order, so the gathers pair up.
   TensorSource source = [&](const Leaf& leaf, std::vector<char>* buffer) -> Status {
