@@ -23,9 +23,12 @@ if(NCCL_INCLUDE_DIR AND NCCL_LIBRARY AND CUDART_INCLUDE_DIR AND CUDART_LIBRARY)
   target_include_directories(distckpt_nccl SYSTEM PRIVATE ${NCCL_INCLUDE_DIR} ${CUDART_INCLUDE_DIR})
   target_link_libraries(distckpt_nccl PRIVATE ${NCCL_LIBRARY} ${CUDART_LIBRARY})
   # LibTorch's CUDA kernels, so that at::empty on a CUDA device works in the same process.
+  # c10_cuda: the current and pooled streams for the side-stream host snapshot.
   find_library(_torch_cuda torch_cuda PATHS ${TORCH_PACKAGE_DIR}/lib NO_DEFAULT_PATH)
-  if(_torch_cuda)
-    target_link_libraries(distckpt_nccl PUBLIC -Wl,--no-as-needed ${_torch_cuda} -Wl,--as-needed)
+  find_library(_c10_cuda c10_cuda PATHS ${TORCH_PACKAGE_DIR}/lib NO_DEFAULT_PATH)
+  if(_torch_cuda AND _c10_cuda)
+    target_link_libraries(distckpt_nccl PUBLIC -Wl,--no-as-needed ${_torch_cuda} -Wl,--as-needed
+                                               ${_c10_cuda})
   endif()
   set(DISTCKPT_HAVE_NCCL ON CACHE INTERNAL "")
 else()

@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
 # On a machine with GPUs: builds distckpt against the local Python torch (CUDA) and runs the GPU
 # tests — save from CUDA tensors, load onto cuda:<local rank>, live export with the NCCL gather —
-# on 1 and 2 ranks, then prints a short table. Where MPI/HDF5 are missing, carry the .deb files
+# on 1 and 2 ranks, then prints a short table, and times SaveAsync of a GPU-resident state
+# against a synchronous save (bench/async_bench --cuda). Where MPI/HDF5 are missing, carry the .deb files
 # fetched by launch/gpu-fetch-debs.sh in .debs/; they are unpacked into .deps/ (not into /).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-if [ -d .debs ] && ! command -v mpirun >/dev/null; then
+if [ -d .debs ]; then
   mkdir -p .deps
   for f in .debs/*.deb; do dpkg -x "$f" .deps; done
-  export PATH=$ROOT/.deps/usr/bin:$PATH
-  export LD_LIBRARY_PATH=$ROOT/.deps/usr/lib/x86_64-linux-gnu:$ROOT/.deps/usr/lib/x86_64-linux-gnu/openmpi/lib:$ROOT/.deps/usr/lib/x86_64-linux-gnu/hdf5/openmpi:${LD_LIBRARY_PATH:-}
-  export OPAL_PREFIX=$ROOT/.deps/usr CPATH=$ROOT/.deps/usr/include:${CPATH:-}
-  export CMAKE_PREFIX_PATH=$ROOT/.deps/usr:$ROOT/.deps/usr/lib/x86_64-linux-gnu/cmake:${CMAKE_PREFIX_PATH:-}
-  # Debian's mpicc wrappers hard-code /usr paths; point CMake at the unpacked tree instead.
-  export MPI_HOME=$ROOT/.deps/usr/lib/x86_64-linux-gnu/openmpi HDF5_ROOT=$ROOT/.deps/usr
+  D=$ROOT/.deps/usr A=$ROOT/.deps/usr/lib/x86_64-linux-gnu
+  # Debian makes mpirun/mpicc/h5pcc with update-alternatives, which dpkg -x does not run.
+  ln -sf orterun "$D/bin/mpirun"; ln -sf opal_wrapper "$D/bin/mpicc"
+  sed "s|^prefix=\"/usr\"|prefix=\"$D\"|" "$D/bin/h5pcc.openmpi" > "$D/bin/h5pcc"
+  chmod +x "$D/bin/h5pcc"
+  export PATH=$D/bin:$PATH OPAL_PREFIX=$D CPATH=$D/include:${CPATH:-}
+  export LD_LIBRARY_PATH=$A:$A/openmpi/lib:$A/hdf5/openmpi:${LD_LIBRARY_PATH:-}
+  export PMIX_MCA_mca_base_component_path=$A/pmix2/lib/pmix
+  export CMAKE_PREFIX_PATH=$D:$A/cmake:${CMAKE_PREFIX_PATH:-}
 fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-gen=Ninja; command -v ninja >/dev/null || gen="Unix Makefiles"
-cmake -S . -B build-gpu -G "$gen" -DCMAKE_BUILD_TYPE=Release -DDISTCKPT_BUILD_BENCH=OFF \
-  -DPython3_EXECUTABLE="$(command -v python3)" 2>&1 | tail -n 5
-cmake --build build-gpu -j "$(nproc)" --target gpu_test distckpt_cli 2>&1 | tail -n 5
+gen=Ninja keep_going="-k 0"  # build what compiles, so one broken target does not hide the rest
+command -v ninja >/dev/null || { gen="Unix Makefiles"; keep_going="-k"; }
+cmake -S . -B build-gpu -G "$gen" -DCMAKE_BUILD_TYPE=Release -DDISTCKPT_BUILD_BENCH=ON \
+  -DPython3_EXECUTABLE="$(command -v python3)" > build-gpu.log 2>&1 || tail -n 40 build-gpu.log
+cmake --build build-gpu -j "$(nproc)" --target gpu_test distckpt_cli async_bench -- $keep_going >> build-gpu.log 2>&1 ||
+  grep -E -A5 'error|Error' build-gpu.log | head -n 60
 results=()
 for np in 1 2; do
   out=$(mpirun -np $np build-gpu/tests/gpu_test 2>&1); rc=$?
@@ -31,3 +37,7 @@ for np in 1 2; do
 done
 echo; echo "| ranks | passed | skipped | result |"; echo "|---|---|---|---|"
 printf '%s\n' "${results[@]}"
+for np in 1 2; do
+  mpirun -np $np -x OMP_NUM_THREADS=1 build-gpu/bench/async_bench --cuda --gib "${DISTCKPT_GPU_BENCH_GIB:-2}" \
+    --dir "${TMPDIR:-/tmp}/distckpt-gpu-async"
+done

@@ -7,8 +7,9 @@
 
 namespace distckpt {
 
-AsyncCheckpointer::AsyncCheckpointer(std::string root, CheckpointerOptions options)
-    : root_(std::move(root)), options_(options) {
+AsyncCheckpointer::AsyncCheckpointer(std::string root, CheckpointerOptions options,
+                                     HostCopier* copier)
+    : root_(std::move(root)), options_(options), copier_(copier) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (initialized) {
@@ -53,6 +54,7 @@ void AsyncCheckpointer::SaveAsync(const StateTree& tree, int64_t step) {
   }
   std::map<std::string, const WriteItem*> mine;
   for (const WriteItem& item : plan.per_rank[comm_->rank()]) mine[item.path] = &item;
+  std::vector<at::Tensor> device_sources, device_buffers;
   for (const auto& [path, entry] : tree.tensors()) {
     at::Tensor src = entry.tensor.detach();
     TensorEntry copy = entry;
@@ -70,11 +72,22 @@ void AsyncCheckpointer::SaveAsync(const StateTree& tree, int64_t step) {
       buffer = at::empty(src.sizes(),
                          at::TensorOptions().dtype(src.scalar_type()).pinned_memory(src.is_cuda()));
     }
-    // Synchronous: the snapshot must be complete before the caller may change the model.
-    // Pinned buffers make the device-to-host copies run at full PCIe speed.
-    buffer.copy_(src);
+    if (src.is_cuda() && copier_) {
+      device_sources.push_back(src);
+      device_buffers.push_back(buffer);
+    } else {
+      // Synchronous: the snapshot must be complete before the caller may change the model.
+      buffer.copy_(src);
+    }
     copy.tensor = buffer;
     snapshot_.mutable_tensors()[path] = copy;
+  }
+  if (copier_) {
+    // Pinned buffers make the device-to-host copies run at full PCIe speed; a failed copy
+    // must fail on every rank, before any rank starts writing.
+    Status copied;
+    if (!device_sources.empty()) copied = copier_->CopyToHost(device_sources, device_buffers);
+    ThrowIfError(AgreeOnStatus(*comm_, copied));
   }
   for (const auto& [path, value] : tree.scalars()) snapshot_.SetScalar(path, value);
   status_ = Status::Ok();

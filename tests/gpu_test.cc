@@ -2,6 +2,7 @@
 // with the NCCL gather. Skipped, visibly, on machines without a GPU.
 #include <ATen/ATen.h>
 
+#include "distckpt/async.h"
 #include "distckpt/checkpoint.h"
 #include "distckpt/export.h"
 #include "distckpt/nccl.h"
@@ -42,6 +43,14 @@ TEST(Gpu, SaveFromCudaAndLoadOntoCuda) {
 
 TEST(Gpu, LiveExportGathersOverNccl) {
   SKIP_WITHOUT_GPU();
+  if (LocalRankCount() > CudaDeviceCount()) {
+    // MakeNcclGatherer's refusal must be clear and the same on every rank.
+    auto refused = MakeNcclGatherer(Comm());
+    ASSERT_FALSE(refused.ok());
+    EXPECT_NE(refused.status().message().find("NCCL needs a GPU per rank"), std::string::npos);
+    GTEST_SKIP() << LocalRankCount() << " ranks share " << CudaDeviceCount()
+                 << " GPU(s); NCCL needs one per rank";
+  }
   const std::string dir = testing::ScratchDir("gpu-export");
   auto gatherer = ValueOrThrow(MakeNcclGatherer(Comm()));
   const int r = Comm().rank(), n = Comm().size();
@@ -58,6 +67,29 @@ TEST(Gpu, LiveExportGathersOverNccl) {
     ASSERT_TRUE(back.ok()) << back.status().ToString();
     EXPECT_TRUE(BitEqual(back->tensor("model_state_dict/w").tensor, flat));
   }
+}
+
+TEST(Gpu, AsyncSnapshotOnSideStreamSeesQueuedWorkAndIgnoresLaterChanges) {
+  SKIP_WITHOUT_GPU();
+  const std::string root = testing::ScratchDir("gpu-async");
+  auto copier = ValueOrThrow(MakeCudaHostCopier());
+  const at::Tensor expected = Pattern({2048, 1024}, at::kFloat, 3);
+  // Computed on the current stream just before the snapshot: the side stream must wait for it.
+  at::Tensor live = at::zeros({2048, 1024}, at::TensorOptions().device(MyDevice()));
+  live.add_(expected.to(MyDevice()));
+  StateTree tree;
+  tree.SetTensor("w", live);
+  tree.SetScalar("epoch", int64_t{7});
+  AsyncCheckpointer async(root, {}, copier.get());
+  async.SaveAsync(tree, 1);
+  live.mul_(-3);  // training goes on at once; the snapshot must not see this
+  const std::string dir = async.Wait();
+  EXPECT_GT(async.snapshot_bytes(), 0);
+  StateTree back;
+  back.SetTensor("w", at::zeros({2048, 1024}));
+  Checkpointer(root, Comm()).Load(dir, back);
+  EXPECT_TRUE(BitEqual(back.tensor("w").tensor, expected));
+  EXPECT_TRUE(BitEqual(live.cpu(), expected * -3));
 }
 
 }  // namespace

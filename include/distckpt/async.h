@@ -20,15 +20,28 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "distckpt/checkpoint.h"
 
 namespace distckpt {
 
+// Copies device tensors into host buffers of the same size; returns once the copies are done.
+// MakeCudaHostCopier (nccl.h) gives one that copies on a side stream.
+class HostCopier {
+ public:
+  virtual ~HostCopier() = default;
+  virtual Status CopyToHost(const std::vector<at::Tensor>& device,
+                            const std::vector<at::Tensor>& host) = 0;
+};
+
 class AsyncCheckpointer {
  public:
   // Collective: duplicates the MPI world communicator (or uses a local one without MPI).
-  explicit AsyncCheckpointer(std::string root, CheckpointerOptions options = {});
+  // `copier` (optional, not owned) snapshots CUDA tensors; without one they are copied on the
+  // current stream.
+  explicit AsyncCheckpointer(std::string root, CheckpointerOptions options = {},
+                             HostCopier* copier = nullptr);
   // Waits for the save in flight; its error, if any, is dropped (call Wait() to see it).
   ~AsyncCheckpointer();
 
@@ -46,6 +59,7 @@ class AsyncCheckpointer {
  private:
   std::string root_;
   CheckpointerOptions options_;
+  HostCopier* copier_;
   std::unique_ptr<Communicator> comm_;
   std::map<std::string, at::Tensor> buffers_;  // path -> reusable host snapshot
   StateTree snapshot_;

@@ -12,6 +12,7 @@
 #include <memory>
 #include <vector>
 
+#include "distckpt/async.h"
 #include "distckpt/comm.h"
 #include "distckpt/status.h"
 
@@ -30,9 +31,15 @@ class DeviceGatherer {
 bool NcclCompiledIn();
 // Visible CUDA devices; 0 without a GPU or without the NCCL path.
 int CudaDeviceCount();
+// Ranks of this job on this node (Open MPI's local size; 1 when unknown).
+int LocalRankCount();
 // The CUDA device this rank uses: its local rank modulo the visible devices.
 int LocalCudaDevice(const Communicator& comm);
 // Collective over `comm`.
 Result<std::unique_ptr<DeviceGatherer>> MakeNcclGatherer(Communicator& comm);
+// Snapshots CUDA tensors for AsyncCheckpointer on a side stream that first waits for the work
+// already queued on the current stream, so the copies see what training computed and training's
+// own stream is not held up by them. Fails without the CUDA path.
+Result<std::unique_ptr<HostCopier>> MakeCudaHostCopier();
 
 }  // namespace distckpt
