@@ -139,7 +139,7 @@ int main(int argc, char** argv) {
     if (rank == 0) bench::EvictTree(last);
     for (auto& t : full) t.zero_();
     LoadOptions options;
-    options.read_once = mode == 0;
+    options.read_once = mode == 0 ? ReadOnce::kOn : ReadOnce::kOff;
     replicated_t[mode] = bench::TimeCollective([&] { ckpt.Load(last, tree, options); });
     replicated_bytes[mode] = static_cast<double>(ckpt.last_load_stats().bytes_read);
     MPI_Allreduce(MPI_IN_PLACE, &replicated_bytes[mode], 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);

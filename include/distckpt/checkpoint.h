@@ -53,6 +53,8 @@ struct CheckpointerOptions {
   double save_timeout_seconds = 0;
 };
 
+enum class ReadOnce { kAuto, kOn, kOff };
+
 struct LoadOptions {
   // Read straight into the tree's tensors (CPU, contiguous ones) instead of staging buffers.
   // Saves a copy and the memory of the state, but a failed load may leave those tensors partly
@@ -60,8 +62,10 @@ struct LoadOptions {
   bool in_place = false;
   // Tensors that every rank loads whole are read from storage once in total: each rank reads
   // and verifies a distinct 1/M of the bytes, and the ranks exchange them over the
-  // communicator. Off: every rank reads everything it needs itself.
-  bool read_once = true;
+  // communicator. Off: every rank reads everything it needs itself. Auto: on when the ranks
+  // span several machines; on one machine the page cache already shares the reads, and per-rank
+  // reads were faster in every measurement (README, Benchmarks).
+  ReadOnce read_once = ReadOnce::kAuto;
 };
 
 struct LoadStats {

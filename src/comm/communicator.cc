@@ -39,6 +39,17 @@ class MpiCommunicator : public Communicator {
     MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
+    // Nodes = ranks that are rank 0 of their shared-memory group.
+    MPI_Comm node;
+    int node_rank = 0, leaders = 1;
+    if (MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node) ==
+        MPI_SUCCESS) {
+      MPI_Comm_rank(node, &node_rank);
+      MPI_Comm_free(&node);
+      int leader = node_rank == 0 ? 1 : 0;
+      MPI_Allreduce(&leader, &leaders, 1, MPI_INT, MPI_SUM, comm_);
+    }
+    node_count_ = std::max(1, leaders);
   }
   ~MpiCommunicator() override {
     int finalized = 0;
@@ -47,6 +58,7 @@ class MpiCommunicator : public Communicator {
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
+  int node_count() const override { return node_count_; }
   Status Barrier() override { return Check(MPI_Barrier(comm_), "barrier"); }
   Status AllGather(const std::string& mine, std::vector<std::string>* all) override {
     if (mine.size() > static_cast<size_t>(INT32_MAX)) {
@@ -148,6 +160,7 @@ class MpiCommunicator : public Communicator {
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0;
   int size_ = 1;
+  int node_count_ = 1;
 };
 
 }  // namespace
