@@ -53,6 +53,8 @@ def main():
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--dir", default="/tmp/distckpt-dcp-bench")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--save-only", help="save once with DCP into this path and keep it")
+    p.add_argument("--load-only", help="load a DCP checkpoint saved by another rank count")
     a = p.parse_args()
     rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", 0))
     world = int(os.environ.get("OMPI_COMM_WORLD_SIZE", 1))
@@ -73,6 +75,30 @@ def main():
         if extra:
             row.update(extra)
         results.append(row)
+
+    if a.save_only:
+        if rank == 0:
+            shutil.rmtree(a.save_only, ignore_errors=True)
+        dist.barrier()
+        writer = dcp.FileSystemWriter(a.save_only, sync_files=True)
+        timed(lambda: dcp.save(src, storage_writer=writer))
+        dist.destroy_process_group()
+        return
+    if a.load_only:
+        loads = []
+        for rep in range(a.reps):
+            if rank == 0:
+                evict(a.load_only)
+            dest = state(a.gib, zeros=True)
+            loads.append(timed(lambda: dcp.load(dest, checkpoint_id=a.load_only)))
+            for k in src:
+                assert torch.equal(dest[k], src[k]), k
+            del dest
+        report("DCP", "re-sharded load", statistics.median(loads))
+        if rank == 0:
+            print(json.dumps(results[0]), flush=True)
+        dist.destroy_process_group()
+        return
 
     for threads, label in ((a.threads, f"DCP ({a.threads} thread)"), (None, "DCP (default threads)")):
         saves, loads = [], []

@@ -4,16 +4,21 @@ import json
 import sys
 
 out = sys.argv[1]
+import os
+
 rows = []
+peaks = {}  # (tool, ranks, bytes) -> peak resident MiB per process over that run
 with open(f"{out}/compare-distckpt.csv") as f:
     for r in csv.DictReader(f):
         n, b = int(r["ranks"]), int(r["state_bytes"])
+        peaks[("distckpt", n, b)] = float(r["peak_rss_mib"])
         gb = b / 1e9
         rows += [
             ("distckpt", "save", n, b, gb / float(r["save_gbps"])),
-            ("distckpt", "load (every rank whole)", n, b, float(r["replicated_read_once_s"])),
-            ("distckpt (per-rank reads)", "load (every rank whole)", n, b,
-             float(r["replicated_full_reads_s"])),
+            # On one machine distckpt reads per rank by default (read-once is for many nodes).
+            ("distckpt", "load (every rank whole)", n, b, float(r["replicated_full_reads_s"])),
+            ("distckpt (read once)", "load (every rank whole)", n, b,
+             float(r["replicated_read_once_s"])),
             ("distckpt", "load (1/N each)", n, b, gb / float(r["load_gbps"])),
             ("write+fsync / read", "save", n, b, gb / float(r["raw_write_gbps"])),
             ("write+fsync / read", "load (1/N each)", n, b, gb / float(r["raw_read_gbps"])),
@@ -23,6 +28,17 @@ with open(f"{out}/compare-torch.jsonl") as f:
         if line.startswith("{"):
             r = json.loads(line)
             rows.append((r["tool"], r["op"], r["ranks"], r["bytes"], r["seconds"]))
+            key = (r["tool"], r["op"], r["ranks"], r["bytes"])
+            peaks[key] = r["peak_rss_mib"]
+            if r["tool"] == "DCP (1 thread)":
+                peaks[("DCP", r["ranks"], r["bytes"])] = max(
+                    peaks.get(("DCP", r["ranks"], r["bytes"]), 0), r["peak_rss_mib"])
+if os.path.exists(f"{out}/compare-reshard.csv"):
+    with open(f"{out}/compare-reshard.csv") as f:
+        for n, b, mode, secs, peak in csv.reader(f):
+            tool = "distckpt" if mode == "staged" else f"distckpt ({mode})"
+            rows.append((tool, "re-sharded load", int(n), int(b), float(secs)))
+            peaks[(tool, "re-sharded load", int(n), int(b))] = float(peak)
 
 with open(f"{out}/compare.csv", "w", newline="") as f:
     w = csv.writer(f)
@@ -32,8 +48,8 @@ with open(f"{out}/compare.csv", "w", newline="") as f:
 
 index = {(t, op, n, b): s for t, op, n, b, s in rows}
 sizes = sorted({b for *_, b, _ in rows})
-lines = ["| state | ranks | op | distckpt GB/s | DCP 1 thread | DCP default | torch.save | raw | DCP / distckpt |",
-         "|---|---|---|---|---|---|---|---|---|"]
+lines = ["| state | ranks | op | distckpt GB/s | DCP 1 thread | DCP default | torch.save | raw | DCP / distckpt | peak MiB/process distckpt, DCP |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
 for b in sizes:
     for n in sorted({n for _, _, n, bb, _ in rows if bb == b}):
         for op in ("save", "load (every rank whole)", "load (1/N each)"):
@@ -49,7 +65,21 @@ for b in sizes:
             for v in (dcp, g("DCP (default threads)"), g("torch.save"), raw):
                 cells.append(f"{v:.2f}" if v else "-")
             cells.append(f"{dcp / d:.2f}x" if dcp else "-")
+            pd, pt = peaks.get(("distckpt", n, b)), peaks.get(("DCP", n, b))
+            cells.append(f"{pd:.0f}, {pt:.0f}" if pd and pt else "-")
             lines.append("| " + " | ".join(cells) + " |")
+# Elastic resume and export: seconds, GB/s and peak memory per process, and DCP against distckpt.
+extra = [(t, op, n, b, s) for t, op, n, b, s in rows if op in ("re-sharded load", "export to one .pt")]
+if extra:
+    lines += ["", "| state | op | tool | seconds | GB/s | peak MiB/process | time / distckpt's |",
+              "|---|---|---|---|---|---|---|"]
+    for t, op, n, b, s in sorted(extra, key=lambda r: (r[3], r[1], r[0])):
+        base = [x for x in extra if x[1] == op and x[3] == b and x[0] in ("distckpt", "distckpt export")]
+        ratio = f"{s / base[0][4]:.2f}x" if base else "-"
+        label = "4 -> 2 ranks, every rank whole" if op == "re-sharded load" else op
+        peak = peaks.get((t, op, n, b))
+        lines.append(f"| {b / 2**30:.2f} GiB | {label} | {t} | {s:.2f} | {b / 1e9 / s:.2f} | "
+                     f"{peak:.0f} | {ratio} |" if peak else "| - |")
 open(f"{out}/compare.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 

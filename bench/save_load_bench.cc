@@ -20,14 +20,77 @@
 
 using namespace distckpt;
 
+namespace {
+
+bool MatchesGenerator(const std::vector<at::Tensor>& full) {
+  for (size_t t = 0; t < full.size(); ++t) {
+    auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(t));
+    if (!at::equal(full[t], at::rand(full[t].sizes(), gen))) return false;
+  }
+  return true;
+}
+
+// Elastic resume, measured apart: --save-only DIR saves the state once on this rank count and
+// keeps it; --load-only DIR loads the newest checkpoint in DIR on this (other) rank count, every
+// rank the whole state, staged (the default) and in place. Appends "ranks,state_bytes,mode,
+// seconds,peak_rss_mib" rows to --csv.
+int ReshardMode(Communicator& comm, StateTree& tree, std::vector<at::Tensor>& full,
+                const std::string& save_only, const std::string& load_only, int reps,
+                const std::string& csv) {
+  const int rank = comm.rank();
+  int64_t total = 0;
+  for (const at::Tensor& t : full) total += static_cast<int64_t>(t.nbytes());
+  if (!save_only.empty()) {
+    if (rank == 0) std::filesystem::remove_all(save_only);
+    const double s = bench::TimeCollective([&] { Checkpointer(save_only, comm).Save(tree, 0); });
+    if (rank == 0)
+      std::printf("saved %.2f GiB on %d ranks in %.2f s\n", total / 1073741824.0, comm.size(), s);
+    return 0;
+  }
+  Checkpointer ckpt(load_only, comm);
+  const std::string dir = ckpt.Latest().value_or("");
+  for (int mode = 0; mode < 2; ++mode) {
+    std::vector<double> times;
+    for (int rep = 0; rep < reps; ++rep) {
+      if (rank == 0) bench::EvictTree(dir);
+      for (auto& t : full) t.zero_();
+      LoadOptions options;
+      options.in_place = mode == 1;
+      times.push_back(bench::TimeCollective([&] { ckpt.Load(dir, tree, options); }));
+      if (!MatchesGenerator(full)) {
+        std::fprintf(stderr, "rank %d: re-sharded load differs from what was saved\n", rank);
+        MPI_Abort(MPI_COMM_WORLD, 4);
+      }
+    }
+    double rss = bench::PeakRssMiB();
+    MPI_Allreduce(MPI_IN_PLACE, &rss, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    const char* name = mode == 0 ? "staged" : "in place";
+    if (rank == 0) {
+      const double secs = bench::Median(times);
+      std::printf("re-sharded load onto %d ranks (%s): %.2f s, %.2f GB/s, peak RSS/rank %.0f MiB\n",
+                  comm.size(), name, secs, total / 1e9 / secs, rss);
+      if (!csv.empty()) {
+        FILE* f = std::fopen(csv.c_str(), "a");
+        std::fprintf(f, "%d,%lld,%s,%.3f,%.0f\n", comm.size(), (long long)total, name, secs, rss);
+        std::fclose(f);
+      }
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
   double gib = 1.0;
   int reps = 3;
   std::string dir = "/tmp/distckpt-bench";
-  std::string csv;
+  std::string csv, save_only, load_only;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
+    if (k == "--save-only") save_only = argv[i + 1];
+    if (k == "--load-only") load_only = argv[i + 1];
     if (k == "--gib") gib = std::stod(argv[i + 1]);
     if (k == "--reps") reps = std::stoi(argv[i + 1]);
     if (k == "--dir") dir = argv[i + 1];
@@ -48,6 +111,12 @@ int main(int argc, char** argv) {
     auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(t));
     full.push_back(at::rand({rows, cols}, gen));
     tree.SetTensor("model/t" + std::to_string(t), full.back());
+  }
+  if (!save_only.empty() || !load_only.empty()) {
+    const int rc = ReshardMode(*comm, tree, full, save_only, load_only, reps, csv);
+    comm.reset();
+    MPI_Finalize();
+    return rc;
   }
   const int64_t row0 = rows * rank / world, nrows = rows * (rank + 1) / world - row0;
   StateTree mine;

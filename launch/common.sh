@@ -42,6 +42,8 @@ install_python_packages() {
 }
 
 setup() {
+  # Machines without a package registry (the GPU machine) bring their own (launch/gpu-env.sh).
+  [ "${DISTCKPT_SKIP_SETUP:-0}" = 1 ] && return 0
   install_apt_packages
   install_python_packages
 }

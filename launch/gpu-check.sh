@@ -7,19 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-if [ -d .debs ]; then
-  mkdir -p .deps
-  for f in .debs/*.deb; do dpkg -x "$f" .deps; done
-  D=$ROOT/.deps/usr A=$ROOT/.deps/usr/lib/x86_64-linux-gnu
-  # Debian makes mpirun/mpicc/h5pcc with update-alternatives, which dpkg -x does not run.
-  ln -sf orterun "$D/bin/mpirun"; ln -sf opal_wrapper "$D/bin/mpicc"
-  sed "s|^prefix=\"/usr\"|prefix=\"$D\"|" "$D/bin/h5pcc.openmpi" > "$D/bin/h5pcc"
-  chmod +x "$D/bin/h5pcc"
-  export PATH=$D/bin:$PATH OPAL_PREFIX=$D CPATH=$D/include:${CPATH:-}
-  export LD_LIBRARY_PATH=$A:$A/openmpi/lib:$A/hdf5/openmpi:${LD_LIBRARY_PATH:-}
-  export PMIX_MCA_mca_base_component_path=$A/pmix2/lib/pmix
-  export CMAKE_PREFIX_PATH=$D:$A/cmake:${CMAKE_PREFIX_PATH:-}
-fi
+source launch/gpu-env.sh
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 gen=Ninja keep_going="-k 0"  # build what compiles, so one broken target does not hide the rest

@@ -486,9 +486,8 @@ Status Checkpointer::LoadStatus(const std::string& dir, StateTree& tree,
   // Which tensors does every rank want whole (the same range)? Those are read once in total.
   const int world = comm_.size();
   std::vector<bool> shared(pending.size(), false);
-  const bool read_once =
-      options.read_once == ReadOnce::kOn ||
-      (options.read_once == ReadOnce::kAuto && comm_.node_count() > 1);
+  const bool read_once = options.read_once == ReadOnce::kOn ||
+                         (options.read_once == ReadOnce::kAuto && comm_.node_count() > 1);
   if (read_once && world > 1) {
     ByteWriter w;
     for (const Pending& p : pending) {
