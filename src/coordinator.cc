@@ -467,6 +467,7 @@ Status Checkpointer::LoadStatus(const std::string& dir, StateTree& tree,
     TensorEntry* entry;
     int64_t start, count;
     at::Tensor staging;
+    bool verify_then_place = false;  // verified now, read into the destination afterwards
   };
   std::vector<Pending> pending;
   Status local;
@@ -516,32 +517,45 @@ Status Checkpointer::LoadStatus(const std::string& dir, StateTree& tree,
     }
   }
 
-  // Read into staging buffers, verifying every piece; shared tensors a 1/M slice each.
+  // Reads elements [begin, end) of p's range into dest (nullptr: verify only).
   ShardReader reader(env_, dir, &manifest, rank);
+  auto read_range = [&](const Pending& p, int64_t begin, int64_t end, char* dest) -> Status {
+    std::vector<StoredRange> ranges;
+    for (const ShardRecord& s : p.record->shards) ranges.push_back({s.flat_start, s.flat_count});
+    auto items = PlanRead(ranges, p.start + begin, end - begin);
+    if (!items.ok()) return items.status().Annotate("tensor '" + p.record->path + "'");
+    const int64_t esize = c10::elementSize(p.record->dtype);
+    for (const ReadItem& item : items.value()) {
+      RETURN_IF_ERROR(reader.Read(*p.record, p.record->shards[item.shard_index], item.shard_elem,
+                                  item.count, dest ? dest + item.dest_elem * esize : nullptr));
+    }
+    return Status::Ok();
+  };
+
+  // Verify (or read into staging buffers) every piece; shared tensors a 1/M slice each.
   local = Guarded("reading " + rank_tag, [&]() -> Status {
     for (size_t i = 0; i < pending.size(); ++i) {
       Pending& p = pending[i];
       const at::Tensor& target = p.entry->tensor;
-      if (options.in_place && target.device().is_cpu() && target.is_contiguous()) {
-        p.staging = target.view({-1});
-      } else {
-        p.staging = at::empty({p.count}, at::TensorOptions().dtype(p.record->dtype));
-      }
+      const bool cpu_contiguous = target.device().is_cpu() && target.is_contiguous();
       int64_t begin = 0, end = p.count;
       if (shared[i]) {
         begin = p.count * rank / world;
         end = p.count * (rank + 1) / world;
       }
-      std::vector<StoredRange> ranges;
-      for (const ShardRecord& s : p.record->shards) ranges.push_back({s.flat_start, s.flat_count});
-      auto items = PlanRead(ranges, p.start + begin, end - begin);
-      if (!items.ok()) return items.status().Annotate("tensor '" + p.record->path + "'");
-      const int64_t esize = c10::elementSize(p.record->dtype);
-      char* dest = static_cast<char*>(p.staging.data_ptr()) + begin * esize;
-      for (const ReadItem& item : items.value()) {
-        RETURN_IF_ERROR(reader.Read(*p.record, p.record->shards[item.shard_index], item.shard_elem,
-                                    item.count, dest + item.dest_elem * esize));
+      if (cpu_contiguous && options.in_place) {
+        p.staging = target.view({-1});
+      } else if (cpu_contiguous && !shared[i]) {
+        // No staging memory and no page faults on it: verify now, read into place later.
+        p.verify_then_place = true;
+        RETURN_IF_ERROR(read_range(p, begin, end, nullptr));
+        continue;
+      } else {
+        p.staging = at::empty({p.count}, at::TensorOptions().dtype(p.record->dtype));
       }
+      const int64_t esize = c10::elementSize(p.record->dtype);
+      RETURN_IF_ERROR(
+          read_range(p, begin, end, static_cast<char*>(p.staging.data_ptr()) + begin * esize));
     }
     return Status::Ok();
   });
@@ -563,9 +577,24 @@ Status Checkpointer::LoadStatus(const std::string& dir, StateTree& tree,
   }
 
   // Everything verified on every rank: now overwrite the caller's tensors.
+  local = Guarded("reading verified tensors into place on " + rank_tag, [&]() -> Status {
+    for (const Pending& p : pending) {
+      if (!p.verify_then_place) continue;
+      Status read = read_range(p, 0, p.count, static_cast<char*>(p.entry->tensor.data_ptr()));
+      if (!read.ok()) {
+        return read.Annotate("the checkpoint changed after it was verified; tensor '" +
+                             p.record->path + "' may be partly overwritten");
+      }
+    }
+    return Status::Ok();
+  });
+  load_stats_.bytes_reread = reader.stats().bytes_read - load_stats_.bytes_read;
+  load_stats_.bytes_verified = reader.stats().bytes_verified;
+  RETURN_IF_ERROR(AgreeOnStatus(comm_, local).Annotate("loading '" + dir + "'"));
   return Guarded("copying into destination tensors", [&]() -> Status {
     at::NoGradGuard no_grad;
     for (Pending& p : pending) {
+      if (p.verify_then_place) continue;
       if (!p.staging.is_same(p.entry->tensor) &&
           p.staging.data_ptr() != p.entry->tensor.data_ptr()) {
         p.entry->tensor.copy_(p.staging.view(p.entry->tensor.sizes()));

@@ -3,6 +3,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
+#include <tuple>
 
 #include "distckpt/checkpoint.h"
 #include "fault_env.h"
@@ -386,6 +388,66 @@ TEST(TimeLimit, ASaveOnSlowStorageGivesUpWithAClearError) {
     EXPECT_TRUE(Contains(e.what(), "did not finish within its time limit")) << e.what();
   }
   EXPECT_FALSE(LatestCheckpoint(root).has_value());
+}
+
+// Storage that returns different bytes the second time the same range of tensor data is read,
+// as if the checkpoint were overwritten between the verification and the read into place.
+class ChangingEnv : public testing::FaultEnv {
+ public:
+  Result<std::unique_ptr<ReadableFile>> OpenReadable(const std::string& path) override {
+    auto file = target()->OpenReadable(path);
+    if (!file.ok()) return file;
+    return std::unique_ptr<ReadableFile>(new ChangingFile(this, std::move(file).value()));
+  }
+  std::set<std::tuple<std::string, uint64_t, size_t>> seen;
+
+ private:
+  class ChangingFile : public ReadableFile {
+   public:
+    ChangingFile(ChangingEnv* env, std::unique_ptr<ReadableFile> base)
+        : env_(env), base_(std::move(base)) {}
+    Status PRead(uint64_t offset, void* data, size_t size) override {
+      RETURN_IF_ERROR(base_->PRead(offset, data, size));
+      const bool again = !env_->seen.insert({path(), offset, size}).second;
+      if (again && size >= 1024) static_cast<char*>(data)[size / 2] ^= 0x10;
+      return Status::Ok();
+    }
+    Result<uint64_t> Size() override { return base_->Size(); }
+    const std::string& path() const override { return base_->path(); }
+
+   private:
+    ChangingEnv* env_;
+    std::unique_ptr<ReadableFile> base_;
+  };
+};
+
+TEST(VerifyThenPlace, LoadsIntoPlaceWithoutStagingAndCatchesBytesThatChangeInBetween) {
+  const std::string root = testing::ScratchDir("root");
+  const StateTree saved = SampleTree(3);
+  const std::string dir = Checkpointer(root, Comm()).Save(saved, 1);
+  {
+    // The normal case: verified, then read straight into the destination.
+    Checkpointer ckpt(root, Comm());
+    StateTree back = ZerosLike(saved);
+    const void* before = back.tensor("model_state_dict/w").tensor.data_ptr();
+    ckpt.Load(dir, back);
+    EXPECT_EQ(back.tensor("model_state_dict/w").tensor.data_ptr(), before);
+    EXPECT_TRUE(BitEqual(back.tensor("model_state_dict/w").tensor,
+                         saved.tensor("model_state_dict/w").tensor));
+    EXPECT_GT(ckpt.last_load_stats().bytes_reread, 0);
+    EXPECT_EQ(ckpt.last_load_stats().bytes_reread, ckpt.last_load_stats().bytes_read);
+  }
+  ChangingEnv changing;
+  Checkpointer ckpt(root, Comm(), {&changing});
+  StateTree back = ZerosLike(saved);
+  try {
+    ckpt.Load(dir, back);
+    FAIL() << "bytes that changed after verification were accepted";
+  } catch (const Error& e) {
+    EXPECT_TRUE(Contains(e.what(), "changed after it was verified")) << e.what();
+    EXPECT_TRUE(Contains(e.what(), "checksum mismatch")) << e.what();
+    EXPECT_TRUE(Contains(e.what(), "model_state_dict/")) << e.what();
+  }
 }
 
 }  // namespace

@@ -56,9 +56,15 @@ struct CheckpointerOptions {
 enum class ReadOnce { kAuto, kOn, kOff };
 
 struct LoadOptions {
-  // Read straight into the tree's tensors (CPU, contiguous ones) instead of staging buffers.
-  // Saves a copy and the memory of the state, but a failed load may leave those tensors partly
-  // overwritten: use it only for scratch tensors the caller would discard on failure.
+  // By default a load is all or nothing: tensors in CPU memory (contiguous) are verified first
+  // (read and checked against their checksums, through a bounded buffer) and, once every rank
+  // has verified everything, read again straight into place (from the page cache, checked
+  // again); other destinations are staged in fresh memory and copied. Only if the stored bytes
+  // changed between the two reads can a failed load leave tensors partly overwritten, and the
+  // error says so.
+  // in_place: read straight into the tree's tensors (CPU, contiguous ones) in one pass. The
+  // fastest, but a damaged checkpoint may leave those tensors partly overwritten: use it only
+  // for scratch tensors the caller would discard on failure.
   bool in_place = false;
   // Tensors that every rank loads whole are read from storage once in total: each rank reads
   // and verifies a distinct 1/M of the bytes, and the ranks exchange them over the
@@ -70,6 +76,7 @@ struct LoadOptions {
 
 struct LoadStats {
   int64_t bytes_read = 0;      // bytes this rank read from storage, checksum padding included
+  int64_t bytes_reread = 0;    // of those, read a second time into place after verification
   int64_t bytes_verified = 0;  // bytes hashed and compared
   int files_opened = 0;
 };

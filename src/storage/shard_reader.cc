@@ -83,8 +83,8 @@ Status ShardReader::Read(const TensorRecord& tensor, const ShardRecord& shard, i
     const int64_t g1 = std::min(g0 + group, last);
     const int64_t o0 = std::max(g0, b0);
     const int64_t o1 = std::min(g1, b1);
-    const bool direct = (o0 == g0 && o1 == g1);
-    char* buffer = out + (g0 - b0);
+    const bool direct = out && o0 == g0 && o1 == g1;
+    char* buffer = direct ? out + (g0 - b0) : nullptr;
     if (!direct) {
       scratch_.resize(static_cast<size_t>(g1 - g0));
       buffer = scratch_.data();
@@ -103,7 +103,9 @@ Status ShardReader::Read(const TensorRecord& tensor, const ShardRecord& shard, i
       }
       stats_.bytes_verified += len;
     }
-    if (!direct) std::memcpy(out + (o0 - b0), buffer + (o0 - g0), static_cast<size_t>(o1 - o0));
+    if (out && !direct) {
+      std::memcpy(out + (o0 - b0), buffer + (o0 - g0), static_cast<size_t>(o1 - o0));
+    }
   }
   return Status::Ok();
 }

@@ -29,6 +29,7 @@ class ShardReader {
 
   // Copies elements [elem_begin, elem_begin + count) of `shard` of `tensor` into `dest`,
   // verifying every piece they touch. Errors name the tensor, file, offset and rank.
+  // With dest == nullptr the bytes are only verified (read into a bounded scratch buffer).
   Status Read(const TensorRecord& tensor, const ShardRecord& shard, int64_t elem_begin,
               int64_t count, void* dest);
 
