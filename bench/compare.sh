@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side by side in one run: distckpt, PyTorch DCP (gloo, FileSystemWriter with fsync, 1 thread and
+# Side by side in one run, the tools interleaved round by round (median of the rounds): distckpt, PyTorch DCP (gloo, FileSystemWriter with fsync, 1 thread and
 # default threads), torch.save/torch.load (one process) and the raw storage limit, on the same
 # state (float32 tensors of 64 MiB), at several sizes and rank counts. Writes
 # bench/results/compare.csv, compare.md and compare.png.
@@ -32,11 +32,20 @@ for gib in ${SIZES//,/ }; do
       continue
     fi
     echo "-- ${gib} GiB on ${np} rank(s)"
-    mpirun --oversubscribe -np "$np" "$BUILD_DIR/bench/save_load_bench" --gib "$gib" --reps "$REPS" \
-      --dir "$B" --csv "$OUT/compare-distckpt.csv" | sed 's/^/   /'
-    mpirun --oversubscribe -np "$np" -x MASTER_PORT=$((29500 + np)) "$PYTHON" \
-      "$DISTCKPT_ROOT/bench/dcp_worker.py" --gib "$gib" --reps "$REPS" \
-      --dir "$B-dcp" >>"$OUT/compare-torch.jsonl"
+    # Rounds interleave the tools (and alternate which goes first): this disk's speed drifts
+    # by several times within minutes, so a tool's reps must not all fall in one stretch.
+    for round in $(seq 1 "$REPS"); do
+      ours() {
+        mpirun --oversubscribe -np "$np" "$BUILD_DIR/bench/save_load_bench" --gib "$gib" --reps 1 \
+          --round "$round" --dir "$B" --csv "$OUT/compare-distckpt.csv" | sed 's/^/   /'
+      }
+      theirs() {
+        mpirun --oversubscribe -np "$np" -x MASTER_PORT=$((29500 + np)) "$PYTHON" \
+          "$DISTCKPT_ROOT/bench/dcp_worker.py" --gib "$gib" --reps 1 \
+          --dir "$B-dcp" >>"$OUT/compare-torch.jsonl"
+      }
+      if [ $((round % 2)) = 1 ]; then ours; theirs; else theirs; ours; fi
+    done
   done
 done
 gib=${RESHARD_GIB:-${SIZES##*,}}

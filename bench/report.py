@@ -1,55 +1,61 @@
 """Turns bench/compare.sh's raw results into compare.csv, compare.md and compare.png."""
 import csv
 import json
+import os
+import statistics
 import sys
+from collections import defaultdict
 
 out = sys.argv[1]
-import os
 
-rows = []
-peaks = {}  # (tool, ranks, bytes) -> peak resident MiB per process over that run
+# Interleaved rounds give several rows per (tool, op, ranks, size): report their medians.
+samples = defaultdict(list)  # (tool, op, ranks, bytes) -> seconds
+peaks = {}  # (tool, ranks, bytes) or (tool, op, ranks, bytes) -> peak resident MiB per process
 with open(f"{out}/compare-distckpt.csv") as f:
     for r in csv.DictReader(f):
         n, b = int(r["ranks"]), int(r["state_bytes"])
-        peaks[("distckpt", n, b)] = float(r["peak_rss_mib"])
         gb = b / 1e9
-        rows += [
-            ("distckpt", "save", n, b, gb / float(r["save_gbps"])),
+        peaks[("distckpt", n, b)] = max(peaks.get(("distckpt", n, b), 0), float(r["peak_rss_mib"]))
+        for tool, op, secs in [
+            ("distckpt", "save", gb / float(r["save_gbps"])),
             # On one machine distckpt reads per rank by default (read-once is for many nodes).
-            ("distckpt", "load (every rank whole)", n, b, float(r["replicated_full_reads_s"])),
-            ("distckpt (read once)", "load (every rank whole)", n, b,
-             float(r["replicated_read_once_s"])),
-            ("distckpt", "load (1/N each)", n, b, gb / float(r["load_gbps"])),
-            ("write+fsync / read", "save", n, b, gb / float(r["raw_write_gbps"])),
-            ("write+fsync / read", "load (1/N each)", n, b, gb / float(r["raw_read_gbps"])),
-        ]
+            ("distckpt", "load (every rank whole)", float(r["replicated_full_reads_s"])),
+            ("distckpt (read once)", "load (every rank whole)", float(r["replicated_read_once_s"])),
+            ("distckpt", "load (1/N each)", gb / float(r["load_gbps"])),
+            ("distckpt (in place)", "load (1/N each)", gb / float(r["load_in_place_gbps"])),
+            ("write+fsync / read", "save", gb / float(r["raw_write_gbps"])),
+            ("write+fsync / read", "load (1/N each)", gb / float(r["raw_read_gbps"])),
+        ]:
+            samples[(tool, op, n, b)].append(secs)
 with open(f"{out}/compare-torch.jsonl") as f:
     for line in f:
         if line.startswith("{"):
             r = json.loads(line)
-            rows.append((r["tool"], r["op"], r["ranks"], r["bytes"], r["seconds"]))
             key = (r["tool"], r["op"], r["ranks"], r["bytes"])
-            peaks[key] = r["peak_rss_mib"]
+            samples[key].append(r["seconds"])
+            peaks[key] = max(peaks.get(key, 0), r["peak_rss_mib"])
             if r["tool"] == "DCP (1 thread)":
-                peaks[("DCP", r["ranks"], r["bytes"])] = max(
-                    peaks.get(("DCP", r["ranks"], r["bytes"]), 0), r["peak_rss_mib"])
+                k2 = ("DCP", r["ranks"], r["bytes"])
+                peaks[k2] = max(peaks.get(k2, 0), r["peak_rss_mib"])
 if os.path.exists(f"{out}/compare-reshard.csv"):
     with open(f"{out}/compare-reshard.csv") as f:
         for n, b, mode, secs, peak in csv.reader(f):
             tool = "distckpt" if mode == "staged" else f"distckpt ({mode})"
-            rows.append((tool, "re-sharded load", int(n), int(b), float(secs)))
-            peaks[(tool, "re-sharded load", int(n), int(b))] = float(peak)
+            key = (tool, "re-sharded load", int(n), int(b))
+            samples[key].append(float(secs))
+            peaks[key] = float(peak)
+rows = [(t, op, n, b, statistics.median(v)) for (t, op, n, b), v in samples.items()]
 
 with open(f"{out}/compare.csv", "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["tool", "op", "ranks", "state_bytes", "seconds", "gbps"])
-    for t, op, n, b, s in rows:
-        w.writerow([t, op, n, b, f"{s:.3f}", f"{b / 1e9 / s:.3f}"])
+    w.writerow(["tool", "op", "ranks", "state_bytes", "seconds_median", "gbps", "runs"])
+    for t, op, n, b, s in sorted(rows, key=lambda r: (r[3], r[2], r[1], r[0])):
+        w.writerow([t, op, n, b, f"{s:.3f}", f"{b / 1e9 / s:.3f}", len(samples[(t, op, n, b)])])
 
 index = {(t, op, n, b): s for t, op, n, b, s in rows}
 sizes = sorted({b for *_, b, _ in rows})
-lines = ["| state | ranks | op | distckpt GB/s | DCP 1 thread | DCP default | torch.save | raw | DCP / distckpt | peak MiB/process distckpt, DCP |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+lines = ["| state | ranks | op | distckpt GB/s | in place | DCP 1 thread | DCP default | torch.save | raw | DCP / distckpt | peak MiB/process distckpt, DCP |",
+         "|---|---|---|---|---|---|---|---|---|---|---|"]
 for b in sizes:
     for n in sorted({n for _, _, n, bb, _ in rows if bb == b}):
         for op in ("save", "load (every rank whole)", "load (1/N each)"):
@@ -62,7 +68,7 @@ for b in sizes:
             raw = g("write+fsync / read", op if op != "load (every rank whole)" else "load (1/N each)")
             dcp = g("DCP (1 thread)")
             cells = [f"{b / 2**30:.2f} GiB", str(n), op, f"{d:.2f}"]
-            for v in (dcp, g("DCP (default threads)"), g("torch.save"), raw):
+            for v in (g("distckpt (in place)"), dcp, g("DCP (default threads)"), g("torch.save"), raw):
                 cells.append(f"{v:.2f}" if v else "-")
             cells.append(f"{dcp / d:.2f}x" if dcp else "-")
             pd, pt = peaks.get(("distckpt", n, b)), peaks.get(("DCP", n, b))

@@ -85,6 +85,7 @@ int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
   double gib = 1.0;
   int reps = 3;
+  int round = 0;  // which round of an interleaved comparison: shifts who writes first
   std::string dir = "/tmp/distckpt-bench";
   std::string csv, save_only, load_only;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -93,6 +94,7 @@ int main(int argc, char** argv) {
     if (k == "--load-only") load_only = argv[i + 1];
     if (k == "--gib") gib = std::stod(argv[i + 1]);
     if (k == "--reps") reps = std::stoi(argv[i + 1]);
+    if (k == "--round") round = std::stoi(argv[i + 1]);
     if (k == "--dir") dir = argv[i + 1];
     if (k == "--csv") csv = argv[i + 1];
   }
@@ -160,7 +162,7 @@ int main(int argc, char** argv) {
       save_t.push_back(bench::TimeCollective([&] { saved = ckpt.Save(tree, rep); }));
     };
     // Alternate who writes first, so the disk's write-back state favours neither.
-    if (rep % 2 == 0) {
+    if ((rep + round) % 2 == 0) {
       raw_write();
       ours_save();
     } else {
