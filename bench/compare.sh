@@ -14,7 +14,16 @@ build
 SIZES=${1:-0.25,1}; RANKS=${2:-1,2,4}; REPS=${3:-3}
 OUT=$DISTCKPT_ROOT/bench/results
 mkdir -p "$OUT"
-rm -f "$OUT/compare-distckpt.csv" "$OUT/compare-torch.jsonl" "$OUT/compare-reshard.csv"
+# PARTS=reshard re-runs only the re-shard/export part and keeps the main part's results.
+PARTS=${PARTS:-main,reshard}
+if [[ $PARTS == *main* ]]; then
+  rm -f "$OUT/compare-distckpt.csv" "$OUT/compare-torch.jsonl" "$OUT/compare-reshard.csv"
+else
+  rm -f "$OUT/compare-reshard.csv"
+  grep -v -E '"op": "(re-sharded load|export to one .pt)"' "$OUT/compare-torch.jsonl" \
+    >"$OUT/compare-torch.tmp" || true
+  mv "$OUT/compare-torch.tmp" "$OUT/compare-torch.jsonl"
+fi
 B=${BENCH_DIR:-/tmp/distckpt-bench}
 mem_gib=$(awk '/MemAvailable/ {print int($2 / 1048576)}' /proc/meminfo)
 # fits GiB RANKS [STATES_PER_RANK]: the main runs hold the state, a staging copy and a slice per
@@ -25,10 +34,11 @@ fits() {
 }
 say "comparison: sizes ${SIZES} GiB, ranks ${RANKS}, median of ${REPS}, $(date -u +%F)"
 for gib in ${SIZES//,/ }; do
+  [[ $PARTS == *main* ]] || break
   for np in ${RANKS//,/ }; do
     if ! fits "$gib" "$np"; then
       echo "-- ${gib} GiB on ${np} rank(s): skipped, needs about $(awk -v g="$gib" -v n="$np" \
-        'BEGIN {printf "%.0f", g * n * (2 + 1 / n)}') GiB of memory, ${mem_gib} GiB available"
+        'BEGIN {printf "%.0f", g * n * (2 + 1 / n)}') GiB of memory, over 85% of the ${mem_gib} GiB available"
       continue
     fi
     echo "-- ${gib} GiB on ${np} rank(s)"
