@@ -96,18 +96,20 @@ try:
 except ImportError:
     print("matplotlib missing: no plot")
     sys.exit(0)
-fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-top = max(n for _, _, n, _, _ in rows)
-for ax, op in zip(axes, ("save", "load (every rank whole)")):
-    for tool in sorted({t for t, o, *_ in rows if o == op}):
-        pts = sorted((b, b / 1e9 / s) for t, o, n, b, s in rows if t == tool and o == op and n == top)
-        if pts:
-            ax.plot([p[0] / 2**30 for p in pts], [p[1] for p in pts], marker="o", label=tool)
-    ax.set_title(f"{op}, {top} ranks")
-    ax.set_xlabel("state size (GiB)")
-    ax.set_ylabel("GB/s")
-    ax.set_xscale("log", base=2)
-    ax.legend(fontsize=7)
+counts = sorted({1, max(n for _, _, n, _, _ in rows)})
+fig, axes = plt.subplots(len(counts), 2, figsize=(11, 4 * len(counts)), squeeze=False)
+for row, ranks in zip(axes, counts):
+    for ax, op in zip(row, ("save", "load (every rank whole)")):
+        for tool in sorted({t for t, o, *_ in rows if o == op}):
+            pts = sorted((b, b / 1e9 / s) for t, o, n, b, s in rows
+                         if t == tool and o == op and n == ranks)
+            if pts:
+                ax.plot([p[0] / 2**30 for p in pts], [p[1] for p in pts], marker="o", label=tool)
+        ax.set_title(f"{op}, {ranks} rank{'s' if ranks > 1 else ''}")
+        ax.set_xlabel("state size (GiB)")
+        ax.set_ylabel("GB/s")
+        ax.set_xscale("log", base=2)
+        ax.legend(fontsize=7)
 fig.tight_layout()
 fig.savefig(f"{out}/compare.png", dpi=110)
 print(f"plot: {out}/compare.png")
