@@ -28,8 +28,8 @@ void ParallelCopy(const std::vector<HostCopy>& copies) {
   const int ranks_here = local ? std::max(1, std::atoi(local)) : 1;
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const size_t kMinPerThread = 64 << 20;
-  const int threads = static_cast<int>(std::clamp<size_t>(
-      std::min<size_t>(cores / ranks_here, total / kMinPerThread), 1, 8));
+  const int threads = static_cast<int>(
+      std::clamp<size_t>(std::min<size_t>(cores / ranks_here, total / kMinPerThread), 1, 8));
   // Thread t copies the bytes [t*total/threads, (t+1)*total/threads) of the concatenation.
   auto run = [&](int t) {
     const size_t begin = total * t / threads, end = total * (t + 1) / threads;
