@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
 
 namespace distckpt {
@@ -21,11 +20,9 @@ struct HostCopy {
 
 // The snapshot blocks training, so it uses this node's share of the cores: one memcpy thread
 // moves about 10 GB/s, below what the memory system gives to several.
-void ParallelCopy(const std::vector<HostCopy>& copies) {
+void ParallelCopy(const std::vector<HostCopy>& copies, int ranks_here) {
   size_t total = 0;
   for (const HostCopy& c : copies) total += c.bytes;
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-  const int ranks_here = local ? std::max(1, std::atoi(local)) : 1;
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const size_t kMinPerThread = 64 << 20;
   const int threads = static_cast<int>(
@@ -129,7 +126,7 @@ void AsyncCheckpointer::SaveAsync(const StateTree& tree, int64_t step) {
     snapshot_.mutable_tensors()[path] = copy;
   }
   // Synchronous: the snapshot must be complete before the caller may change the model.
-  ParallelCopy(host_copies);
+  ParallelCopy(host_copies, comm_->local_size());
   if (copier_) {
     // Pinned buffers make the device-to-host copies run at full PCIe speed; a failed copy
     // must fail on every rank, before any rank starts writing.

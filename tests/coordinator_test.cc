@@ -157,6 +157,8 @@ TEST(Coordinator, ReadOnceLoadsEveryByteFromStorageOnceInTotal) {
     ASSERT_TRUE(Comm().AllReduceSum(&bytes, 1).ok());
     const double ratio = bytes / static_cast<double>(size - 5 * 8);  // small/ is not loaded
     EXPECT_EQ(Comm().node_count(), 1);  // these tests run on one machine
+    EXPECT_EQ(Comm().local_size(), Comm().size());
+    EXPECT_EQ(Comm().local_rank(), Comm().rank());
     if (read_once) {
       EXPECT_LT(ratio, 1.05) << "read " << bytes << " bytes for " << size;
     } else {

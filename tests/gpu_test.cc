@@ -43,12 +43,12 @@ TEST(Gpu, SaveFromCudaAndLoadOntoCuda) {
 
 TEST(Gpu, LiveExportGathersOverNccl) {
   SKIP_WITHOUT_GPU();
-  if (LocalRankCount() > CudaDeviceCount()) {
+  if (Comm().local_size() > CudaDeviceCount()) {
     // MakeNcclGatherer's refusal must be clear and the same on every rank.
     auto refused = MakeNcclGatherer(Comm());
     ASSERT_FALSE(refused.ok());
     EXPECT_NE(refused.status().message().find("NCCL needs a GPU per rank"), std::string::npos);
-    GTEST_SKIP() << LocalRankCount() << " ranks share " << CudaDeviceCount()
+    GTEST_SKIP() << Comm().local_size() << " ranks share " << CudaDeviceCount()
                  << " GPU(s); NCCL needs one per rank";
   }
   const std::string dir = testing::ScratchDir("gpu-export");

@@ -21,8 +21,11 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  // Machines the ranks run on (shared-memory groups); 1 for a local world.
+  // Machines the ranks run on (shared-memory groups), and this rank's place on its machine;
+  // one machine with one rank for a local world.
   virtual int node_count() const { return 1; }
+  virtual int local_rank() const { return 0; }
+  virtual int local_size() const { return 1; }
   virtual Status Barrier() = 0;
   // Every rank receives every rank's bytes, indexed by rank.
   virtual Status AllGather(const std::string& mine, std::vector<std::string>* all) = 0;

@@ -31,9 +31,7 @@ class DeviceGatherer {
 bool NcclCompiledIn();
 // Visible CUDA devices; 0 without a GPU or without the NCCL path.
 int CudaDeviceCount();
-// Ranks of this job on this node (Open MPI's local size; 1 when unknown).
-int LocalRankCount();
-// The CUDA device this rank uses: its local rank modulo the visible devices.
+// The CUDA device this rank uses: its rank on its machine modulo the visible devices.
 int LocalCudaDevice(const Communicator& comm);
 // Collective over `comm`.
 Result<std::unique_ptr<DeviceGatherer>> MakeNcclGatherer(Communicator& comm);

@@ -41,12 +41,13 @@ class MpiCommunicator : public Communicator {
     MPI_Comm_size(comm_, &size_);
     // Nodes = ranks that are rank 0 of their shared-memory group.
     MPI_Comm node;
-    int node_rank = 0, leaders = 1;
+    int leaders = 1;
     if (MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node) ==
         MPI_SUCCESS) {
-      MPI_Comm_rank(node, &node_rank);
+      MPI_Comm_rank(node, &local_rank_);
+      MPI_Comm_size(node, &local_size_);
       MPI_Comm_free(&node);
-      int leader = node_rank == 0 ? 1 : 0;
+      int leader = local_rank_ == 0 ? 1 : 0;
       MPI_Allreduce(&leader, &leaders, 1, MPI_INT, MPI_SUM, comm_);
     }
     node_count_ = std::max(1, leaders);
@@ -59,6 +60,8 @@ class MpiCommunicator : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   int node_count() const override { return node_count_; }
+  int local_rank() const override { return local_rank_; }
+  int local_size() const override { return local_size_; }
   Status Barrier() override { return Check(MPI_Barrier(comm_), "barrier"); }
   Status AllGather(const std::string& mine, std::vector<std::string>* all) override {
     if (mine.size() > static_cast<size_t>(INT32_MAX)) {
@@ -161,6 +164,8 @@ class MpiCommunicator : public Communicator {
   int rank_ = 0;
   int size_ = 1;
   int node_count_ = 1;
+  int local_rank_ = 0;
+  int local_size_ = 1;
 };
 
 }  // namespace

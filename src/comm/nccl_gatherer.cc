@@ -1,5 +1,4 @@
-#include <algorithm>
-#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <string>
 
@@ -14,17 +13,10 @@
 
 namespace distckpt {
 
-int LocalRankCount() {
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-  return local ? std::max(1, std::atoi(local)) : 1;
-}
-
 int LocalCudaDevice(const Communicator& comm) {
   const int count = CudaDeviceCount();
   if (count == 0) return -1;
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
-  const int local_rank = local ? std::atoi(local) : comm.rank();
-  return local_rank % count;
+  return comm.local_rank() % count;
 }
 
 #ifdef DISTCKPT_HAVE_NCCL
@@ -188,9 +180,9 @@ Result<std::unique_ptr<DeviceGatherer>> MakeNcclGatherer(Communicator& comm) {
   const int device = LocalCudaDevice(comm);
   if (device < 0) {
     local = NotFound("no CUDA device on rank " + std::to_string(comm.rank()));
-  } else if (LocalRankCount() > CudaDeviceCount()) {
+  } else if (comm.local_size() > CudaDeviceCount()) {
     // NCCL refuses two ranks of one communicator on the same GPU.
-    local = InvalidArgument("NCCL needs a GPU per rank: " + std::to_string(LocalRankCount()) +
+    local = InvalidArgument("NCCL needs a GPU per rank: " + std::to_string(comm.local_size()) +
                             " ranks on the node of rank " + std::to_string(comm.rank()) +
                             " share " + std::to_string(CudaDeviceCount()) + " GPU(s)");
   }
