@@ -61,6 +61,22 @@ def main():
     os.environ.setdefault("MASTER_PORT", "29561")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    nbytes = max(1, int(a.gib * 16)) * 4096 * 4096 * 4
+    results = []
+
+    def report(tool, op, secs):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = torch.tensor([rss])
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        results.append({"tool": tool, "op": op, "ranks": world, "bytes": nbytes, "seconds": secs,
+                        "gbps": nbytes / 1e9 / secs, "peak_rss_mib": peak.item()})
+
+    def finish():
+        if rank == 0:
+            for r in results:
+                print(json.dumps(r), flush=True)
+        dist.destroy_process_group()
+
     if a.load_only:
         # Checked against the generator tensor by tensor, so that the process holds only what
         # DCP itself needs (the destination), as distckpt's benchmark does.
@@ -73,30 +89,11 @@ def main():
             for k, t in dest.items():
                 assert torch.equal(t, state_tensor(int(k.rsplit("t", 1)[1]))), k
             del dest
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        peak = torch.tensor([rss])
-        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-        nbytes = max(1, int(a.gib * 16)) * 4096 * 4096 * 4
-        secs = statistics.median(loads)
-        if rank == 0:
-            print(json.dumps({"tool": "DCP", "op": "re-sharded load", "ranks": world,
-                              "bytes": nbytes, "seconds": secs, "gbps": nbytes / 1e9 / secs,
-                              "peak_rss_mib": peak.item()}), flush=True)
-        dist.destroy_process_group()
+        report("DCP", "re-sharded load", statistics.median(loads))
+        finish()
         return
     src = state(a.gib)
-    nbytes = sum(t.numel() * t.element_size() for t in src.values())
-    results = []
-
-    def report(tool, op, secs, extra=None):
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        peak = torch.tensor([rss])
-        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-        row = {"tool": tool, "op": op, "ranks": world, "bytes": nbytes, "seconds": secs,
-               "gbps": nbytes / 1e9 / secs, "peak_rss_mib": peak.item()}
-        if extra:
-            row.update(extra)
-        results.append(row)
+    assert nbytes == sum(t.numel() * t.element_size() for t in src.values())
 
     if a.save_only:
         if rank == 0:
@@ -104,7 +101,7 @@ def main():
         dist.barrier()
         writer = dcp.FileSystemWriter(a.save_only, sync_files=True)
         timed(lambda: dcp.save(src, storage_writer=writer))
-        dist.destroy_process_group()
+        finish()
         return
     for threads, label in ((a.threads, f"DCP ({a.threads} thread)"), (None, "DCP (default threads)")):
         saves, loads = [], []
@@ -150,10 +147,7 @@ def main():
             os.remove(path)
         report("torch.save", "save", statistics.median(saves))
         report("torch.save", "load (every rank whole)", statistics.median(loads))
-    if rank == 0:
-        for r in results:
-            print(json.dumps(r), flush=True)
-    dist.destroy_process_group()
+    finish()
 
 
 if __name__ == "__main__":
