@@ -5,7 +5,7 @@ DISTCKPT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD_DIR=${BUILD_DIR:-$DISTCKPT_ROOT/build}
 PYTHON=${PYTHON:-python3}
 APT_PACKAGES=(g++ cmake ninja-build ccache python3 python3-pip openmpi-bin libopenmpi-dev
-  libhdf5-openmpi-dev hdf5-tools libgtest-dev libxxhash-dev nlohmann-json3-dev clang
+  libhdf5-openmpi-dev hdf5-tools libgtest-dev libxxhash-dev nlohmann-json3-dev libcli11-dev clang
   libclang-rt-14-dev)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -51,6 +51,8 @@ setup() {
 build() {
   say "building distckpt (Release) into $BUILD_DIR"
   export CCACHE_SLOPPINESS=${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_file_mtime,include_file_ctime}
+  # Paths relative to the checkout, so that a fresh clone elsewhere reuses the cache.
+  export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$DISTCKPT_ROOT}
   if [ ! -f "$BUILD_DIR/build.ninja" ]; then
     cmake -S "$DISTCKPT_ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
       -DPython3_EXECUTABLE="$(command -v "$PYTHON")" "$@"

@@ -37,6 +37,38 @@ TEST(Async, SnapshotIsTakenBeforeSaveAsyncReturns) {
   EXPECT_TRUE(BitEqual(back.tensor("w").tensor, original + 1.0));
 }
 
+// One tensor, one placement, whichever path saved it: the async save writes only this rank's
+// share of a replicated tensor but records it as replicated, with the synchronous save's shards.
+TEST(Async, RecordsTheSamePlacementsAndShardsAsASynchronousSave) {
+  const std::string root = testing::ScratchDir("root");
+  StateTree tree;
+  tree.SetTensor("replicated", Pattern({1024, 512}, at::kFloat, 3));  // 2 MiB: split over ranks
+  tree.SetTensor("small", Pattern({7}, at::kDouble, 4));
+  const int64_t rows = 2 * Comm().size();
+  tree.SetShardedRows("rows", Pattern({2, 3}, at::kInt, 5 + Comm().rank()), {rows, 3},
+                      2 * Comm().rank());
+  Checkpointer ckpt(root, Comm());
+  const Manifest sync = ckpt.ReadManifest(ckpt.Save(tree, 1));
+  AsyncCheckpointer async(root);
+  async.SaveAsync(tree, 2);
+  const Manifest background = ckpt.ReadManifest(async.Wait());
+  ASSERT_EQ(sync.tensors.size(), background.tensors.size());
+  for (size_t i = 0; i < sync.tensors.size(); ++i) {
+    const TensorRecord& a = sync.tensors[i];
+    const TensorRecord& b = background.tensors[i];
+    EXPECT_EQ(a.path, b.path);
+    EXPECT_EQ(a.placement, b.placement)
+        << a.path << ": " << PlacementName(a.placement) << " vs " << PlacementName(b.placement);
+    ASSERT_EQ(a.shards.size(), b.shards.size()) << a.path;
+    for (size_t k = 0; k < a.shards.size(); ++k) {
+      EXPECT_EQ(a.shards[k].flat_start, b.shards[k].flat_start) << a.path;
+      EXPECT_EQ(a.shards[k].flat_count, b.shards[k].flat_count) << a.path;
+      EXPECT_EQ(a.shards[k].checksums, b.shards[k].checksums) << a.path;
+    }
+  }
+  EXPECT_EQ(background.FindTensor("replicated")->placement, PlacementKind::kReplicated);
+}
+
 TEST(Async, FailureOnOneRankIsRaisedByWaitOnEveryRank) {
   const std::string root = testing::ScratchDir("root");
   testing::FaultEnv env;

@@ -156,9 +156,11 @@ TEST(Coordinator, ReadOnceLoadsEveryByteFromStorageOnceInTotal) {
     double bytes = static_cast<double>(ckpt.last_load_stats().bytes_read);
     ASSERT_TRUE(Comm().AllReduceSum(&bytes, 1).ok());
     const double ratio = bytes / static_cast<double>(size - 5 * 8);  // small/ is not loaded
-    EXPECT_EQ(Comm().node_count(), 1);  // these tests run on one machine
-    EXPECT_EQ(Comm().local_size(), Comm().size());
-    EXPECT_EQ(Comm().local_rank(), Comm().rank());
+    // The communicator's picture of the machines is consistent, on one machine or several.
+    EXPECT_GE(Comm().node_count(), 1);
+    EXPECT_LE(Comm().node_count(), Comm().size());
+    EXPECT_LT(Comm().local_rank(), Comm().local_size());
+    if (Comm().node_count() == 1) EXPECT_EQ(Comm().local_size(), Comm().size());
     if (read_once) {
       EXPECT_LT(ratio, 1.05) << "read " << bytes << " bytes for " << size;
     } else {

@@ -47,6 +47,7 @@ class FaultEnv : public EnvWrapper {
       return base_->Sync();
     }
     Status Close() override { return base_->Close(); }
+    Status Truncate(uint64_t size) override { return base_->Truncate(size); }
     const std::string& path() const override { return base_->path(); }
 
    private:

@@ -3,17 +3,21 @@
 # limit (EFBIG) during a save, a damaged newest checkpoint at resume, and retention.
 set -uo pipefail
 train=$1; cli=$2; mpirun=$3
+shim=${DISTCKPT_KILL_SHIM:?the kill shim (tests/kill_shim.c) is built by CMake}
 tmp=$(mktemp -d "${DISTCKPT_TEST_TMP:-/tmp}/fault.XXXXXX" 2>/dev/null || mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail=0
 check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=1; fi; }
 run() { local np=$1; shift; timeout -k 10 120 "$mpirun" -np "$np" --oversubscribe "$train" "$@"; }
+# run_with NP MPIRUN-OPTIONS... -- TRAINER-ARGS: mpirun options before the program.
+run_with() { local np=$1; shift; timeout -k 10 120 "$mpirun" -np "$np" --oversubscribe "$@"; }
 
 "$mpirun" -np 2 --oversubscribe "$train" --ckpt-dir "$tmp/ref" --steps 6 --save-every 0 | grep '^step' >"$tmp/ref.txt"
 
-# 1. Rank 1 of 3 dies by SIGKILL after 4 KiB of the step-4 checkpoint.
-DISTCKPT_TEST_KILL_RANK=1 DISTCKPT_TEST_KILL_AT_STEP=4 DISTCKPT_TEST_KILL_AFTER_BYTES=4096 \
-  run 3 --ckpt-dir "$tmp/k" --steps 6 --save-every 2 >"$tmp/k.out" 2>&1
+# 1. Rank 1 of 3 dies by SIGKILL after 4 KiB of tensor data of the step-4 checkpoint (the shim
+#    wraps pwrite from outside the trainer).
+run_with 3 -x LD_PRELOAD="$shim" -x KILL_RANK=1 -x KILL_PATH_PART=.tmp-step-00000004 \
+  -x KILL_AFTER_BYTES=4096 "$train" --ckpt-dir "$tmp/k" --steps 6 --save-every 2 >"$tmp/k.out" 2>&1
 rc=$?
 check "a rank killed mid-save ends the job (exit $rc), no hang" "[ $rc -ne 0 ] && [ $rc -ne 124 ]"
 "$cli" ls "$tmp/k" >"$tmp/ls"; cat "$tmp/ls"

@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "distckpt/env.h"
+#include "distckpt/manifest_io.h"
 #include "test_util.h"
 
 namespace distckpt {

@@ -138,5 +138,21 @@ with zipfile.ZipFile(f"{work}/adam-2.pt") as zin, zipfile.ZipFile(f"{work}/nosto
 out = run(cli, "import", f"{work}/nostorage.pt", f"{work}/nostorage", check=False)
 check("a missing storage record is named", out.returncode != 0 and "data/0" in out.stderr, out.stderr)
 
+# A fresh optimizer's state_dict has "state": {}; it survives import and export.
+fresh_model = Simple()
+fresh_opt = torch.optim.Adam(fresh_model.parameters(), lr=1e-3)
+torch.save({"epoch": 0, "model_state_dict": fresh_model.state_dict(),
+            "optimizer_state_dict": fresh_opt.state_dict(), "loss": 0.0}, f"{work}/fresh.pt")
+run(cli, "import", f"{work}/fresh.pt", f"{work}/fresh", "--step", "1")
+run(cli, "export", f"{work}/fresh/step-00000001", f"{work}/fresh-out.pt")
+back = torch.load(f"{work}/fresh-out.pt")
+check("an empty optimizer state comes back as state={}",
+      back["optimizer_state_dict"].get("state") == {}, str(back["optimizer_state_dict"].keys()))
+try:
+    torch.optim.Adam(fresh_model.parameters(), lr=1e-3).load_state_dict(back["optimizer_state_dict"])
+    check("optimizer.load_state_dict accepts it", True)
+except Exception as e:  # noqa: BLE001 - any failure is the finding
+    check("optimizer.load_state_dict accepts it", False, repr(e))
+
 print(f"{len(failures)} failed" if failures else "python interop: all checks passed")
 sys.exit(1 if failures else 0)

@@ -47,7 +47,27 @@ TEST(Reshard, Save) {
   if (Comm().rank() == 0) std::filesystem::remove_all(Dir());
   Comm().Barrier();
   Checkpointer ckpt(Dir(), Comm());
-  ckpt.Save(Tree(false), 1);
+  const std::string dir = ckpt.Save(Tree(false), 1);
+  // What the loads below rely on: every tensor indexed with shards that cover it, every byte
+  // verifying, and the saving world recorded.
+  const Manifest m = ckpt.ReadManifest(dir);
+  EXPECT_EQ(m.world_size, Comm().size());
+  const StateTree expected = Tree(false);
+  EXPECT_EQ(m.tensors.size(), expected.tensors().size());
+  for (const auto& [path, e] : expected.tensors()) {
+    const TensorRecord* rec = m.FindTensor(path);
+    ASSERT_NE(rec, nullptr) << path;
+    EXPECT_EQ(rec->global_shape, e.global_shape) << path;
+    int64_t covered = 0;
+    for (const ShardRecord& s : rec->shards) covered += s.flat_count;
+    EXPECT_EQ(covered, rec->numel()) << path;
+  }
+  if (Comm().rank() == 0) {
+    auto report = VerifyCheckpoint(dir);
+    ASSERT_TRUE(report.ok()) << report.status().ToString();
+    EXPECT_TRUE(report->ok());
+    EXPECT_EQ(report->tensors_checked, static_cast<int>(expected.tensors().size()));
+  }
 }
 
 TEST(Reshard, Load) {

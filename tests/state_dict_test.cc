@@ -129,5 +129,35 @@ TEST(StateDict, DifferentModelIsRejectedAndLeftUntouched) {
   EXPECT_THROW(LoadTrainingState(ckpt, dir, same, &sgd), Error);
 }
 
+// Adam and AdamW keep the same tensors; the checkpoint's decoupled_weight_decay tells them apart.
+TEST(StateDict, AdamWCheckpointIsRefusedByAdamAndTheOtherWayRound) {
+  const std::string root = testing::ScratchDir("aw");
+  torch::manual_seed(0);
+  Net net;
+  torch::optim::AdamW adamw(net.parameters());
+  Step(net, adamw, 0);
+  Checkpointer ckpt(root, Comm());
+  const std::string adamw_dir = ckpt.Save(MakeTrainingState(net, &adamw, 0, 0), 1);
+  torch::optim::Adam adam(net.parameters());
+  Step(net, adam, 0);
+  const std::string adam_dir = ckpt.Save(MakeTrainingState(net, &adam, 0, 0), 2);
+
+  Net fresh;
+  torch::optim::Adam fresh_adam(fresh.parameters());
+  auto before = fresh.a->weight.clone();
+  try {
+    LoadTrainingState(ckpt, adamw_dir, fresh, &fresh_adam);
+    FAIL() << "an AdamW checkpoint loaded into Adam";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("holds AdamW state"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("the optimizer is Adam"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(BitEqual(fresh.a->weight, before));
+  EXPECT_TRUE(fresh_adam.state().empty());
+  torch::optim::AdamW fresh_adamw(fresh.parameters());
+  EXPECT_THROW(LoadTrainingState(ckpt, adam_dir, fresh, &fresh_adamw), Error);
+  EXPECT_NO_THROW(LoadTrainingState(ckpt, adamw_dir, fresh, &fresh_adamw));
+}
+
 }  // namespace
 }  // namespace distckpt

@@ -23,17 +23,9 @@
 #include <vector>
 
 #include "distckpt/checkpoint.h"
+#include "distckpt/host_copier.h"
 
 namespace distckpt {
-
-// Copies device tensors into host buffers of the same size; returns once the copies are done.
-// MakeCudaHostCopier (nccl.h) gives one that copies on a side stream.
-class HostCopier {
- public:
-  virtual ~HostCopier() = default;
-  virtual Status CopyToHost(const std::vector<at::Tensor>& device,
-                            const std::vector<at::Tensor>& host) = 0;
-};
 
 class AsyncCheckpointer {
  public:
@@ -57,12 +49,15 @@ class AsyncCheckpointer {
   int64_t snapshot_bytes() const;
 
  private:
+  void Snapshot(const StateTree& tree);
+
   std::string root_;
   CheckpointerOptions options_;
   HostCopier* copier_;
   std::unique_ptr<Communicator> comm_;
   std::map<std::string, at::Tensor> buffers_;  // path -> reusable host snapshot
-  StateTree snapshot_;
+  SavePlan plan_;                              // of the save in flight
+  StateTree snapshot_;                         // this rank's planned bytes, in buffers_
   std::thread worker_;
   Status status_;
   std::string dir_;

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -24,62 +25,13 @@
 #include "distckpt/comm.h"
 #include "distckpt/env.h"
 #include "distckpt/manifest.h"
+#include "distckpt/manifest_io.h"
+#include "distckpt/options.h"
 #include "distckpt/plan.h"
 #include "distckpt/tree.h"
+#include "distckpt/version.h"
 
 namespace distckpt {
-
-inline constexpr char kLibraryVersion[] = "0.1.0";
-
-// Long operations report bytes done and bytes in total through this, after each tensor.
-using ProgressFn = std::function<void(int64_t done, int64_t total)>;
-
-struct RetentionPolicy {
-  int keep_last = 0;  // keep the K newest committed checkpoints (0: no limit from this rule)
-  int keep_best = 0;  // keep the K best by `metric` (0: no limit from this rule)
-  std::string metric = "loss";  // a numeric scalar of the tree
-  bool lower_is_better = true;
-  // Checkpoints kept by either rule survive (a union); the newest committed one always does.
-  bool active() const { return keep_last > 0 || keep_best > 0; }
-};
-
-struct CheckpointerOptions {
-  Env* env = nullptr;                 // nullptr: Env::Default()
-  int64_t piece_bytes = 1 << 20;      // checksum granularity
-  int64_t min_split_bytes = 1 << 20;  // replicated tensors smaller than this stay whole
-  RetentionPolicy retention;          // applied by rank 0 after each successful commit
-  // A save whose writes have not finished after this many seconds gives up with an error on
-  // every rank (0: no limit). Checked between pieces of at most 64 MiB.
-  double save_timeout_seconds = 0;
-};
-
-enum class ReadOnce { kAuto, kOn, kOff };
-
-struct LoadOptions {
-  // By default a load is all or nothing: tensors in CPU memory (contiguous) are verified first
-  // (read and checked against their checksums, through a bounded buffer) and, once every rank
-  // has verified everything, read again straight into place (from the page cache, checked
-  // again); other destinations are staged in fresh memory and copied. Only if the stored bytes
-  // changed between the two reads can a failed load leave tensors partly overwritten, and the
-  // error says so.
-  // in_place: read straight into the tree's tensors (CPU, contiguous ones) in one pass. The
-  // fastest, but a damaged checkpoint may leave those tensors partly overwritten: use it only
-  // for scratch tensors the caller would discard on failure.
-  bool in_place = false;
-  // Tensors that every rank loads whole are read from storage once in total: each rank reads
-  // and verifies a distinct 1/M of the bytes, and the ranks exchange them over the
-  // communicator. Off: every rank reads everything it needs itself. Auto: on when the ranks
-  // span several machines; on one machine the page cache already shares the reads, and per-rank
-  // reads were faster in every measurement (README, Benchmarks).
-  ReadOnce read_once = ReadOnce::kAuto;
-};
-
-struct LoadStats {
-  int64_t bytes_read = 0;      // bytes this rank read from storage, checksum padding included
-  int64_t bytes_reread = 0;    // of those, read a second time into place after verification
-  int64_t bytes_verified = 0;  // bytes hashed and compared
-  int files_opened = 0;
-};
 
 class Checkpointer {
  public:
@@ -118,6 +70,15 @@ class Checkpointer {
   // Collective. The plan Save would follow for `tree` (see plan.h).
   Status PlanCollective(const StateTree& tree, SavePlan* plan);
   Status LoadStatus(const std::string& dir, StateTree& tree, const LoadOptions& options = {});
+  // Collective. Load with the manifest the caller already has from ReadManifest(dir), so that a
+  // resume reads it once.
+  void Load(const std::string& dir, const Manifest& manifest, StateTree& tree,
+            const LoadOptions& options = {});
+  Status LoadStatus(const std::string& dir, const Manifest& manifest, StateTree& tree,
+                    const LoadOptions& options = {});
+  // Collective. Save with a plan from PlanCollective for this very tree shape (the async save
+  // plans once and saves its snapshot with the same plan).
+  Status SavePlanned(const StateTree& tree, const SavePlan& plan, int64_t step, std::string* dir);
 
  private:
   Status ShareManifest(const std::string& dir, Manifest* manifest);
@@ -129,7 +90,7 @@ class Checkpointer {
   LoadStats load_stats_;
 };
 
-// "step-00000042"
+// "step-00000042": the directory name of checkpoint `step` under a root.
 std::string CheckpointDirName(int64_t step);
 
 struct CheckpointInfo {
@@ -141,31 +102,33 @@ struct CheckpointInfo {
 };
 
 // Non-collective. Every checkpoint directory under root (committed or not), oldest first.
-std::vector<CheckpointInfo> ListCheckpoints(const std::string& root);
+std::vector<CheckpointInfo> ListCheckpoints(const std::string& root, Env* env = nullptr);
 // Non-collective. The newest committed checkpoint's directory, if any.
-std::optional<std::string> LatestCheckpoint(const std::string& root);
+std::optional<std::string> LatestCheckpoint(const std::string& root, Env* env = nullptr);
 
 // Non-collective. The newest committed checkpoint that passes VerifyCheckpoint; each damaged
 // newer one is reported through `log` ("skipping ...: reason").
 std::optional<std::string> LatestVerifiedCheckpoint(
-    const std::string& root, const std::function<void(const std::string&)>& log = nullptr);
+    const std::string& root, const std::function<void(const std::string&)>& log = nullptr,
+    Env* env = nullptr);
 
 // Non-collective. Removes uncommitted leftovers and the committed checkpoints that `policy` does
 // not keep; never the newest committed one, never one that a load holds (see LoadGuard). Returns
 // the removed directories.
-std::vector<std::string> CollectGarbage(const std::string& root, const RetentionPolicy& policy);
+std::vector<std::string> CollectGarbage(const std::string& root, const RetentionPolicy& policy,
+                                        Env* env = nullptr);
 
 // Holds a shared lock on a checkpoint directory while it is being read, so that retention in
 // another process on this machine leaves it alone (flock on the directory).
 class LoadGuard {
  public:
-  explicit LoadGuard(const std::string& dir);
+  explicit LoadGuard(const std::string& dir, Env* env = nullptr);
   ~LoadGuard();
   LoadGuard(const LoadGuard&) = delete;
   LoadGuard& operator=(const LoadGuard&) = delete;
 
  private:
-  int fd_ = -1;
+  std::unique_ptr<FileLock> lock_;
 };
 
 struct VerifyReport {

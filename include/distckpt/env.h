@@ -1,9 +1,11 @@
-// Env: the file-system operations distckpt's storage layer performs, behind an interface.
+// Env: every file-system operation distckpt performs, behind an interface (model: leveldb's Env).
 //
-// Every byte of tensor data, every fsync and every rename of a checkpoint goes through an
-// Env, so tests can inject faults (short writes, ENOSPC, failed fsync or rename) by wrapping
-// the default one with EnvWrapper. HDF5's own metadata I/O does not pass through it.
-// Env::Default() is thread-safe; file objects are thread-compatible.
+// Saving, loading, listing, retention, verify, export and import open, read, write, fsync,
+// rename, list, remove and lock through an Env, so tests can inject a fault into any one call
+// (short writes, ENOSPC, failed fsync, rename or lock) by wrapping the default with EnvWrapper.
+// HDF5 writes the metadata of rank files itself (see src/hdf5/rank_file.h); the manifest is
+// encoded in memory and written through the Env. Env::Default() is thread-safe; file objects are
+// thread-compatible.
 #pragma once
 
 #include <cstdint>
@@ -23,7 +25,20 @@ class WritableFile {
   // Makes written data durable (fsync).
   virtual Status Sync() = 0;
   virtual Status Close() = 0;
+  // Sets the file's size (extending with zeros or cutting).
+  virtual Status Truncate(uint64_t size) = 0;
   virtual const std::string& path() const = 0;
+};
+
+// A lock held on a directory until the object is destroyed.
+class FileLock {
+ public:
+  virtual ~FileLock() = default;
+};
+
+enum class LockMode {
+  kShared,           // waits; many holders (a load reading a checkpoint)
+  kExclusiveNoWait,  // fails at once with kAborted if anyone holds the lock (retention)
 };
 
 class ReadableFile {
@@ -42,6 +57,8 @@ class Env {
 
   // Opens an existing file for writing without truncating it.
   virtual Result<std::unique_ptr<WritableFile>> OpenWritable(const std::string& path) = 0;
+  // Creates `path`, or truncates it when it exists, and opens it for writing.
+  virtual Result<std::unique_ptr<WritableFile>> NewWritable(const std::string& path) = 0;
   virtual Result<std::unique_ptr<ReadableFile>> OpenReadable(const std::string& path) = 0;
   virtual Status CreateDir(const std::string& path) = 0;
   // Removes a file or a directory tree; a missing path is not an error.
@@ -54,6 +71,8 @@ class Env {
   virtual Result<std::vector<std::string>> ListDir(const std::string& path) = 0;
   virtual bool Exists(const std::string& path) = 0;
   virtual bool IsDirectory(const std::string& path) = 0;
+  // Locks a directory (flock): shared locks wait, an exclusive one does not.
+  virtual Result<std::unique_ptr<FileLock>> LockDir(const std::string& path, LockMode mode) = 0;
 };
 
 // Forwards every call to `target`; override the calls a test wants to break.
@@ -63,6 +82,9 @@ class EnvWrapper : public Env {
   Env* target() const { return target_; }
   Result<std::unique_ptr<WritableFile>> OpenWritable(const std::string& p) override {
     return target_->OpenWritable(p);
+  }
+  Result<std::unique_ptr<WritableFile>> NewWritable(const std::string& p) override {
+    return target_->NewWritable(p);
   }
   Result<std::unique_ptr<ReadableFile>> OpenReadable(const std::string& p) override {
     return target_->OpenReadable(p);
@@ -81,11 +103,12 @@ class EnvWrapper : public Env {
   }
   bool Exists(const std::string& p) override { return target_->Exists(p); }
   bool IsDirectory(const std::string& p) override { return target_->IsDirectory(p); }
+  Result<std::unique_ptr<FileLock>> LockDir(const std::string& p, LockMode m) override {
+    return target_->LockDir(p, m);
+  }
 
  private:
   Env* target_;
 };
-
-std::string JoinPath(const std::string& a, const std::string& b);
 
 }  // namespace distckpt

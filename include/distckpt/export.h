@@ -17,7 +17,8 @@
 #include <functional>
 #include <string>
 
-#include "distckpt/checkpoint.h"
+#include "distckpt/comm.h"
+#include "distckpt/options.h"
 #include "distckpt/status.h"
 #include "distckpt/tree.h"
 
@@ -25,7 +26,10 @@ namespace distckpt {
 
 class DeviceGatherer;
 
+class Env;
+
 struct ExportOptions {
+  Env* env = nullptr;       // every file operation goes through it; nullptr: Env::Default()
   bool model_only = false;  // write the bare model state_dict, for deployment
   ProgressFn progress;
   // Live export only: gathers CUDA shards over NCCL (see nccl.h); CPU shards, or all shards
@@ -51,12 +55,13 @@ Status ExportTree(Communicator& comm, const StateTree& tree, const std::string& 
                   const ExportOptions& options = {});
 
 struct ImportOptions {
-  int64_t step = -1;  // -1: the file's "step" (or "epoch") entry, else 0
+  Env* env = nullptr;  // nullptr: Env::Default()
+  int64_t step = -1;   // -1: the file's "step" (or "epoch") entry, else 0
   ProgressFn progress;
 };
 
 // Reads a torch.save file into a tree (replicated tensors, CPU).
-Result<StateTree> ReadPt(const std::string& pt_path);
+Result<StateTree> ReadPt(const std::string& pt_path, Env* env = nullptr);
 // Reads `pt_path` and commits it as a checkpoint under `root`; returns its directory.
 Result<std::string> ImportPt(const std::string& pt_path, const std::string& root,
                              const ImportOptions& options = {});

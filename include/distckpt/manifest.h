@@ -15,16 +15,12 @@
 #include <string>
 #include <vector>
 
-#include "distckpt/env.h"
 #include "distckpt/status.h"
 #include "distckpt/tree.h"
 
 namespace distckpt {
 
 inline constexpr int kFormatVersion = 1;
-inline constexpr char kManifestName[] = "manifest.h5";
-// Beside the manifest: the xxh3 of manifest.h5's bytes, so any flipped bit in it is caught.
-inline constexpr char kManifestSumName[] = "manifest.xxh3";
 
 struct ShardRecord {
   int writer_rank = 0;
@@ -68,17 +64,14 @@ struct Manifest {
   std::map<std::string, ScalarValue> scalars;
   std::vector<TensorRecord> tensors;  // sorted by path
 
+  // The tensor named `path` (binary search: `tensors` is sorted by path), or nullptr.
   const TensorRecord* FindTensor(const std::string& path) const;
+  TensorRecord* FindTensor(const std::string& path);
   int64_t TotalBytes() const;
   std::string ToJson(int indent = -1) const;
   // Parses and, if `validate`, checks dtypes, shapes, checksum counts, coverage of every
   // tensor and file names that stay inside the checkpoint directory. Never throws.
   static Result<Manifest> FromJson(const std::string& json, bool validate = true);
 };
-
-// Writes manifest.h5 into `dir` through a temporary name, fsync and rename.
-Status WriteManifest(Env* env, const std::string& dir, const Manifest& manifest);
-// Reads and validates `dir`/manifest.h5; errors name the file and what is wrong with it.
-Result<Manifest> ReadManifest(const std::string& dir);
 
 }  // namespace distckpt

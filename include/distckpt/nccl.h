@@ -12,8 +12,8 @@
 #include <memory>
 #include <vector>
 
-#include "distckpt/async.h"
 #include "distckpt/comm.h"
+#include "distckpt/host_copier.h"
 #include "distckpt/status.h"
 
 namespace distckpt {

@@ -54,6 +54,16 @@ inline Status IoError(std::string m) { return Status(Code::kIoError, std::move(m
 inline Status Mismatch(std::string m) { return Status(Code::kMismatch, std::move(m)); }
 inline Status Internal(std::string m) { return Status(Code::kInternal, std::move(m)); }
 
+// The one exception type of the public API.
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const Status& status) : std::runtime_error(status.ToString()), status_(status) {}
+  const Status& status() const { return status_; }
+
+ private:
+  Status status_;
+};
+
 // A value or the Status explaining why there is none.
 template <typename T>
 class Result {
@@ -64,26 +74,28 @@ class Result {
   }
   bool ok() const { return status_.ok(); }
   const Status& status() const { return status_; }
-  T& value() & { return *value_; }
-  const T& value() const& { return *value_; }
-  T&& value() && { return std::move(*value_); }
-  T* operator->() { return &*value_; }
-  const T* operator->() const { return &*value_; }
-  T& operator*() & { return *value_; }
+  // The accessors check: reading the value of a failed Result throws its Error (a test that
+  // forgets to check ok() fails with the message instead of reading garbage).
+  T& value() & { return Checked(); }
+  const T& value() const& { return Checked(); }
+  T&& value() && { return std::move(Checked()); }
+  T* operator->() { return &Checked(); }
+  const T* operator->() const { return &Checked(); }
+  T& operator*() & { return Checked(); }
+  const T& operator*() const& { return Checked(); }
 
  private:
+  T& Checked() {
+    if (!value_) throw Error(status_);
+    return *value_;
+  }
+  const T& Checked() const {
+    if (!value_) throw Error(status_);
+    return *value_;
+  }
+
   Status status_;
   std::optional<T> value_;
-};
-
-// The one exception type of the public API.
-class Error : public std::runtime_error {
- public:
-  explicit Error(const Status& status) : std::runtime_error(status.ToString()), status_(status) {}
-  const Status& status() const { return status_; }
-
- private:
-  Status status_;
 };
 
 inline void ThrowIfError(const Status& status) {

@@ -1,5 +1,8 @@
 // libFuzzer target over the readers of untrusted bytes: the manifest index (JSON), the .pt pickle
 // reader, and a rank file's bytes read back against a valid manifest (load and verify path).
+#include <ATen/ATen.h>
+#include <unistd.h>
+
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -8,31 +11,40 @@
 
 #include "distckpt/checkpoint.h"
 #include "distckpt/manifest.h"
-#include "format/pickle.h"
+#include "pt/pickle.h"
 
 namespace {
 
-// A valid one-tensor checkpoint whose rank file the fuzzer replaces.
+// A real one-tensor checkpoint (real checksums) whose rank file the fuzzer replaces; its rank
+// file also seeds the corpus, so mutations reach the checksum verifier instead of stopping at
+// the first structural check.
 const std::string& FixtureDir() {
   static const std::string dir = [] {
-    std::string d = std::string(std::getenv("FUZZ_TMP") ? std::getenv("FUZZ_TMP") : "/tmp") +
-                    "/distckpt-fuzz-" + std::to_string(::getpid());
-    std::filesystem::remove_all(d);
-    distckpt::Manifest m;
-    m.piece_bytes = 64;
-    m.files = {"rank-00000.h5"};
-    m.file_records = {{"rank-00000.h5", 256, 0}};
-    distckpt::TensorRecord t{"w", at::kFloat, {4, 8}, distckpt::PlacementKind::kReplicated, {}};
-    t.shards.push_back({0, "rank-00000.h5", "w", 0, 32, {4, 8}, 128, {1, 2}});
-    m.tensors.push_back(t);
-    std::filesystem::create_directories(d);
-    distckpt::ThrowIfError(distckpt::WriteManifest(distckpt::Env::Default(), d, m));
-    return d;
+    std::string base = std::getenv("FUZZ_TMP") ? std::getenv("FUZZ_TMP") : "/tmp";
+    std::string root = base + "/distckpt-fuzz-" + std::to_string(::getpid());
+    std::filesystem::remove_all(root);
+    auto comm = distckpt::MakeLocalCommunicator();
+    distckpt::CheckpointerOptions options;
+    options.piece_bytes = 64;
+    distckpt::Checkpointer ckpt(root, *comm, options);
+    distckpt::StateTree tree;
+    tree.SetTensor("w", at::arange(32, at::kFloat).reshape({4, 8}));
+    return ckpt.Save(tree, 1);
   }();
   return dir;
 }
 
 }  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  const char* corpus = std::getenv("FUZZ_CORPUS");
+  if (corpus) {
+    std::filesystem::copy_file(FixtureDir() + "/rank-00000.h5",
+                               std::string(corpus) + "/rank-00000.h5",
+                               std::filesystem::copy_options::overwrite_existing);
+  }
+  return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string bytes(reinterpret_cast<const char*>(data), size);

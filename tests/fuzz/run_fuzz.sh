@@ -13,25 +13,28 @@ flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recov
   -DOMPI_SKIP_MPICXX=1 -D_GLIBCXX_USE_CXX11_ABI=1 -I"$src/include" -I"$src/src"
   -isystem "$torch/include" -isystem "$torch/include/torch/csrc/api/include"
   -I/usr/include/hdf5/openmpi -I/usr/lib/x86_64-linux-gnu/openmpi/include)
-sources=(src/core/status.cc src/core/tree.cc src/plan/planner.cc src/storage/env_posix.cc
-  src/storage/checksum.cc src/storage/hdf5_file.cc src/storage/shard_reader.cc
-  src/format/manifest.cc src/format/pickle.cc src/retention.cc tests/fuzz/parsers_fuzz.cc)
+# The readers and what the fixture's save needs (not the GPU, LibTorch-adapter, load or async code).
+sources=()
+for d in core layout plan manifest io hdf5; do
+  for f in "$src"/src/$d/*.cc; do sources+=("${f#$src/}"); done
+done
+sources+=(src/comm/communicator.cc src/checkpoint/rank_writer.cc src/checkpoint/manifest_store.cc
+  src/checkpoint/save.cc src/checkpoint/catalog.cc src/checkpoint/retention.cc src/pt/pickle.cc
+  tests/fuzz/parsers_fuzz.cc)
+# ccache (when present) keeps rebuilds of a fresh clone cheap; paths relative to the source.
+cxx=(clang++); command -v ccache >/dev/null && cxx=(ccache clang++)
+export CCACHE_BASEDIR=$src
 objs=()
 for f in "${sources[@]}"; do
-  o="$out/$(basename "$f" .cc).o"; objs+=("$o")
-  [ "$o" -nt "$src/$f" ] || clang++ "${flags[@]}" -c "$src/$f" -o "$o"
+  o="$out/$(echo "$f" | tr / _ | sed 's/\.cc$/.o/')"; objs+=("$o")
+  [ "$o" -nt "$src/$f" ] || "${cxx[@]}" "${flags[@]}" -c "$src/$f" -o "$o"
 done
-# VerifyCheckpoint and friends live in coordinator.cc; compile it too.
-o="$out/coordinator.o"; objs+=("$o")
-[ "$o" -nt "$src/src/coordinator.cc" ] || clang++ "${flags[@]}" -c "$src/src/coordinator.cc" -o "$o"
-o="$out/communicator.o"; objs+=("$o")
-[ "$o" -nt "$src/src/comm/communicator.cc" ] || clang++ "${flags[@]}" -c "$src/src/comm/communicator.cc" -o "$o"
 clang++ "${flags[@]}" "${objs[@]}" -o "$out/parsers_fuzz" -L"$torch/lib" -Wl,-rpath,"$torch/lib" \
   -ltorch_cpu -lc10 -L/usr/lib/x86_64-linux-gnu/hdf5/openmpi -lhdf5 -lxxhash \
   -L/usr/lib/x86_64-linux-gnu/openmpi/lib -lmpi
-# Seeds: a real manifest index and a real pickle.
+# Seeds: a real manifest index and a real pickle; the target adds a real rank file.
 printf '{"format":"distckpt","format_version":1,"step":1,"world_size":1,"created_unix":0,"library_version":"x","torch_version":"x","piece_bytes":64,"files":[],"scalars":{},"tensors":[]}' >"$out/corpus/index.json"
 printf '\x80\x02}q\x00(X\x01\x00\x00\x00aK\x01u.' >"$out/corpus/dict.pkl"
-export FUZZ_TMP=$out ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1
+export FUZZ_TMP=$out FUZZ_CORPUS=$out/corpus ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1
 "$out/parsers_fuzz" -max_total_time="$secs" -max_len=4096 -timeout=10 -rss_limit_mb=4096 \
   -print_final_stats=1 "$out/corpus" 2>&1 | tail -n 12

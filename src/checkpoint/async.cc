@@ -85,30 +85,37 @@ std::string AsyncCheckpointer::Wait() {
 void AsyncCheckpointer::SaveAsync(const StateTree& tree, int64_t step) {
   const auto t0 = std::chrono::steady_clock::now();
   Wait();
-  snapshot_ = StateTree();
-  // Only the bytes this rank will write are copied: for replicated tensors that is its 1/N
-  // share, kept as a flat shard so the background save writes exactly the planned ranges.
-  SavePlan plan;
+  // Planned once; the background save writes the snapshot with this very plan.
   {
     Checkpointer planner(root_, *comm_, options_);
-    ThrowIfError(planner.PlanCollective(tree, &plan));
+    ThrowIfError(planner.PlanCollective(tree, &plan_));
   }
-  std::map<std::string, const WriteItem*> mine;
-  for (const WriteItem& item : plan.per_rank[comm_->rank()]) mine[item.path] = &item;
+  Snapshot(tree);
+  for (const auto& [path, value] : tree.scalars()) snapshot_.SetScalar(path, value);
+  status_ = Status::Ok();
+  dir_.clear();
+  worker_ = std::thread([this, step] {
+    // Training keeps its cores: the writer yields to it where CPUs are contended (per-thread
+    // nice value on Linux; failure to lower priority is harmless).
+    setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
+    Checkpointer writer(root_, *comm_, options_);
+    status_ = writer.SavePlanned(snapshot_, plan_, step, &dir_);
+  });
+  last_blocked_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Copies exactly the bytes this rank's plan writes into reusable host buffers; the snapshot
+// tree's tensors hold those bytes only, so the plan's items read them from element 0.
+void AsyncCheckpointer::Snapshot(const StateTree& tree) {
+  snapshot_ = StateTree();
   std::vector<at::Tensor> device_sources, device_buffers;
   std::vector<HostCopy> host_copies;
-  for (const auto& [path, entry] : tree.tensors()) {
-    at::Tensor src = entry.tensor.detach();
-    TensorEntry copy = entry;
-    if (entry.placement == PlacementKind::kReplicated) {
-      auto it = mine.find(path);
-      const int64_t start = it == mine.end() ? 0 : it->second->flat_start;
-      const int64_t count = it == mine.end() ? 0 : it->second->flat_count;
-      src = src.reshape({-1}).narrow(0, start, count);
-      copy.placement = PlacementKind::kShardedFlat;
-      copy.offset = start;
-    }
-    at::Tensor& buffer = buffers_[path];
+  for (WriteItem& item : plan_.per_rank[comm_->rank()]) {
+    const TensorEntry& entry = tree.tensor(item.path);
+    at::Tensor src =
+        entry.tensor.detach().reshape({-1}).narrow(0, item.local_start, item.flat_count);
+    item.local_start = 0;
+    at::Tensor& buffer = buffers_[item.path];
     if (!buffer.defined() || buffer.sizes() != src.sizes() ||
         buffer.scalar_type() != src.scalar_type()) {
       buffer = at::empty(src.sizes(),
@@ -122,8 +129,9 @@ void AsyncCheckpointer::SaveAsync(const StateTree& tree, int64_t step) {
     } else {
       buffer.copy_(src);
     }
+    TensorEntry copy = entry;
     copy.tensor = buffer;
-    snapshot_.mutable_tensors()[path] = copy;
+    snapshot_.mutable_tensors()[item.path] = copy;
   }
   // Synchronous: the snapshot must be complete before the caller may change the model.
   ParallelCopy(host_copies, comm_->local_size());
@@ -134,17 +142,6 @@ void AsyncCheckpointer::SaveAsync(const StateTree& tree, int64_t step) {
     if (!device_sources.empty()) copied = copier_->CopyToHost(device_sources, device_buffers);
     ThrowIfError(AgreeOnStatus(*comm_, copied));
   }
-  for (const auto& [path, value] : tree.scalars()) snapshot_.SetScalar(path, value);
-  status_ = Status::Ok();
-  dir_.clear();
-  worker_ = std::thread([this, step] {
-    // Training keeps its cores: the writer yields to it where CPUs are contended (per-thread
-    // nice value on Linux; failure to lower priority is harmless).
-    setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
-    Checkpointer writer(root_, *comm_, options_);
-    status_ = writer.SaveStatus(snapshot_, step, &dir_);
-  });
-  last_blocked_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 }  // namespace distckpt

@@ -1,4 +1,4 @@
-#include "storage/hdf5_file.h"
+#include "hdf5/rank_file.h"
 
 #include <sys/resource.h>
 

@@ -1,4 +1,4 @@
-#include "format/pickle.h"
+#include "pt/pickle.h"
 
 #include <algorithm>
 #include <cstring>

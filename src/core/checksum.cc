@@ -1,4 +1,4 @@
-#include "storage/checksum.h"
+#include "core/checksum.h"
 
 #include <xxhash.h>
 

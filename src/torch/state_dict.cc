@@ -219,6 +219,20 @@ TrainingMeta LoadTrainingState(Checkpointer& checkpointer, const std::string& di
         const std::string hk = opt_prefix + "param_groups/" + std::to_string(gi) + "/" + h;
         if (!manifest.scalars.count(hk)) fail("hyperparameter '" + hk + "' is missing");
       }
+      if (!sgd) {
+        // Adam and AdamW store the same tensors; Python's flag tells them apart.
+        const std::string dk =
+            opt_prefix + "param_groups/" + std::to_string(gi) + "/decoupled_weight_decay";
+        auto flag = manifest.scalars.find(dk);
+        const bool want = KindOf(*optimizer) == OptimizerKind::kAdamW;
+        const bool* have =
+            flag == manifest.scalars.end() ? nullptr : std::get_if<bool>(&flag->second);
+        if (have && *have != want) {
+          fail(std::string("the checkpoint holds ") + (*have ? "AdamW" : "Adam") +
+               " state (param group " + std::to_string(gi) + ", decoupled_weight_decay=" +
+               (*have ? "true" : "false") + ") but the optimizer is " + (want ? "AdamW" : "Adam"));
+        }
+      }
     }
   }
 

@@ -1,9 +1,10 @@
-#include "storage/shard_reader.h"
+#include "io/shard_reader.h"
 
 #include <algorithm>
 #include <cstring>
 
-#include "storage/checksum.h"
+#include "core/checksum.h"
+#include "layout/filename.h"
 
 namespace distckpt {
 

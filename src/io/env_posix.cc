@@ -1,6 +1,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -55,10 +56,27 @@ class PosixWritableFile : public WritableFile {
     if (rc != 0) return ErrnoStatus("cannot close", path_, errno);
     return Status::Ok();
   }
+  Status Truncate(uint64_t size) override {
+    if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) {
+      return ErrnoStatus("cannot set the size to " + std::to_string(size) + " bytes of", path_,
+                         errno);
+    }
+    return Status::Ok();
+  }
   const std::string& path() const override { return path_; }
 
  private:
   std::string path_;
+  int fd_;
+};
+
+// Holds an flock on a directory; closing the descriptor releases it.
+class PosixFileLock : public FileLock {
+ public:
+  explicit PosixFileLock(int fd) : fd_(fd) {}
+  ~PosixFileLock() override { ::close(fd_); }
+
+ private:
   int fd_;
 };
 
@@ -101,6 +119,11 @@ class PosixEnv : public Env {
   Result<std::unique_ptr<WritableFile>> OpenWritable(const std::string& path) override {
     int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
     if (fd < 0) return ErrnoStatus("cannot open for writing", path, errno);
+    return std::unique_ptr<WritableFile>(new PosixWritableFile(path, fd));
+  }
+  Result<std::unique_ptr<WritableFile>> NewWritable(const std::string& path) override {
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return ErrnoStatus("cannot create", path, errno);
     return std::unique_ptr<WritableFile>(new PosixWritableFile(path, fd));
   }
   Result<std::unique_ptr<ReadableFile>> OpenReadable(const std::string& path) override {
@@ -166,6 +189,18 @@ class PosixEnv : public Env {
     struct stat st;
     return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
   }
+  Result<std::unique_ptr<FileLock>> LockDir(const std::string& path, LockMode mode) override {
+    int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return ErrnoStatus("cannot open directory", path, errno);
+    const int op = mode == LockMode::kShared ? LOCK_SH : LOCK_EX | LOCK_NB;
+    if (::flock(fd, op) != 0) {
+      const int err = errno;
+      ::close(fd);
+      if (err == EWOULDBLOCK) return Status(Code::kAborted, "'" + path + "' is in use (locked)");
+      return ErrnoStatus("cannot lock", path, err);
+    }
+    return std::unique_ptr<FileLock>(new PosixFileLock(fd));
+  }
 };
 
 }  // namespace
@@ -173,12 +208,6 @@ class PosixEnv : public Env {
 Env* Env::Default() {
   static PosixEnv* env = new PosixEnv();
   return env;
-}
-
-std::string JoinPath(const std::string& a, const std::string& b) {
-  if (a.empty()) return b;
-  if (a.back() == '/') return a + b;
-  return a + "/" + b;
 }
 
 }  // namespace distckpt

@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "distckpt/checkpoint.h"
 #include "distckpt/env.h"
 #include "distckpt/manifest.h"
+#include "distckpt/options.h"
 
 namespace distckpt {
 

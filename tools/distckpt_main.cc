@@ -9,23 +9,11 @@
 #include "distckpt/checkpoint.h"
 #include "distckpt/export.h"
 #include "distckpt/manifest.h"
+#include "tools/command_line.h"
 
 namespace {
 
 using distckpt::Manifest;
-
-int Usage() {
-  std::fprintf(
-      stderr,
-      "usage: distckpt ls ROOT\n"
-      "       distckpt inspect CKPT [--json]\n"
-      "       distckpt verify CKPT\n"
-      "       distckpt export CKPT OUT.pt [--model-only]\n"
-      "       distckpt import IN.pt ROOT [--step N]\n"
-      "       distckpt gc ROOT [--keep-last K] [--keep-best K [--metric NAME] [--higher]]\n"
-      "       distckpt latest ROOT [--verified]\n");
-  return 2;
-}
 
 std::string HumanBytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -190,22 +178,8 @@ int Import(const std::string& pt, const std::string& root, int64_t step) {
   return 0;
 }
 
-int Gc(int argc, char** argv) {
-  distckpt::RetentionPolicy policy;
-  for (int i = 3; i < argc; ++i) {
-    std::string k = argv[i];
-    if (k == "--keep-last" && i + 1 < argc)
-      policy.keep_last = std::atoi(argv[++i]);
-    else if (k == "--keep-best" && i + 1 < argc)
-      policy.keep_best = std::atoi(argv[++i]);
-    else if (k == "--metric" && i + 1 < argc)
-      policy.metric = argv[++i];
-    else if (k == "--higher")
-      policy.lower_is_better = false;
-    else
-      return Usage();
-  }
-  auto removed = distckpt::CollectGarbage(argv[2], policy);
+int Gc(const std::string& root, const distckpt::RetentionPolicy& policy) {
+  auto removed = distckpt::CollectGarbage(root, policy);
   for (const auto& dir : removed) std::printf("removed %s\n", dir.c_str());
   std::printf("%zu removed\n", removed.size());
   return 0;
@@ -227,23 +201,79 @@ int Latest(const std::string& root, bool verified) {
   return 0;
 }
 
+// Each subcommand with its arguments; Run() calls the one that was given.
+struct Command {
+  std::string root, dir, pt, out;
+  bool json = false, model_only = false, verified = false;
+  int64_t step = -1;
+  distckpt::RetentionPolicy policy;
+};
+
+void AddCommands(CLI::App& app, Command& c) {
+  // A repeated option takes its last value (scripts append overrides).
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  auto* ls = app.add_subcommand("ls", "list the checkpoints under ROOT");
+  ls->add_option("ROOT", c.root, "checkpoint root")->required()->check(CLI::ExistingDirectory);
+  auto* inspect = app.add_subcommand("inspect", "print a checkpoint's manifest");
+  inspect->add_option("CKPT", c.dir, "checkpoint directory")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  inspect->add_flag("--json", c.json, "the whole manifest as JSON");
+  auto* verify = app.add_subcommand("verify", "read every byte and check every checksum");
+  verify->add_option("CKPT", c.dir, "checkpoint directory")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  auto* exp = app.add_subcommand("export", "write a checkpoint as one .pt file for torch.load");
+  exp->add_option("CKPT", c.dir, "checkpoint directory")->required()->check(CLI::ExistingDirectory);
+  exp->add_option("OUT", c.out, "the .pt file to write")->required();
+  exp->add_flag("--model-only", c.model_only, "only the model's state_dict");
+  auto* imp = app.add_subcommand("import", "commit a torch.save file as a checkpoint");
+  imp->add_option("IN", c.pt, "the .pt file")->required()->check(CLI::ExistingFile);
+  imp->add_option("ROOT", c.root, "checkpoint root (created if missing)")->required();
+  imp->add_option("--step", c.step, "step to save as (default: the file's step or epoch)")
+      ->check(CLI::Range(int64_t{0}, int64_t{99999999}));
+  auto* gc = app.add_subcommand("gc", "remove leftovers and checkpoints the policy does not keep");
+  gc->add_option("ROOT", c.root, "checkpoint root")->required()->check(CLI::ExistingDirectory);
+  gc->add_option("--keep-last", c.policy.keep_last, "keep the K newest")
+      ->check(CLI::NonNegativeNumber);
+  gc->add_option("--keep-best", c.policy.keep_best, "keep the K best by --metric")
+      ->check(CLI::NonNegativeNumber);
+  gc->add_option("--metric", c.policy.metric, "numeric scalar to rank by (default: loss)");
+  gc->add_flag(
+      "--higher", [&c](int64_t) { c.policy.lower_is_better = false; }, "higher --metric is better");
+  auto* latest = app.add_subcommand("latest", "print the newest committed checkpoint");
+  latest->add_option("ROOT", c.root, "checkpoint root")->required()->check(CLI::ExistingDirectory);
+  latest->add_flag("--verified", c.verified, "the newest one whose every byte verifies");
+  app.require_subcommand(1);
+}
+
+int Run(const CLI::App& app, const Command& c) {
+  const std::string name = app.get_subcommands().front()->get_name();
+  if (name == "ls") return List(c.root);
+  if (name == "inspect") return Inspect(c.dir, c.json);
+  if (name == "verify") return Verify(c.dir);
+  if (name == "export") return Export(c.dir, c.out, c.model_only);
+  if (name == "import") return Import(c.pt, c.root, c.step);
+  if (name == "gc") return Gc(c.root, c.policy);
+  return Latest(c.root, c.verified);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 3) return Usage();
-  const std::string cmd = argv[1];
-  if (cmd == "ls") return List(argv[2]);
-  if (cmd == "inspect") return Inspect(argv[2], argc > 3 && std::string(argv[3]) == "--json");
-  if (cmd == "verify") return Verify(argv[2]);
-  if (cmd == "gc") return Gc(argc, argv);
-  if (cmd == "latest") return Latest(argv[2], argc > 3 && std::string(argv[3]) == "--verified");
-  if (cmd == "export" && argc >= 4) {
-    return Export(argv[2], argv[3], argc > 4 && std::string(argv[4]) == "--model-only");
+  CLI::App app("distckpt: list, inspect, verify, export, import and prune checkpoints", "distckpt");
+  Command command;
+  AddCommands(app, command);
+  auto known = [&app](const std::string& name) {
+    for (const CLI::App* sub : app.get_subcommands({})) {
+      if (sub->get_name() == name) return true;
+    }
+    return false;
+  };
+  if (argc > 1 && argv[1][0] != '-' && !known(argv[1])) {
+    std::fprintf(stderr, "distckpt: unknown command '%s' (try --help)\n", argv[1]);
+    return 2;
   }
-  if (cmd == "import" && argc >= 4) {
-    int64_t step = -1;
-    if (argc > 5 && std::string(argv[4]) == "--step") step = std::stoll(argv[5]);
-    return Import(argv[2], argv[3], step);
-  }
-  return Usage();
+  const int rc = distckpt::tools::ParseCommandLine(app, argc, argv);
+  return rc >= 0 ? rc : Run(app, command);
 }

@@ -10,10 +10,11 @@
 #include <map>
 
 #include "core/bytes.h"
+#include "distckpt/manifest_io.h"
 #include "distckpt/nccl.h"
 #include "distckpt/plan.h"
-#include "format/pickle.h"
-#include "storage/shard_reader.h"
+#include "io/shard_reader.h"
+#include "pt/pickle.h"
 
 namespace distckpt {
 
@@ -123,6 +124,11 @@ PyPtr Build(const Node& node, const std::string& name) {
     PyPtr key = numeric && name == "state" ? PyValue::Int(index) : PyValue::Str(kv->first);
     dict->dict.emplace_back(key, Build(kv->second, kv->first));
   }
+  // torch.optim's layout always has "state", empty for a fresh optimizer, and
+  // optimizer.load_state_dict raises KeyError without it; an empty dict leaves no leaf behind.
+  if (node.children.count("param_groups") && !node.children.count("state")) {
+    dict->dict.insert(dict->dict.begin(), {PyValue::Str("state"), PyValue::Dict()});
+  }
   return dict;
 }
 
@@ -152,9 +158,9 @@ class Progress {
 };
 
 // Writes the archive. `write` is false on ranks that only feed the source (live export).
-Status WriteArchive(const std::vector<Leaf>& leaves, const std::string& out_path, bool model_only,
-                    bool write, const TensorSource& source, const ProgressFn& progress,
-                    ExportStats* stats) {
+Status WriteArchive(Env* env, const std::vector<Leaf>& leaves, const std::string& out_path,
+                    bool model_only, bool write, const TensorSource& source,
+                    const ProgressFn& progress, ExportStats* stats) {
   Node root;
   const std::string model_prefix = "model_state_dict/";
   for (const Leaf& leaf : leaves) {
@@ -179,10 +185,25 @@ Status WriteArchive(const std::vector<Leaf>& leaves, const std::string& out_path
 
   std::unique_ptr<caffe2::serialize::PyTorchStreamWriter> writer;
   const std::string tmp = out_path + ".tmp";
+  std::unique_ptr<WritableFile> file;
   Status status;
+  if (write) {
+    auto created = env->NewWritable(tmp);
+    if (!created.ok()) return created.status();
+    file = std::move(created).value();
+  }
+  // The zip writer streams through the Env. It never sees a failed write: its destructor would
+  // throw (and terminate) on one; the first error is kept in `status`, later bytes are dropped,
+  // and the loop below stops adding records.
+  uint64_t written = 0;
+  auto append = [&](const void* data, size_t n) -> size_t {
+    if (data && status.ok()) status = file->PWrite(written, data, n);
+    written += n;
+    return n;
+  };
   try {
     if (write) {
-      writer = std::make_unique<caffe2::serialize::PyTorchStreamWriter>(tmp);
+      writer = std::make_unique<caffe2::serialize::PyTorchStreamWriter>(append);
       const std::string pickle = Pickle(*Build(root, ""));
       writer->writeRecord("data.pkl", pickle.data(), pickle.size());
       writer->writeRecord(".format_version", "1", 1);
@@ -208,16 +229,16 @@ Status WriteArchive(const std::vector<Leaf>& leaves, const std::string& out_path
     if (write && status.ok()) writer->writeEndOfFile();
     writer.reset();
   } catch (const std::exception& e) {
-    status = IoError("cannot write '" + tmp + "': " + e.what());
+    std::string what = e.what();
+    if (status.ok())
+      status = IoError("cannot write '" + tmp + "': " + what.substr(0, what.find('\n')));
   }
   if (!write) return status;
-  if (status.ok()) {
-    // Durable before it replaces anything.
-    auto file = Env::Default()->OpenWritable(tmp);
-    if (file.ok()) status = file.value()->Sync();
-    if (status.ok()) status = Env::Default()->Rename(tmp, out_path);
-  }
-  if (!status.ok()) Env::Default()->RemoveAll(tmp);
+  // Durable before it replaces anything.
+  if (status.ok()) status = file->Sync();
+  if (status.ok()) status = file->Close();
+  if (status.ok()) status = env->Rename(tmp, out_path);
+  if (!status.ok()) (void)env->RemoveAll(tmp);  // best effort: the error above is what matters
   return status;
 }
 
@@ -252,8 +273,9 @@ std::vector<Leaf> LeavesOf(const Manifest& m) {
 
 Result<ExportStats> ExportCheckpoint(const std::string& ckpt_dir, const std::string& out_path,
                                      const ExportOptions& options) {
-  ASSIGN_OR_RETURN(Manifest manifest, ReadManifest(ckpt_dir));
-  ShardReader reader(Env::Default(), ckpt_dir, &manifest, 0);
+  Env* env = options.env ? options.env : Env::Default();
+  ASSIGN_OR_RETURN(Manifest manifest, ReadManifest(ckpt_dir, env));
+  ShardReader reader(env, ckpt_dir, &manifest, 0);
   std::vector<Leaf> leaves = LeavesOf(manifest);
   TensorSource source = [&](const Leaf& leaf, std::vector<char>* buffer) -> Status {
     const TensorRecord* rec = manifest.FindTensor(leaf.path);
@@ -265,8 +287,8 @@ Result<ExportStats> ExportCheckpoint(const std::string& ckpt_dir, const std::str
     return Status::Ok();
   };
   ExportStats stats;
-  RETURN_IF_ERROR(
-      WriteArchive(leaves, out_path, options.model_only, true, source, options.progress, &stats));
+  RETURN_IF_ERROR(WriteArchive(env, leaves, out_path, options.model_only, true, source,
+                               options.progress, &stats));
   return stats;
 }
 
@@ -329,164 +351,10 @@ Status ExportTree(Communicator& comm, const StateTree& tree, const std::string& 
     }
     return Status::Ok();
   };
-  Status local = WriteArchive(leaves, out_path, options.model_only, root, source,
+  Env* env = options.env ? options.env : Env::Default();
+  Status local = WriteArchive(env, leaves, out_path, options.model_only, root, source,
                               root ? options.progress : ProgressFn(), nullptr);
   return AgreeOnStatus(comm, local).Annotate("export of '" + out_path + "'");
-}
-
-namespace {
-
-// Flattens a Python value into the tree under `path`.
-Status Flatten(caffe2::serialize::PyTorchStreamReader& archive, const PyPtr& v,
-               const std::string& path, StateTree* tree,
-               std::map<std::string, at::Tensor>* storages) {
-  using K = PyValue::Kind;
-  auto join = [&](const std::string& key) { return path.empty() ? key : path + "/" + key; };
-  switch (v->kind) {
-    case K::kNone:
-      return Status::Ok();  // e.g. foreach=None: the optimizer's default
-    case K::kBool:
-      tree->SetScalar(path, v->b);
-      return Status::Ok();
-    case K::kInt:
-      tree->SetScalar(path, v->i);
-      return Status::Ok();
-    case K::kFloat:
-      tree->SetScalar(path, v->d);
-      return Status::Ok();
-    case K::kString:
-      tree->SetScalar(path, v->s);
-      return Status::Ok();
-    case K::kDict:
-      for (const auto& [key, value] : v->dict) {
-        std::string k;
-        if (key->kind == K::kString) {
-          k = key->s;
-        } else if (key->kind == K::kInt) {
-          k = std::to_string(key->i);
-        } else {
-          return InvalidArgument("'" + path + "' has a key that is neither a string nor an int");
-        }
-        if (k.empty() || k.find('/') != std::string::npos) {
-          return InvalidArgument("'" + path + "' has key '" + k + "', which cannot be a path part");
-        }
-        RETURN_IF_ERROR(Flatten(archive, value, join(k), tree, storages));
-      }
-      return Status::Ok();
-    case K::kList:
-    case K::kTuple: {
-      bool all_int = true, all_num = true, all_str = true;
-      for (const auto& item : v->items) {
-        all_int = all_int && item->kind == K::kInt;
-        all_num = all_num && (item->kind == K::kInt || item->kind == K::kFloat);
-        all_str = all_str && item->kind == K::kString;
-      }
-      if (all_int) {
-        std::vector<int64_t> xs;
-        for (const auto& item : v->items) xs.push_back(item->i);
-        tree->SetScalar(path, xs);
-      } else if (all_num) {
-        std::vector<double> xs;
-        for (const auto& item : v->items) xs.push_back(item->kind == K::kInt ? item->i : item->d);
-        tree->SetScalar(path, xs);
-      } else if (all_str) {
-        std::vector<std::string> xs;
-        for (const auto& item : v->items) xs.push_back(item->s);
-        tree->SetScalar(path, xs);
-      } else {
-        for (size_t i = 0; i < v->items.size(); ++i) {
-          RETURN_IF_ERROR(Flatten(archive, v->items[i], join(std::to_string(i)), tree, storages));
-        }
-      }
-      return Status::Ok();
-    }
-    case K::kTensor: {
-      const PyTensorRef& ref = v->tensor;
-      auto it = storages->find(ref.storage_key);
-      if (it == storages->end()) {
-        const std::string record = "data/" + ref.storage_key;
-        if (!archive.hasRecord(record)) {
-          return Corrupt("tensor '" + path + "': storage record '" + record + "' is missing");
-        }
-        at::Tensor storage = at::empty({ref.storage_numel}, at::TensorOptions().dtype(ref.dtype));
-        const size_t want = storage.nbytes();
-        size_t got = 0;
-        try {
-          auto [data, size] = archive.getRecord(record);
-          got = size;
-          if (size == want) std::memcpy(storage.data_ptr(), data.get(), want);
-        } catch (const std::exception& e) {
-          return Corrupt("tensor '" + path + "': cannot read record '" + record + "': " + e.what());
-        }
-        if (got != want) {
-          return Corrupt("tensor '" + path + "': record '" + record + "' holds " +
-                         std::to_string(got) + " bytes, expected " + std::to_string(want));
-        }
-        it = storages->emplace(ref.storage_key, storage).first;
-      }
-      int64_t last = ref.offset;
-      for (size_t d = 0; d < ref.size.size(); ++d) {
-        if (ref.size[d] > 0) last += (ref.size[d] - 1) * ref.stride[d];
-      }
-      if (ref.offset < 0 || (NumElements(ref.size) > 0 && last >= ref.storage_numel)) {
-        return Corrupt("tensor '" + path + "' reaches outside its storage");
-      }
-      tree->SetTensor(path, it->second.as_strided(ref.size, ref.stride, ref.offset).clone());
-      return Status::Ok();
-    }
-    default:
-      return Corrupt("'" + path + "' holds an unsupported value");
-  }
-}
-
-}  // namespace
-
-Result<StateTree> ReadPt(const std::string& pt_path) {
-  if (!Env::Default()->Exists(pt_path)) return NotFound("'" + pt_path + "' does not exist");
-  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> archive;
-  std::string pickle;
-  try {
-    archive = std::make_unique<caffe2::serialize::PyTorchStreamReader>(pt_path);
-    auto [data, size] = archive->getRecord("data.pkl");
-    pickle.assign(static_cast<const char*>(data.get()), size);
-  } catch (const std::exception& e) {
-    std::string what = e.what();
-    what = what.substr(0, what.find('\n'));
-    return Corrupt("'" + pt_path + "' is not a readable torch.save archive: " + what);
-  }
-  auto root = Unpickle(pickle);
-  if (!root.ok()) return root.status().Annotate("'" + pt_path + "'");
-  if (root.value()->kind != PyValue::Kind::kDict) {
-    return InvalidArgument("'" + pt_path + "' does not hold a dict");
-  }
-  // A bare state_dict (every value a tensor) becomes the model part of the usual layout.
-  bool bare = !root.value()->dict.empty();
-  for (const auto& [k, v] : root.value()->dict) bare = bare && v->kind == PyValue::Kind::kTensor;
-  StateTree tree;
-  std::map<std::string, at::Tensor> storages;
-  Status st = Flatten(*archive, root.value(), bare ? "model_state_dict" : "", &tree, &storages);
-  if (!st.ok()) return st.Annotate("'" + pt_path + "'");
-  return tree;
-}
-
-Result<std::string> ImportPt(const std::string& pt_path, const std::string& root,
-                             const ImportOptions& options) {
-  ASSIGN_OR_RETURN(StateTree tree, ReadPt(pt_path));
-  int64_t step = options.step;
-  if (step < 0) {
-    step = 0;
-    for (const char* key : {"step", "epoch"}) {
-      if (tree.HasScalar(key) && std::holds_alternative<int64_t>(tree.scalar(key))) {
-        step = tree.GetInt(key);
-        break;
-      }
-    }
-  }
-  auto comm = MakeLocalCommunicator();
-  Checkpointer ckpt(root, *comm);
-  std::string dir;
-  RETURN_IF_ERROR(ckpt.SaveStatus(tree, step, &dir));
-  return dir;
 }
 
 }  // namespace distckpt

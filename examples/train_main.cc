@@ -29,8 +29,11 @@
 #include "distckpt/checkpoint.h"
 #include "distckpt/comm.h"
 #include "distckpt/state_dict.h"
+#include "tools/command_line.h"
 
 namespace {
+
+using distckpt::tools::ParseCommandLine;
 
 struct Args {
   std::string ckpt_dir;
@@ -50,48 +53,27 @@ struct Args {
   bool async = false;
 };
 
-void Usage() {
-  std::fprintf(stderr,
-               "usage: distckpt-train --ckpt-dir DIR [--steps S] [--save-every K] [--resume]\n"
-               "       [--optimizer sgd|adam|adamw] [--model mlp|simple] [--zero 0|1]\n"
-               "       [--lr LR] [--seed N] [--dataset-size N] [--log-samples PREFIX]\n"
-               "       [--keep-last K] [--async]\n");
-}
-
-bool Parse(int argc, char** argv, Args* a) {
-  for (int i = 1; i < argc; ++i) {
-    std::string k = argv[i];
-    auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : "0"; };
-    if (k == "--ckpt-dir")
-      a->ckpt_dir = next();
-    else if (k == "--steps")
-      a->steps = std::stoll(next());
-    else if (k == "--save-every")
-      a->save_every = std::stoll(next());
-    else if (k == "--resume")
-      a->resume = true;
-    else if (k == "--zero")
-      a->zero = std::stoi(next());
-    else if (k == "--optimizer")
-      a->optimizer = next();
-    else if (k == "--model")
-      a->model = next();
-    else if (k == "--log-samples")
-      a->log_samples = next();
-    else if (k == "--lr")
-      a->lr = std::stod(next());
-    else if (k == "--seed")
-      a->seed = std::stoll(next());
-    else if (k == "--dataset-size")
-      a->dataset_size = std::stoll(next());
-    else if (k == "--keep-last")
-      a->keep_last = std::stoi(next());
-    else if (k == "--async")
-      a->async = true;
-    else
-      return false;
-  }
-  return !a->ckpt_dir.empty() && a->global_batch % a->micro_batches == 0 && a->dataset_size > 0;
+void AddOptions(CLI::App& app, Args* a) {
+  // A repeated option takes its last value (scripts append overrides).
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.add_option("--ckpt-dir", a->ckpt_dir, "checkpoint root")->required();
+  app.add_option("--steps", a->steps, "train until this step")->check(CLI::NonNegativeNumber);
+  app.add_option("--save-every", a->save_every, "save every K steps (0: never)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("--resume", a->resume, "resume from the newest good checkpoint");
+  app.add_option("--optimizer", a->optimizer, "sgd, adam or adamw")
+      ->check(CLI::IsMember({"sgd", "adam", "adamw"}));
+  app.add_option("--model", a->model, "mlp or simple")->check(CLI::IsMember({"mlp", "simple"}));
+  app.add_option("--zero", a->zero, "1: partition the optimizer state (ZeRO-1)")
+      ->check(CLI::Range(0, 1));
+  app.add_option("--lr", a->lr, "learning rate")->check(CLI::PositiveNumber);
+  app.add_option("--seed", a->seed, "seed of the model and the data");
+  app.add_option("--dataset-size", a->dataset_size, "samples per epoch")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--log-samples", a->log_samples, "write the samples each rank saw to PREFIX.N");
+  app.add_option("--keep-last", a->keep_last, "keep the K newest checkpoints (0: all)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("--async", a->async, "save in the background");
 }
 
 struct Mlp : torch::nn::Module {
@@ -259,47 +241,6 @@ void LoadZeroState(const Args& a, distckpt::Checkpointer& ckpt, const std::strin
     z.optimizer->param_groups()[0].options().set_lr(std::get<double>(lr->second));
 }
 
-// Test hook: DISTCKPT_TEST_KILL_RANK=r and DISTCKPT_TEST_KILL_AT_STEP=s make rank r die by
-// SIGKILL after DISTCKPT_TEST_KILL_AFTER_BYTES bytes of the checkpoint of step s.
-class KillEnv : public distckpt::EnvWrapper {
- public:
-  explicit KillEnv(int64_t budget) : EnvWrapper(distckpt::Env::Default()), budget_(budget) {}
-  distckpt::Result<std::unique_ptr<distckpt::WritableFile>> OpenWritable(
-      const std::string& path) override {
-    auto file = target()->OpenWritable(path);
-    if (!file.ok()) return file;
-    return std::unique_ptr<distckpt::WritableFile>(new File(this, std::move(file).value()));
-  }
-
- private:
-  class File : public distckpt::WritableFile {
-   public:
-    File(KillEnv* env, std::unique_ptr<distckpt::WritableFile> base)
-        : env_(env), base_(std::move(base)) {}
-    distckpt::Status PWrite(uint64_t offset, const void* data, size_t size) override {
-      if (static_cast<int64_t>(size) >= env_->budget_) {
-        base_->PWrite(offset, data, static_cast<size_t>(env_->budget_));
-        std::raise(SIGKILL);
-      }
-      env_->budget_ -= static_cast<int64_t>(size);
-      return base_->PWrite(offset, data, size);
-    }
-    distckpt::Status Sync() override { return base_->Sync(); }
-    distckpt::Status Close() override { return base_->Close(); }
-    const std::string& path() const override { return base_->path(); }
-
-   private:
-    KillEnv* env_;
-    std::unique_ptr<distckpt::WritableFile> base_;
-  };
-  int64_t budget_;
-};
-
-int64_t EnvInt(const char* name, int64_t fallback) {
-  const char* v = std::getenv(name);
-  return v ? std::atoll(v) : fallback;
-}
-
 template <typename Model>
 int Train(const Args& a, distckpt::Communicator& comm) {
   const int rank = comm.rank();
@@ -324,12 +265,7 @@ int Train(const Args& a, distckpt::Communicator& comm) {
   }
   distckpt::CheckpointerOptions options;
   options.retention.keep_last = a.keep_last;
-  const int64_t kill_step = EnvInt("DISTCKPT_TEST_KILL_AT_STEP", -1);
-  KillEnv kill_env(EnvInt("DISTCKPT_TEST_KILL_AFTER_BYTES", 4096));
   distckpt::Checkpointer checkpointer(a.ckpt_dir, comm, options);
-  distckpt::CheckpointerOptions kill_options = options;
-  kill_options.env = &kill_env;
-  distckpt::Checkpointer killing(a.ckpt_dir, comm, kill_options);
   std::unique_ptr<distckpt::AsyncCheckpointer> async;
   if (a.async) async = std::make_unique<distckpt::AsyncCheckpointer>(a.ckpt_dir, options);
 
@@ -461,15 +397,14 @@ int Train(const Args& a, distckpt::Communicator& comm) {
       tree.SetScalar("samples_seen", samples_seen);
       distckpt::AddPerRankTensor(tree, "rank_state/rng",
                                  at::detail::getDefaultCPUGenerator().get_state(), comm);
-      const bool kill = step == kill_step && rank == EnvInt("DISTCKPT_TEST_KILL_RANK", -1);
-      if (async && !kill) {
+      if (async) {
         async->SaveAsync(tree, step);
         if (rank == 0) {
           std::printf("saving step %lld in the background (training blocked %.3f s)\n",
                       static_cast<long long>(step), async->last_blocked_seconds());
         }
       } else {
-        std::string dir = (kill ? killing : checkpointer).Save(tree, step);
+        std::string dir = checkpointer.Save(tree, step);
         if (rank == 0) std::printf("saved %s\n", dir.c_str());
       }
     }
@@ -489,10 +424,15 @@ int main(int argc, char** argv) {
   int provided = 0;  // --async saves vote from a background thread
   MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
   Args args;
-  if (!Parse(argc, argv, &args)) {
-    Usage();
+  CLI::App app("distckpt-train: data-parallel training with distckpt checkpoints",
+               "distckpt-train");
+  AddOptions(app, &args);
+  int world_rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  const int parsed = ParseCommandLine(app, argc, argv, /*quiet=*/world_rank != 0);
+  if (parsed >= 0) {
     MPI_Finalize();
-    return 2;
+    return parsed;
   }
   at::set_num_threads(1);
   auto comm = distckpt::MakeDefaultCommunicator();

@@ -1,0 +1,66 @@
+// Options and statistics of saves and loads: plain structs, no behaviour.
+//
+// Kept apart from checkpoint.h so that the layers below the coordinator (the shard reader, the
+// async snapshot) can name them without pulling in the coordinator. Thread-compatible.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace distckpt {
+
+class Env;
+
+// Long operations report bytes done and bytes in total through this, after each tensor.
+using ProgressFn = std::function<void(int64_t done, int64_t total)>;
+
+struct RetentionPolicy {
+  int keep_last = 0;  // keep the K newest committed checkpoints (0: no limit from this rule)
+  int keep_best = 0;  // keep the K best by `metric` (0: no limit from this rule)
+  std::string metric = "loss";  // a numeric scalar of the tree
+  bool lower_is_better = true;
+  // Checkpoints kept by either rule survive (a union); the newest committed one always does.
+  bool active() const { return keep_last > 0 || keep_best > 0; }
+};
+
+struct CheckpointerOptions {
+  Env* env = nullptr;                 // nullptr: Env::Default()
+  int64_t piece_bytes = 1 << 20;      // checksum granularity
+  int64_t min_split_bytes = 1 << 20;  // replicated tensors smaller than this stay whole
+  RetentionPolicy retention;          // applied by rank 0 after each successful commit
+  // A save whose writes have not finished after this many seconds gives up with an error on
+  // every rank (0: no limit). Checked between pieces of at most 64 MiB.
+  double save_timeout_seconds = 0;
+};
+
+enum class ReadOnce { kAuto, kOn, kOff };
+
+struct LoadOptions {
+  // By default a load is all or nothing: tensors in CPU memory (contiguous) are verified first
+  // (read and checked against their checksums, through a bounded buffer) and, once every rank
+  // has verified everything, read again straight into place (from the page cache, checked
+  // again); other destinations are staged in fresh memory and copied. Only if the stored bytes
+  // changed, or storage failed, between the two reads can a failed load leave tensors partly
+  // overwritten; the error says so.
+  //
+  // in_place: read straight into the tree's tensors (CPU, contiguous ones) in one pass. The
+  // fastest, but a damaged checkpoint may leave those tensors partly overwritten: use it only
+  // for scratch tensors the caller would discard on failure.
+  bool in_place = false;
+  // Tensors that every rank loads whole are read from storage once in total: each rank reads
+  // and verifies a distinct 1/M of the bytes, and the ranks exchange them over the
+  // communicator. Off: every rank reads everything it needs itself. Auto: on when the ranks
+  // span several machines; on one machine the page cache already shares the reads, and per-rank
+  // reads were faster in every measurement (README, Benchmarks).
+  ReadOnce read_once = ReadOnce::kAuto;
+};
+
+struct LoadStats {
+  int64_t bytes_read = 0;      // bytes this rank read from storage, checksum padding included
+  int64_t bytes_reread = 0;    // of those, read a second time into place after verification
+  int64_t bytes_verified = 0;  // bytes hashed and compared
+  int files_opened = 0;
+};
+
+}  // namespace distckpt

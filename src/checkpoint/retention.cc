@@ -1,0 +1,76 @@
+// Retention: which committed checkpoints to keep, and removing the rest and leftovers.
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "distckpt/checkpoint.h"
+#include "layout/filename.h"
+
+namespace distckpt {
+namespace {
+
+// The K best checkpoints by policy.metric (those without a numeric, non-NaN metric never count).
+std::vector<std::string> BestByMetric(const std::vector<CheckpointInfo>& committed,
+                                      const RetentionPolicy& policy) {
+  std::vector<std::pair<double, std::string>> scored;
+  for (const auto& c : committed) {
+    auto it = c.manifest->scalars.find(policy.metric);
+    if (it == c.manifest->scalars.end()) continue;
+    double v;
+    if (auto* d = std::get_if<double>(&it->second)) {
+      v = *d;
+    } else if (auto* i = std::get_if<int64_t>(&it->second)) {
+      v = static_cast<double>(*i);
+    } else {
+      continue;
+    }
+    if (std::isnan(v)) continue;
+    scored.emplace_back(policy.lower_is_better ? v : -v, c.dir);
+  }
+  std::stable_sort(scored.begin(), scored.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<std::string> best;
+  for (int i = 0; i < policy.keep_best && i < static_cast<int>(scored.size()); ++i) {
+    best.push_back(scored[i].second);
+  }
+  return best;
+}
+
+}  // namespace
+
+LoadGuard::LoadGuard(const std::string& dir, Env* env) {
+  auto lock = (env ? env : Env::Default())->LockDir(dir, LockMode::kShared);
+  if (lock.ok()) lock_ = std::move(lock).value();  // without it, only the protection is lost
+}
+
+LoadGuard::~LoadGuard() = default;
+
+std::vector<std::string> CollectGarbage(const std::string& root, const RetentionPolicy& policy,
+                                        Env* env) {
+  if (!env) env = Env::Default();
+  std::vector<std::string> removed;
+  std::vector<CheckpointInfo> committed;
+  for (CheckpointInfo& info : ListCheckpoints(root, env)) {
+    int64_t step = 0;
+    if (ParseCheckpointDirName(BaseName(info.dir), &step) == DirKind::kTemporary) {
+      if (env->RemoveAll(info.dir).ok()) removed.push_back(info.dir);
+    } else if (info.committed && info.manifest) {
+      committed.push_back(std::move(info));
+    }
+  }
+  if (committed.empty() || !policy.active()) return removed;
+  std::set<std::string> keep = {committed.back().dir};  // the newest, always
+  for (int i = 0; i < policy.keep_last && i < static_cast<int>(committed.size()); ++i) {
+    keep.insert(committed[committed.size() - 1 - i].dir);
+  }
+  for (const std::string& dir : BestByMetric(committed, policy)) keep.insert(dir);
+  for (const auto& c : committed) {
+    if (keep.count(c.dir)) continue;
+    // A load holds a shared lock: leave that checkpoint for a later pass.
+    auto lock = env->LockDir(c.dir, LockMode::kExclusiveNoWait);
+    if (lock.ok() && env->RemoveAll(c.dir).ok()) removed.push_back(c.dir);
+  }
+  return removed;
+}
+
+}  // namespace distckpt

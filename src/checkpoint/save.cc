@@ -1,0 +1,174 @@
+// The save protocol. Call order, and who makes each call:
+//   (all ranks)  PlanCollective: describe the local tree, all-gather, plan identically.
+//   (rank 0)     PrepareTmpDir: remove leftovers of saves that never committed, create
+//                ROOT/.tmp-step-<step>-<nonce>/; vote; broadcast its name.
+//   (all ranks)  WriteRankFile: write and fsync the rank's file; vote; all-gather fragments.
+//   (rank 0)     Commit: merge fragments into the manifest, write it (temp name, fsync, rename),
+//                rename the directory into place, fsync ROOT, apply retention; vote.
+// A failed vote ends the save on every rank with the same error; nothing is committed.
+#include <ATen/ATen.h>
+#include <torch/version.h>
+
+#include <chrono>
+#include <cstdio>
+#include <random>
+
+#include "checkpoint/rank_writer.h"
+#include "core/guarded.h"
+#include "distckpt/checkpoint.h"
+#include "layout/filename.h"
+#include "manifest/fragment.h"
+#include "plan/describe.h"
+
+namespace distckpt {
+namespace {
+
+std::string RandomNonce() {
+  std::random_device rd;
+  char buf[16];
+  std::snprintf(buf, sizeof(buf), "%08x", rd());
+  return buf;
+}
+
+double UnixSeconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// Rank 0: clears leftovers under `root` and creates the temporary directory; returns its name.
+Result<std::string> PrepareTmpDir(Env* env, const std::string& root, int64_t step) {
+  RETURN_IF_ERROR(env->CreateDir(root));
+  auto names = env->ListDir(root);
+  if (names.ok()) {
+    for (const std::string& n : names.value()) {
+      int64_t other = 0;
+      // Best effort: a leftover that cannot be removed now is removed by a later save or gc.
+      if (ParseCheckpointDirName(n, &other) == DirKind::kTemporary) {
+        (void)env->RemoveAll(JoinPath(root, n));
+      }
+    }
+  }
+  const std::string name = TmpCheckpointDirName(step, RandomNonce());
+  RETURN_IF_ERROR(env->CreateDir(JoinPath(root, name)));
+  return name;
+}
+
+// The manifest without shards: one record per planned tensor, sorted by path.
+Manifest ManifestSkeleton(const StateTree& tree, const SavePlan& plan, int64_t step, int world,
+                          int64_t piece_bytes) {
+  Manifest m;
+  m.step = step;
+  m.world_size = world;
+  m.created_unix = UnixSeconds();
+  m.library_version = kLibraryVersion;
+  m.torch_version = TORCH_VERSION;
+  m.piece_bytes = piece_bytes;
+  m.scalars = tree.scalars();
+  m.tensors.reserve(plan.tensors.size());
+  for (const TensorPlanInfo& t : plan.tensors) {
+    m.tensors.push_back({t.path, t.dtype, t.global_shape, t.placement, {}});
+  }
+  for (int r = 0; r < world; ++r) {
+    if (!plan.per_rank[r].empty()) m.files.push_back(RankFileName(r));
+  }
+  return m;
+}
+
+// Rank 0: writes the manifest into `tmp_dir` and moves the directory into place.
+Status Commit(Env* env, const std::string& root, const std::string& tmp_dir,
+              const std::string& final_dir, const Manifest& manifest) {
+  RETURN_IF_ERROR(WriteManifest(env, tmp_dir, manifest));
+  RETURN_IF_ERROR(env->SyncDir(tmp_dir));
+  if (env->Exists(final_dir)) {
+    // Re-saving a step: swap atomically, then drop the old copy (a leftover is removed later).
+    RETURN_IF_ERROR(env->Exchange(tmp_dir, final_dir));
+    (void)env->RemoveAll(tmp_dir);
+  } else {
+    RETURN_IF_ERROR(env->Rename(tmp_dir, final_dir));
+  }
+  return env->SyncDir(root);
+}
+
+}  // namespace
+
+Checkpointer::Checkpointer(std::string root, Communicator& comm, CheckpointerOptions options)
+    : root_(std::move(root)),
+      comm_(comm),
+      options_(options),
+      env_(options.env ? options.env : Env::Default()) {}
+
+Status Checkpointer::PlanCollective(const StateTree& tree, SavePlan* plan) {
+  const int world = comm_.size();
+  std::vector<LocalTensorInfo> mine;
+  Status local = DescribeLocal(tree, &mine);
+  RETURN_IF_ERROR(AgreeOnStatus(comm_, local));
+  std::vector<std::string> gathered;
+  RETURN_IF_ERROR(comm_.AllGather(EncodeInfos(mine), &gathered));
+  std::vector<std::vector<LocalTensorInfo>> all(world);
+  for (int r = 0; r < world; ++r) RETURN_IF_ERROR(DecodeInfos(gathered[r], &all[r]));
+  ASSIGN_OR_RETURN(*plan, PlanSave(all, options_.min_split_bytes));
+  return Status::Ok();
+}
+
+Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string* out_dir) {
+  if (step < 0 || step > kMaxStep) {
+    return InvalidArgument("step " + std::to_string(step) + " is outside [0, " +
+                           std::to_string(kMaxStep) + "]");
+  }
+  SavePlan plan;
+  RETURN_IF_ERROR(PlanCollective(tree, &plan));
+  return SavePlanned(tree, plan, step, out_dir);
+}
+
+Status Checkpointer::SavePlanned(const StateTree& tree, const SavePlan& plan, int64_t step,
+                                 std::string* out_dir) {
+  const int rank = comm_.rank();
+  const double deadline =
+      options_.save_timeout_seconds > 0 ? MonotonicSeconds() + options_.save_timeout_seconds : 0;
+  std::string tmp_name;
+  Status local;
+  if (rank == 0) {
+    auto prepared = PrepareTmpDir(env_, root_, step);
+    local = prepared.status();
+    if (prepared.ok()) tmp_name = prepared.value();
+  }
+  RETURN_IF_ERROR(AgreeOnStatus(comm_, local));
+  RETURN_IF_ERROR(comm_.Broadcast(&tmp_name, 0));
+  const std::string tmp_dir = JoinPath(root_, tmp_name);
+
+  std::vector<TensorRecord> written;
+  std::vector<FileRecord> written_files;
+  const RankFileJob job{env_, tmp_dir, rank, options_.piece_bytes, deadline};
+  local = Guarded("writing rank " + std::to_string(rank),
+                  [&] { return WriteRankFile(job, tree, plan, &written, &written_files); });
+  Status agreed = AgreeOnStatus(comm_, local);
+  std::vector<std::string> fragments;
+  if (agreed.ok()) agreed = comm_.AllGather(EncodeFragment(written, written_files), &fragments);
+  if (!agreed.ok()) {
+    if (rank == 0) (void)env_->RemoveAll(tmp_dir);  // best effort; the next save retries
+    return agreed.Annotate("save of step " + std::to_string(step) + " to '" + root_ +
+                           "' failed, nothing was committed");
+  }
+  const std::string final_dir = JoinPath(root_, CheckpointDirName(step));
+  if (rank == 0) {
+    local = Guarded("committing", [&]() -> Status {
+      Manifest m = ManifestSkeleton(tree, plan, step, comm_.size(), options_.piece_bytes);
+      RETURN_IF_ERROR(MergeFragments(fragments, &m));
+      RETURN_IF_ERROR(Commit(env_, root_, tmp_dir, final_dir, m));
+      if (options_.retention.active()) CollectGarbage(root_, options_.retention, env_);
+      return Status::Ok();
+    });
+    if (!local.ok()) (void)env_->RemoveAll(tmp_dir);
+  }
+  RETURN_IF_ERROR(
+      AgreeOnStatus(comm_, local).Annotate("commit of step " + std::to_string(step) + " failed"));
+  *out_dir = final_dir;
+  return Status::Ok();
+}
+
+std::string Checkpointer::Save(const StateTree& tree, int64_t step) {
+  std::string dir;
+  ThrowIfError(SaveStatus(tree, step, &dir));
+  return dir;
+}
+
+}  // namespace distckpt

@@ -1,0 +1,15 @@
+// Whole-file helpers over Env, for small files (the manifest and its checksum, sidecars).
+#pragma once
+
+#include <string>
+
+#include "distckpt/env.h"
+
+namespace distckpt {
+
+// Creates (or truncates) `path`, writes `bytes` and fsyncs it. Errors name the file.
+Status WriteFileDurably(Env* env, const std::string& path, const std::string& bytes);
+// The whole content of `path`; `max_bytes` bounds what a damaged file can make us allocate.
+Result<std::string> ReadWholeFile(Env* env, const std::string& path, uint64_t max_bytes);
+
+}  // namespace distckpt

@@ -1,0 +1,19 @@
+// What a rank tells the others about its tree before planning, and its wire encoding.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "distckpt/plan.h"
+#include "distckpt/tree.h"
+
+namespace distckpt {
+
+// One LocalTensorInfo per tensor of `tree`, sorted by path. Fails naming the tensor when it is
+// undefined, of an unsupported dtype, or its placement does not fit its global shape.
+Status DescribeLocal(const StateTree& tree, std::vector<LocalTensorInfo>* out);
+
+std::string EncodeInfos(const std::vector<LocalTensorInfo>& infos);
+Status DecodeInfos(const std::string& bytes, std::vector<LocalTensorInfo>* infos);
+
+}  // namespace distckpt

@@ -1,0 +1,370 @@
+// Fails the k-th Env call of each operation, for every k: save, load, list, retention (gc),
+// verify, export and import. Each run must give a clear error naming a file (or succeed where the
+// failed call is one the library ignores on purpose), leave the older checkpoint loadable, leave
+// the caller's tensors untouched on a failed load, commit nothing that does not verify, and never
+// crash or hang.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <functional>
+
+#include "distckpt/checkpoint.h"
+#include "distckpt/export.h"
+#include "test_util.h"
+
+namespace distckpt::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Counts every call that can fail (file opens, reads, writes, fsyncs, renames, listings,
+// removals, locks) and fails call number `fail_at` (1-based): an error return, and for a write a
+// short write first. Queries returning bool (Exists, IsDirectory) are counted, never failed.
+class CountingEnv : public EnvWrapper {
+ public:
+  CountingEnv() : EnvWrapper(Env::Default()) {}
+  int calls = 0;
+  int fail_at = 0;     // 0: never
+  std::string failed;  // what the failed call was
+
+  Status Tick(const std::string& what, const std::string& path) {
+    if (++calls != fail_at) return Status::Ok();
+    failed = what + " '" + path + "'";
+    return IoError("injected fault: " + failed);
+  }
+  Result<std::unique_ptr<WritableFile>> OpenWritable(const std::string& p) override {
+    Status st = Tick("open for writing", p);
+    if (!st.ok()) return st;
+    return WrapWritable(target()->OpenWritable(p));
+  }
+  Result<std::unique_ptr<WritableFile>> NewWritable(const std::string& p) override {
+    Status st = Tick("create", p);
+    if (!st.ok()) return st;
+    return WrapWritable(target()->NewWritable(p));
+  }
+  Result<std::unique_ptr<ReadableFile>> OpenReadable(const std::string& p) override {
+    Status st = Tick("open for reading", p);
+    if (!st.ok()) return st;
+    auto file = target()->OpenReadable(p);
+    if (!file.ok()) return file;
+    return std::unique_ptr<ReadableFile>(new Readable(this, std::move(file).value()));
+  }
+  Status CreateDir(const std::string& p) override {
+    RETURN_IF_ERROR(Tick("mkdir", p));
+    return target()->CreateDir(p);
+  }
+  Status RemoveAll(const std::string& p) override {
+    RETURN_IF_ERROR(Tick("remove", p));
+    return target()->RemoveAll(p);
+  }
+  Status Rename(const std::string& f, const std::string& t) override {
+    RETURN_IF_ERROR(Tick("rename", f));
+    return target()->Rename(f, t);
+  }
+  Status Exchange(const std::string& a, const std::string& b) override {
+    RETURN_IF_ERROR(Tick("exchange", a));
+    return target()->Exchange(a, b);
+  }
+  Status SyncDir(const std::string& p) override {
+    RETURN_IF_ERROR(Tick("fsync directory", p));
+    return target()->SyncDir(p);
+  }
+  Result<std::vector<std::string>> ListDir(const std::string& p) override {
+    Status st = Tick("list", p);
+    if (!st.ok()) return st;
+    return target()->ListDir(p);
+  }
+  bool Exists(const std::string& p) override {
+    ++calls;
+    return target()->Exists(p);
+  }
+  bool IsDirectory(const std::string& p) override {
+    ++calls;
+    return target()->IsDirectory(p);
+  }
+  Result<std::unique_ptr<FileLock>> LockDir(const std::string& p, LockMode m) override {
+    Status st = Tick("lock", p);
+    if (!st.ok()) return st;
+    return target()->LockDir(p, m);
+  }
+
+ private:
+  class Writable : public WritableFile {
+   public:
+    Writable(CountingEnv* env, std::unique_ptr<WritableFile> base)
+        : env_(env), base_(std::move(base)) {}
+    Status PWrite(uint64_t offset, const void* data, size_t size) override {
+      Status st = env_->Tick("write", path());
+      if (!st.ok()) {
+        if (size > 1) (void)base_->PWrite(offset, data, size / 2);  // a short write
+        return st;
+      }
+      return base_->PWrite(offset, data, size);
+    }
+    Status Sync() override {
+      RETURN_IF_ERROR(env_->Tick("fsync", path()));
+      return base_->Sync();
+    }
+    Status Close() override {
+      RETURN_IF_ERROR(env_->Tick("close", path()));
+      return base_->Close();
+    }
+    Status Truncate(uint64_t size) override {
+      RETURN_IF_ERROR(env_->Tick("truncate", path()));
+      return base_->Truncate(size);
+    }
+    const std::string& path() const override { return base_->path(); }
+
+   private:
+    CountingEnv* env_;
+    std::unique_ptr<WritableFile> base_;
+  };
+  class Readable : public ReadableFile {
+   public:
+    Readable(CountingEnv* env, std::unique_ptr<ReadableFile> base)
+        : env_(env), base_(std::move(base)) {}
+    Status PRead(uint64_t offset, void* data, size_t size) override {
+      RETURN_IF_ERROR(env_->Tick("read", path()));
+      return base_->PRead(offset, data, size);
+    }
+    Result<uint64_t> Size() override {
+      Status st = env_->Tick("stat", path());
+      if (!st.ok()) return st;
+      return base_->Size();
+    }
+    const std::string& path() const override { return base_->path(); }
+
+   private:
+    CountingEnv* env_;
+    std::unique_ptr<ReadableFile> base_;
+  };
+  Result<std::unique_ptr<WritableFile>> WrapWritable(Result<std::unique_ptr<WritableFile>> f) {
+    if (!f.ok()) return f;
+    return std::unique_ptr<WritableFile>(new Writable(this, std::move(f).value()));
+  }
+};
+
+StateTree MakeState(int64_t seed) {
+  StateTree tree;
+  tree.SetTensor("model_state_dict/w", Pattern({64, 16}, at::kFloat, seed));
+  tree.SetTensor("model_state_dict/b", Pattern({16}, at::kBFloat16, seed + 1));
+  tree.SetTensor("optimizer_state_dict/state/0/step", Pattern({}, at::kFloat, seed + 2));
+  tree.SetScalar("epoch", seed);
+  tree.SetScalar("loss", 1.0 / static_cast<double>(seed + 1));
+  return tree;
+}
+
+// The root holds step 1 (state 1) and step 2 (state 2), both committed.
+std::string Baseline(const std::string& name) {
+  const std::string root = ScratchDir(name);
+  Checkpointer ckpt(root, Comm());
+  ckpt.Save(MakeState(1), 1);
+  ckpt.Save(MakeState(2), 2);
+  return root;
+}
+
+// Step `step` under `root` loads (with the default Env) and equals MakeState(seed).
+void ExpectLoads(const std::string& root, int64_t step, int64_t seed, const std::string& ctx) {
+  const std::string dir = root + "/" + CheckpointDirName(step);
+  ASSERT_TRUE(VerifyCheckpoint(dir).ok() && VerifyCheckpoint(dir)->ok()) << ctx;
+  StateTree want = MakeState(seed), got = MakeState(99);
+  Checkpointer ckpt(root, Comm());
+  ckpt.Load(dir, got);
+  for (const auto& [path, e] : want.tensors()) {
+    EXPECT_TRUE(at::equal(got.tensor(path).tensor, e.tensor)) << ctx << ": " << path;
+  }
+}
+
+// Every committed checkpoint under root verifies.
+void ExpectCommittedVerify(const std::string& root, const std::string& ctx) {
+  for (const CheckpointInfo& c : ListCheckpoints(root)) {
+    if (!c.committed) continue;
+    auto report = VerifyCheckpoint(c.dir);
+    EXPECT_TRUE(report.ok() && report->ok()) << ctx << ": " << c.dir << " was committed damaged";
+  }
+}
+
+// Runs `op` once to count its Env calls, then once per k failing call k; `check` judges each
+// run (k, the op's status, the env). Returns the number of calls covered.
+int Sweep(const std::string& name, const std::function<std::string()>& setup,
+          const std::function<Status(const std::string& root, Env* env)>& op,
+          const std::function<void(int k, const std::string& root, const Status& st,
+                                   const CountingEnv& env)>& check) {
+  CountingEnv counter;
+  {
+    const std::string root = setup();
+    Status st = op(root, &counter);
+    EXPECT_TRUE(st.ok()) << name << " without faults: " << st.ToString();
+  }
+  const int total = counter.calls;
+  EXPECT_GT(total, 0) << name;
+  for (int k = 1; k <= total; ++k) {
+    CountingEnv env;
+    env.fail_at = k;
+    const std::string root = setup();
+    Status st = op(root, &env);
+    check(k, root, st, env);
+  }
+  std::printf("[ sweep    ] %s: %d Env calls, each failed in turn\n", name.c_str(), total);
+  return total;
+}
+
+// A failed operation's error names a file or directory and says what failed.
+void ExpectClearError(const Status& st, const CountingEnv& env, const std::string& ctx) {
+  if (st.ok()) return;
+  EXPECT_NE(st.message().find("'"), std::string::npos) << ctx << ": " << st.ToString();
+  EXPECT_FALSE(env.failed.empty()) << ctx << ": failed without a fault: " << st.ToString();
+}
+
+TEST(FaultSweep, Save) {
+  Sweep(
+      "save", [] { return Baseline("save"); },
+      [](const std::string& root, Env* env) {
+        CheckpointerOptions options;
+        options.env = env;
+        Checkpointer ckpt(root, Comm(), options);
+        std::string dir;
+        return ckpt.SaveStatus(MakeState(3), 3, &dir);
+      },
+      [](int k, const std::string& root, const Status& st, const CountingEnv& env) {
+        const std::string ctx = "save, call " + std::to_string(k) + " (" + env.failed + ")";
+        ExpectClearError(st, env, ctx);
+        ExpectLoads(root, 2, 2, ctx);
+        ExpectLoads(root, 1, 1, ctx);
+        ExpectCommittedVerify(root, ctx);
+        if (st.ok()) ExpectLoads(root, 3, 3, ctx);
+      });
+}
+
+TEST(FaultSweep, Load) {
+  Sweep(
+      "load", [] { return Baseline("load"); },
+      [](const std::string& root, Env* env) {
+        CheckpointerOptions options;
+        options.env = env;
+        Checkpointer ckpt(root, Comm(), options);
+        StateTree got = MakeState(99);
+        Status st = ckpt.LoadStatus(root + "/" + CheckpointDirName(2), got);
+        // Untouched on failure, except where the error says the second read (after every
+        // byte was verified) failed part-way and names what it overwrote.
+        if (st.message().find("partly overwritten") != std::string::npos) return st;
+        const StateTree want = MakeState(st.ok() ? 2 : 99);
+        for (const auto& [path, e] : want.tensors()) {
+          if (!at::equal(got.tensor(path).tensor, e.tensor)) {
+            return Internal("tensor '" + path + "' changed (load status: " + st.ToString() + ")");
+          }
+        }
+        return st;
+      },
+      [](int k, const std::string& root, const Status& st, const CountingEnv& env) {
+        const std::string ctx = "load, call " + std::to_string(k) + " (" + env.failed + ")";
+        EXPECT_NE(st.code(), Code::kInternal) << ctx << ": " << st.ToString();
+        ExpectClearError(st, env, ctx);
+      });
+}
+
+TEST(FaultSweep, ListAndLatest) {
+  Sweep(
+      "list", [] { return Baseline("list"); },
+      [](const std::string& root, Env* env) {
+        auto all = ListCheckpoints(root, env);
+        auto latest = LatestCheckpoint(root, env);
+        // A failed call may hide checkpoints, never invent one.
+        for (const auto& c : all) {
+          if (c.step != 1 && c.step != 2)
+            return Internal("invented step " + std::to_string(c.step));
+        }
+        if (latest && *latest != root + "/" + CheckpointDirName(1) &&
+            *latest != root + "/" + CheckpointDirName(2)) {
+          return Internal("latest is " + *latest);
+        }
+        return Status::Ok();
+      },
+      [](int k, const std::string& root, const Status& st, const CountingEnv& env) {
+        EXPECT_TRUE(st.ok()) << "list, call " << k << " (" << env.failed << "): " << st.ToString();
+        ExpectLoads(root, 2, 2, "list");
+      });
+}
+
+TEST(FaultSweep, Retention) {
+  Sweep(
+      "gc",
+      [] {
+        const std::string root = Baseline("gc");
+        fs::create_directories(root + "/.tmp-step-00000007-0000beef");
+        return root;
+      },
+      [](const std::string& root, Env* env) {
+        RetentionPolicy keep_one;
+        keep_one.keep_last = 1;
+        CollectGarbage(root, keep_one, env);
+        return Status::Ok();
+      },
+      [](int k, const std::string& root, const Status&, const CountingEnv& env) {
+        const std::string ctx = "gc, call " + std::to_string(k) + " (" + env.failed + ")";
+        ExpectLoads(root, 2, 2, ctx);  // the newest always stays
+        ExpectCommittedVerify(root, ctx);
+      });
+}
+
+TEST(FaultSweep, Verify) {
+  Sweep(
+      "verify", [] { return Baseline("verify"); },
+      [](const std::string& root, Env* env) {
+        auto report = VerifyCheckpoint(root + "/" + CheckpointDirName(2), env);
+        if (!report.ok()) return report.status();
+        return report->ok() ? Status::Ok() : report->problems.front();
+      },
+      [](int k, const std::string& root, const Status& st, const CountingEnv& env) {
+        const std::string ctx = "verify, call " + std::to_string(k) + " (" + env.failed + ")";
+        if (!env.failed.empty()) EXPECT_FALSE(st.ok()) << ctx << ": a failed read went unnoticed";
+        ExpectClearError(st, env, ctx);
+      });
+}
+
+TEST(FaultSweep, Export) {
+  Sweep(
+      "export", [] { return Baseline("export"); },
+      [](const std::string& root, Env* env) {
+        ExportOptions options;
+        options.env = env;
+        return ExportCheckpoint(root + "/" + CheckpointDirName(2), root + "/out.pt", options)
+            .status();
+      },
+      [](int k, const std::string& root, const Status& st, const CountingEnv& env) {
+        const std::string ctx = "export, call " + std::to_string(k) + " (" + env.failed + ")";
+        ExpectClearError(st, env, ctx);
+        if (!st.ok()) EXPECT_FALSE(fs::exists(root + "/out.pt")) << ctx << ": partial file left";
+        if (st.ok()) {
+          auto tree = ReadPt(root + "/out.pt");
+          EXPECT_TRUE(tree.ok() && tree->HasTensor("model_state_dict/w")) << ctx;
+        }
+        EXPECT_FALSE(fs::exists(root + "/out.pt.tmp")) << ctx << ": temporary file left";
+      });
+}
+
+TEST(FaultSweep, Import) {
+  Sweep(
+      "import",
+      [] {
+        const std::string root = Baseline("import");
+        ThrowIfError(ExportCheckpoint(root + "/" + CheckpointDirName(2), root + "/in.pt").status());
+        return root;
+      },
+      [](const std::string& root, Env* env) {
+        ImportOptions options;
+        options.env = env;
+        options.step = 5;
+        return ImportPt(root + "/in.pt", root, options).status();
+      },
+      [](int k, const std::string& root, const Status& st, const CountingEnv& env) {
+        const std::string ctx = "import, call " + std::to_string(k) + " (" + env.failed + ")";
+        ExpectClearError(st, env, ctx);
+        ExpectLoads(root, 2, 2, ctx);
+        ExpectCommittedVerify(root, ctx);
+        if (st.ok()) ExpectLoads(root, 5, 2, ctx);
+      });
+}
+
+}  // namespace
+}  // namespace distckpt::testing
