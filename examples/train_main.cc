@@ -190,8 +190,8 @@ std::unique_ptr<torch::optim::OptimizerParamState> MakeAdamFamilyState(
 }
 
 void LoadZeroState(const Args& a, distckpt::Checkpointer& ckpt, const std::string& dir,
-                   torch::nn::Module& model, const std::vector<torch::Tensor>& params,
-                   ZeroShard& z) {
+                   const distckpt::Manifest& manifest, torch::nn::Module& model,
+                   const std::vector<torch::Tensor>& params, ZeroShard& z) {
   const std::string prefix = std::string(distckpt::kOptimizerKey) + "/";
   distckpt::StateTree staged;
   for (const auto& item : model.named_parameters()) {
@@ -213,7 +213,7 @@ void LoadZeroState(const Args& a, distckpt::Checkpointer& ckpt, const std::strin
   }
   if (a.optimizer != "sgd") staged.SetTensor(prefix + "state/0/step", torch::empty({}));
   // The staged tensors are views of our scratch buffers: load straight into them.
-  ckpt.Load(dir, staged, distckpt::LoadOptions{.in_place = true});
+  ckpt.Load(dir, manifest, staged, distckpt::LoadOptions{.in_place = true});
   {
     torch::NoGradGuard no_grad;
     for (auto& item : model.named_parameters()) {
@@ -278,9 +278,9 @@ int Train(const Args& a, distckpt::Communicator& comm) {
         [&](const std::string& d) {
           manifest = checkpointer.ReadManifest(d);
           if (a.zero) {
-            LoadZeroState(a, checkpointer, d, *model, params, zero);
+            LoadZeroState(a, checkpointer, d, manifest, *model, params, zero);
           } else {
-            distckpt::LoadTrainingState(checkpointer, d, *model, optimizer.get());
+            distckpt::LoadTrainingState(checkpointer, d, *model, optimizer.get(), &manifest);
           }
         },
         [&](const std::string& line) {
@@ -296,7 +296,7 @@ int Train(const Args& a, distckpt::Communicator& comm) {
       // (A checkpoint imported from Python has no per-rank state.)
       std::optional<at::Tensor> rng;
       if (manifest.FindTensor("rank_state/rng")) {
-        rng = distckpt::LoadPerRankTensor(checkpointer, *dir, "rank_state/rng");
+        rng = distckpt::LoadPerRankTensor(checkpointer, *dir, "rank_state/rng", &manifest);
       }
       if (rng) {
         at::Generator generator = at::detail::getDefaultCPUGenerator();

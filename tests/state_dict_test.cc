@@ -159,5 +159,36 @@ TEST(StateDict, AdamWCheckpointIsRefusedByAdamAndTheOtherWayRound) {
   EXPECT_NO_THROW(LoadTrainingState(ckpt, adamw_dir, fresh, &fresh_adamw));
 }
 
+// A resume reads the manifest once: the caller's copy is used by every later step.
+TEST(StateDict, ResumeReadsTheManifestOnce) {
+  class CountingEnv : public EnvWrapper {
+   public:
+    CountingEnv() : EnvWrapper(Env::Default()) {}
+    int manifest_opens = 0;
+    Result<std::unique_ptr<ReadableFile>> OpenReadable(const std::string& p) override {
+      if (p.size() >= 11 && p.compare(p.size() - 11, 11, "manifest.h5") == 0) ++manifest_opens;
+      return target()->OpenReadable(p);
+    }
+  } env;
+  const std::string root = testing::ScratchDir("once");
+  torch::manual_seed(0);
+  Net net;
+  torch::optim::Adam opt(net.parameters());
+  Step(net, opt, 0);
+  CheckpointerOptions options;
+  options.env = &env;
+  Checkpointer ckpt(root, Comm(), options);
+  StateTree tree = MakeTrainingState(net, &opt, 0, 0);
+  AddPerRankTensor(tree, "rank_state/rng", at::arange(4), Comm());
+  const std::string dir = ckpt.Save(tree, 1);
+  env.manifest_opens = 0;
+  const Manifest manifest = ckpt.ReadManifest(dir);
+  LoadTrainingState(ckpt, dir, net, &opt, &manifest);
+  auto rng = LoadPerRankTensor(ckpt, dir, "rank_state/rng", &manifest);
+  ASSERT_TRUE(rng.has_value());
+  EXPECT_TRUE(at::equal(*rng, at::arange(4)));
+  EXPECT_EQ(env.manifest_opens, Comm().rank() == 0 ? 1 : 0);
+}
+
 }  // namespace
 }  // namespace distckpt

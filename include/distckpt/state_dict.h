@@ -42,9 +42,11 @@ struct TrainingMeta {
 // Collective. Loads `dir` into `module` and (if given) `optimizer`: every parameter, buffer,
 // optimizer state tensor and hyperparameter. Names, shapes and dtypes must match the checkpoint
 // exactly; on any mismatch or damaged byte, every rank throws Error and neither the module nor
-// the optimizer has been modified.
+// the optimizer has been modified. `manifest`: the one the caller already read with
+// checkpointer.ReadManifest(dir) (nullptr: read it here), so that a resume reads it once.
 TrainingMeta LoadTrainingState(Checkpointer& checkpointer, const std::string& dir,
-                               torch::nn::Module& module, torch::optim::Optimizer* optimizer);
+                               torch::nn::Module& module, torch::optim::Optimizer* optimizer,
+                               const Manifest* manifest = nullptr);
 
 // Per-rank state (an RNG state, a data-loader position): rank r's `mine` is stored as row r of
 // a tensor of shape [world, mine.shape...] (every rank passes the same shape and dtype).
@@ -55,6 +57,7 @@ void AddPerRankTensor(StateTree& tree, const std::string& path, const at::Tensor
 // than r ranks. On a rank count change, ranks beyond the saving world get std::nullopt (and must
 // start that state afresh), and rows of ranks that no longer exist are not loaded.
 std::optional<at::Tensor> LoadPerRankTensor(Checkpointer& checkpointer, const std::string& dir,
-                                            const std::string& path);
+                                            const std::string& path,
+                                            const Manifest* manifest = nullptr);
 
 }  // namespace distckpt

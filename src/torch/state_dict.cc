@@ -4,6 +4,7 @@
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 
+#include <map>
 #include <set>
 
 namespace distckpt {
@@ -144,153 +145,187 @@ StateTree MakeTrainingState(const torch::nn::Module& module, torch::optim::Optim
   return tree;
 }
 
-TrainingMeta LoadTrainingState(Checkpointer& checkpointer, const std::string& dir,
-                               torch::nn::Module& module, torch::optim::Optimizer* optimizer) {
-  const Manifest manifest = checkpointer.ReadManifest(dir);
-  const std::string where = "checkpoint '" + dir + "'";
-  auto fail = [&](const std::string& message) { throw Error(Mismatch(where + ": " + message)); };
+namespace {
 
-  // Staging tensors: nothing of the caller's is touched until every byte has been verified.
-  StateTree staged;
-  std::map<std::string, at::Tensor> model_targets;
-  for (const auto& item : module.named_parameters(true)) model_targets[item.key()] = item.value();
-  for (const auto& item : module.named_buffers(true)) model_targets[item.key()] = item.value();
-  const std::string model_prefix = std::string(kModelKey) + "/";
-  for (const auto& [name, target] : model_targets) {
-    const TensorRecord* rec = manifest.FindTensor(model_prefix + name);
-    if (!rec)
-      fail("tensor '" + model_prefix + name + "' is in the model but not in the checkpoint");
+[[noreturn]] void Fail(const std::string& dir, const std::string& message) {
+  throw Error(Mismatch("checkpoint '" + dir + "': " + message));
+}
+
+// Every parameter and buffer of the module, by name.
+std::map<std::string, at::Tensor> ModelTargets(const torch::nn::Module& module) {
+  std::map<std::string, at::Tensor> targets;
+  for (const auto& item : module.named_parameters(true)) targets[item.key()] = item.value();
+  for (const auto& item : module.named_buffers(true)) targets[item.key()] = item.value();
+  return targets;
+}
+
+// Staging tensors for the model: names, shapes and dtypes must match the checkpoint both ways.
+void StageModel(const std::string& dir, const Manifest& manifest,
+                const std::map<std::string, at::Tensor>& targets, StateTree* staged) {
+  const std::string prefix = std::string(kModelKey) + "/";
+  for (const auto& [name, target] : targets) {
+    const TensorRecord* rec = manifest.FindTensor(prefix + name);
+    if (!rec) Fail(dir, "tensor '" + prefix + name + "' is in the model but not in the checkpoint");
     if (rec->global_shape != target.sizes().vec() || rec->dtype != target.scalar_type()) {
-      fail("tensor '" + rec->path + "' differs: checkpoint has " + DtypeName(rec->dtype) + " " +
-           ShapeString(rec->global_shape) + ", model has " + DtypeName(target.scalar_type()) + " " +
-           ShapeString(target.sizes().vec()));
+      Fail(dir, "tensor '" + rec->path + "' differs: checkpoint has " + DtypeName(rec->dtype) +
+                    " " + ShapeString(rec->global_shape) + ", model has " +
+                    DtypeName(target.scalar_type()) + " " + ShapeString(target.sizes().vec()));
     }
-    staged.SetTensor(model_prefix + name,
-                     at::empty(target.sizes(), at::TensorOptions().dtype(target.scalar_type())));
+    staged->SetTensor(prefix + name,
+                      at::empty(target.sizes(), at::TensorOptions().dtype(target.scalar_type())));
   }
   for (const TensorRecord& rec : manifest.tensors) {
-    if (StartsWith(rec.path, model_prefix) &&
-        !model_targets.count(rec.path.substr(model_prefix.size()))) {
-      fail("tensor '" + rec.path + "' is in the checkpoint but not in the model");
+    if (StartsWith(rec.path, prefix) && !targets.count(rec.path.substr(prefix.size()))) {
+      Fail(dir, "tensor '" + rec.path + "' is in the checkpoint but not in the model");
     }
   }
+}
 
+// Staging tensors for the optimizer state: each belongs to a parameter and to this optimizer.
+void StageOptimizerState(const std::string& dir, const Manifest& manifest,
+                         const std::vector<at::Tensor>& params,
+                         const std::set<std::string>& state_keys, StateTree* staged) {
+  const std::string state_prefix = std::string(kOptimizerKey) + "/state/";
+  for (const TensorRecord& rec : manifest.tensors) {
+    if (!StartsWith(rec.path, state_prefix)) continue;
+    const std::string rest = rec.path.substr(state_prefix.size());  // <index>/<key>
+    const size_t slash = rest.find('/');
+    if (slash == std::string::npos || slash == 0 || rest.find_first_not_of("0123456789") < slash) {
+      Fail(dir, "malformed optimizer state entry '" + rec.path + "'");
+    }
+    const int64_t index = std::stoll(rest.substr(0, slash));
+    const std::string key = rest.substr(slash + 1);
+    if (index >= static_cast<int64_t>(params.size())) {
+      Fail(dir, "optimizer state for parameter " + std::to_string(index) +
+                    " but the optimizer has " + std::to_string(params.size()) + " parameters");
+    }
+    if (!state_keys.count(key)) {
+      Fail(dir, "optimizer state '" + rec.path + "' does not belong to this optimizer type");
+    }
+    if (key != "step" && rec.global_shape != params[index].sizes().vec()) {
+      Fail(dir, "optimizer state '" + rec.path + "' has a shape that differs from parameter " +
+                    std::to_string(index));
+    }
+    staged->SetTensor(rec.path, at::empty(rec.global_shape, at::TensorOptions().dtype(rec.dtype)));
+  }
+}
+
+// Every param group is there with this optimizer's hyperparameters, and Adam and AdamW (which
+// store the same tensors) are told apart by decoupled_weight_decay.
+void CheckParamGroups(const std::string& dir, const Manifest& manifest,
+                      torch::optim::Optimizer& optimizer) {
+  const OptimizerKind kind = KindOf(optimizer);
+  const std::vector<std::string> hyper =
+      kind == OptimizerKind::kSgd
+          ? std::vector<std::string>{"lr", "momentum", "dampening", "weight_decay", "nesterov"}
+          : std::vector<std::string>{"lr", "betas", "eps", "weight_decay", "amsgrad"};
+  for (size_t gi = 0; gi < optimizer.param_groups().size(); ++gi) {
+    const std::string g = std::string(kOptimizerKey) + "/param_groups/" + std::to_string(gi);
+    auto it = manifest.scalars.find(g + "/params");
+    if (it == manifest.scalars.end()) Fail(dir, "no param group " + std::to_string(gi));
+    const auto* indices = std::get_if<std::vector<int64_t>>(&it->second);
+    if (!indices || indices->size() != optimizer.param_groups()[gi].params().size()) {
+      Fail(dir, "param group " + std::to_string(gi) + " holds a different number of parameters");
+    }
+    for (const std::string& h : hyper) {
+      if (!manifest.scalars.count(g + "/" + h)) {
+        Fail(dir, "hyperparameter '" + g + "/" + h + "' is missing");
+      }
+    }
+    if (kind == OptimizerKind::kSgd) continue;
+    auto flag = manifest.scalars.find(g + "/decoupled_weight_decay");
+    const bool* have = flag == manifest.scalars.end() ? nullptr : std::get_if<bool>(&flag->second);
+    const bool want = kind == OptimizerKind::kAdamW;
+    if (have && *have != want) {
+      Fail(dir, std::string("the checkpoint holds ") + (*have ? "AdamW" : "Adam") +
+                    " state (param group " + std::to_string(gi) +
+                    ", decoupled_weight_decay=" + (*have ? "true" : "false") +
+                    ") but the optimizer is " + (want ? "AdamW" : "Adam"));
+    }
+  }
+}
+
+// Moves the verified state into the optimizer (on each parameter's device).
+void ApplyOptimizerState(StateTree& staged, const std::vector<at::Tensor>& params,
+                         const std::set<std::string>& state_keys,
+                         torch::optim::Optimizer& optimizer) {
+  const OptimizerKind kind = KindOf(optimizer);
+  const std::string opt_prefix = std::string(kOptimizerKey) + "/";
+  auto& state = optimizer.state();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const std::string s = opt_prefix + "state/" + std::to_string(i);
+    state.erase(params[i].unsafeGetTensorImpl());
+    for (const auto& key : state_keys) {
+      if (key == "step" || !staged.HasTensor(s + "/" + key)) continue;
+      auto& e = staged.mutable_tensors()[s + "/" + key];
+      e.tensor = e.tensor.to(params[i].device());
+    }
+    if (kind == OptimizerKind::kSgd) {
+      if (!staged.HasTensor(s + "/momentum_buffer")) continue;
+      auto st = std::make_unique<torch::optim::SGDParamState>();
+      st->momentum_buffer(staged.tensor(s + "/momentum_buffer").tensor);
+      state[params[i].unsafeGetTensorImpl()] = std::move(st);
+    } else if (staged.HasTensor(s + "/exp_avg")) {
+      state[params[i].unsafeGetTensorImpl()] =
+          kind == OptimizerKind::kAdam ? MakeAdamState<torch::optim::AdamParamState>(staged, s)
+                                       : MakeAdamState<torch::optim::AdamWParamState>(staged, s);
+    }
+  }
+}
+
+void ApplyParamGroups(const StateTree& staged, torch::optim::Optimizer& optimizer) {
+  const OptimizerKind kind = KindOf(optimizer);
+  auto& groups = optimizer.param_groups();
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    const std::string g = std::string(kOptimizerKey) + "/param_groups/" + std::to_string(gi);
+    auto& options = groups[gi].options();
+    if (kind == OptimizerKind::kSgd) {
+      auto& o = static_cast<torch::optim::SGDOptions&>(options);
+      o.lr(staged.GetDouble(g + "/lr"));
+      o.momentum(staged.GetDouble(g + "/momentum"));
+      o.dampening(staged.GetDouble(g + "/dampening"));
+      o.weight_decay(staged.GetDouble(g + "/weight_decay"));
+      o.nesterov(std::get<bool>(staged.scalar(g + "/nesterov")));
+    } else if (kind == OptimizerKind::kAdam) {
+      ApplyAdamGroup(staged, g, static_cast<torch::optim::AdamOptions&>(options));
+    } else {
+      ApplyAdamGroup(staged, g, static_cast<torch::optim::AdamWOptions&>(options));
+    }
+  }
+}
+
+}  // namespace
+
+TrainingMeta LoadTrainingState(Checkpointer& checkpointer, const std::string& dir,
+                               torch::nn::Module& module, torch::optim::Optimizer* optimizer,
+                               const Manifest* known) {
+  const Manifest manifest = known ? *known : checkpointer.ReadManifest(dir);
+  // Staging tensors: nothing of the caller's is touched until every byte has been verified.
+  StateTree staged;
+  std::map<std::string, at::Tensor> model_targets = ModelTargets(module);
+  StageModel(dir, manifest, model_targets, &staged);
   std::vector<at::Tensor> params;
   std::set<std::string> state_keys;
-  const std::string opt_prefix = std::string(kOptimizerKey) + "/";
   if (optimizer) {
     params = ParamsInOrder(*optimizer);
     state_keys = StateKeys(KindOf(*optimizer));
-    for (const TensorRecord& rec : manifest.tensors) {
-      if (!StartsWith(rec.path, opt_prefix + "state/")) continue;
-      // optimizer_state_dict/state/<index>/<key>
-      const std::string rest = rec.path.substr(opt_prefix.size() + 6);
-      const size_t slash = rest.find('/');
-      if (slash == std::string::npos) fail("malformed optimizer state entry '" + rec.path + "'");
-      const int64_t index = std::stoll(rest.substr(0, slash));
-      const std::string key = rest.substr(slash + 1);
-      if (index < 0 || index >= static_cast<int64_t>(params.size())) {
-        fail("optimizer state for parameter " + std::to_string(index) + " but the optimizer has " +
-             std::to_string(params.size()) + " parameters");
-      }
-      if (!state_keys.count(key)) {
-        fail("optimizer state '" + rec.path + "' does not belong to this optimizer type");
-      }
-      if (key != "step" && rec.global_shape != params[index].sizes().vec()) {
-        fail("optimizer state '" + rec.path + "' has a shape that differs from parameter " +
-             std::to_string(index));
-      }
-      staged.SetTensor(rec.path, at::empty(rec.global_shape, at::TensorOptions().dtype(rec.dtype)));
-    }
-    const size_t groups = optimizer->param_groups().size();
-    for (size_t gi = 0; gi < groups; ++gi) {
-      const std::string key = opt_prefix + "param_groups/" + std::to_string(gi) + "/params";
-      auto it = manifest.scalars.find(key);
-      if (it == manifest.scalars.end()) fail("no param group " + std::to_string(gi));
-      const auto* indices = std::get_if<std::vector<int64_t>>(&it->second);
-      if (!indices || indices->size() != optimizer->param_groups()[gi].params().size()) {
-        fail("param group " + std::to_string(gi) + " holds a different number of parameters");
-      }
-      const bool sgd = KindOf(*optimizer) == OptimizerKind::kSgd;
-      const std::vector<std::string> hyper =
-          sgd ? std::vector<std::string>{"lr", "momentum", "dampening", "weight_decay", "nesterov"}
-              : std::vector<std::string>{"lr", "betas", "eps", "weight_decay", "amsgrad"};
-      for (const std::string& h : hyper) {
-        const std::string hk = opt_prefix + "param_groups/" + std::to_string(gi) + "/" + h;
-        if (!manifest.scalars.count(hk)) fail("hyperparameter '" + hk + "' is missing");
-      }
-      if (!sgd) {
-        // Adam and AdamW store the same tensors; Python's flag tells them apart.
-        const std::string dk =
-            opt_prefix + "param_groups/" + std::to_string(gi) + "/decoupled_weight_decay";
-        auto flag = manifest.scalars.find(dk);
-        const bool want = KindOf(*optimizer) == OptimizerKind::kAdamW;
-        const bool* have =
-            flag == manifest.scalars.end() ? nullptr : std::get_if<bool>(&flag->second);
-        if (have && *have != want) {
-          fail(std::string("the checkpoint holds ") + (*have ? "AdamW" : "Adam") +
-               " state (param group " + std::to_string(gi) + ", decoupled_weight_decay=" +
-               (*have ? "true" : "false") + ") but the optimizer is " + (want ? "AdamW" : "Adam"));
-        }
-      }
-    }
+    StageOptimizerState(dir, manifest, params, state_keys, &staged);
+    CheckParamGroups(dir, manifest, *optimizer);
   }
-
   // The staged tensors are ours to discard, so no second staging copy is needed.
-  checkpointer.Load(dir, staged, LoadOptions{.in_place = true});
+  checkpointer.Load(dir, manifest, staged, LoadOptions{.in_place = true});
 
   // Verified on every rank: apply.
   {
     at::NoGradGuard no_grad;
+    const std::string model_prefix = std::string(kModelKey) + "/";
     for (auto& [name, target] : model_targets) {
       target.copy_(staged.tensor(model_prefix + name).tensor);
     }
   }
   if (optimizer) {
-    const OptimizerKind kind = KindOf(*optimizer);
-    auto& state = optimizer->state();
-    for (size_t i = 0; i < params.size(); ++i) {
-      const std::string s = opt_prefix + "state/" + std::to_string(i);
-      state.erase(params[i].unsafeGetTensorImpl());
-      const at::Device device = params[i].device();
-      auto on_device = [&](const std::string& key) {
-        if (staged.HasTensor(s + "/" + key)) {
-          auto& e = staged.mutable_tensors()[s + "/" + key];
-          e.tensor = e.tensor.to(device);
-        }
-      };
-      for (const auto& key : state_keys) {
-        if (key != "step") on_device(key);
-      }
-      if (kind == OptimizerKind::kSgd) {
-        if (!staged.HasTensor(s + "/momentum_buffer")) continue;
-        auto st = std::make_unique<torch::optim::SGDParamState>();
-        st->momentum_buffer(staged.tensor(s + "/momentum_buffer").tensor);
-        state[params[i].unsafeGetTensorImpl()] = std::move(st);
-      } else {
-        if (!staged.HasTensor(s + "/exp_avg")) continue;
-        state[params[i].unsafeGetTensorImpl()] =
-            kind == OptimizerKind::kAdam ? MakeAdamState<torch::optim::AdamParamState>(staged, s)
-                                         : MakeAdamState<torch::optim::AdamWParamState>(staged, s);
-      }
-    }
-    auto& groups = optimizer->param_groups();
-    for (size_t gi = 0; gi < groups.size(); ++gi) {
-      const std::string g = opt_prefix + "param_groups/" + std::to_string(gi);
-      auto& options = groups[gi].options();
-      if (kind == OptimizerKind::kSgd) {
-        auto& o = static_cast<torch::optim::SGDOptions&>(options);
-        o.lr(staged.GetDouble(g + "/lr"));
-        o.momentum(staged.GetDouble(g + "/momentum"));
-        o.dampening(staged.GetDouble(g + "/dampening"));
-        o.weight_decay(staged.GetDouble(g + "/weight_decay"));
-        o.nesterov(std::get<bool>(staged.scalar(g + "/nesterov")));
-      } else if (kind == OptimizerKind::kAdam) {
-        ApplyAdamGroup(staged, g, static_cast<torch::optim::AdamOptions&>(options));
-      } else {
-        ApplyAdamGroup(staged, g, static_cast<torch::optim::AdamWOptions&>(options));
-      }
-    }
+    ApplyOptimizerState(staged, params, state_keys, *optimizer);
+    ApplyParamGroups(staged, *optimizer);
   }
   TrainingMeta meta;
   meta.step = manifest.step;
@@ -308,8 +343,8 @@ void AddPerRankTensor(StateTree& tree, const std::string& path, const at::Tensor
 }
 
 std::optional<at::Tensor> LoadPerRankTensor(Checkpointer& checkpointer, const std::string& dir,
-                                            const std::string& path) {
-  const Manifest manifest = checkpointer.ReadManifest(dir);
+                                            const std::string& path, const Manifest* known) {
+  const Manifest manifest = known ? *known : checkpointer.ReadManifest(dir);
   const TensorRecord* rec = manifest.FindTensor(path);
   if (!rec || rec->global_shape.empty()) {
     throw Error(NotFound("checkpoint '" + dir + "' has no per-rank tensor '" + path + "'"));
@@ -322,7 +357,7 @@ std::optional<at::Tensor> LoadPerRankTensor(Checkpointer& checkpointer, const st
   StateTree tree;
   at::Tensor row = at::empty(row_shape, at::TensorOptions().dtype(rec->dtype));
   tree.SetShardedRows(path, row, rec->global_shape, have_row ? rank : 0);
-  checkpointer.Load(dir, tree);
+  checkpointer.Load(dir, manifest, tree);
   if (!have_row) return std::nullopt;
   return row.squeeze(0);
 }
