@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/checksum.h"
 #include "distckpt/env.h"
 #include "distckpt/manifest_io.h"
 #include "test_util.h"
@@ -107,6 +108,60 @@ TEST(Manifest, AnHdf5FileThatIsNotOursIsNamed) {
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("not an HDF5 file"), std::string::npos);
   EXPECT_EQ(ReadManifest(dir + "/nope").status().code(), Code::kNotFound);
+}
+
+// Without the sum file (or with one rewritten to match damaged bytes), the index's own checksum
+// and HDF5's checks must catch damage by themselves.
+TEST(Manifest, WithoutTheSumFileTheIndexChecksumAndHdf5StillCatchDamage) {
+  const std::string dir = testing::ScratchDir("nosum");
+  ASSERT_TRUE(WriteManifest(Env::Default(), dir, Sample()).ok());
+  const std::string path = dir + "/manifest.h5";
+  const auto size = std::filesystem::file_size(path);
+  std::string bytes(size, '\0');
+  std::ifstream(path, std::ios::binary).read(bytes.data(), static_cast<std::streamsize>(size));
+  std::filesystem::remove(dir + "/manifest.xxh3");
+  ASSERT_TRUE(ReadManifest(dir).ok()) << "a manifest without its sum file still reads";
+
+  // A flipped bit in the index text: the index checksum (an HDF5 attribute) names it.
+  const size_t where = bytes.find("\"step\"");
+  ASSERT_NE(where, std::string::npos);
+  testing::FlipBit(path, where + 2);
+  auto flipped = ReadManifest(dir);
+  ASSERT_FALSE(flipped.ok());
+  EXPECT_NE(flipped.status().message().find("the index in"), std::string::npos)
+      << flipped.status().message();
+
+  // Truncations and damage to HDF5's own structures: HDF5 refuses them, every one an error.
+  for (size_t cut = 0; cut < size; cut += 97) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), cut);
+    EXPECT_FALSE(ReadManifest(dir).ok()) << "cut at " << cut;
+  }
+  int caught = 0, tried = 0;
+  for (size_t at = 0; at < std::min<size_t>(size, 2048); at += 61) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), size);
+    testing::FlipBit(path, at, 3);
+    auto r = ReadManifest(dir);  // must never crash; an OK read must equal the original
+    ++tried;
+    if (!r.ok()) {
+      ++caught;
+      EXPECT_NE(r.status().message().find("manifest.h5"), std::string::npos)
+          << r.status().message();
+    } else {
+      EXPECT_EQ(r->ToJson(), Sample().ToJson()) << "a flip at " << at << " changed the manifest";
+    }
+  }
+  EXPECT_GT(caught, 0) << "of " << tried;
+
+  // A sum file rewritten to match damaged bytes does not help the damage through.
+  std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), size);
+  testing::FlipBit(path, where + 2);
+  char text[32];
+  std::string damaged(size, '\0');
+  std::ifstream(path, std::ios::binary).read(damaged.data(), static_cast<std::streamsize>(size));
+  std::snprintf(text, sizeof(text), "%016llx\n",
+                static_cast<unsigned long long>(HashBytes(damaged.data(), damaged.size())));
+  std::ofstream(dir + "/manifest.xxh3", std::ios::trunc) << text;
+  EXPECT_FALSE(ReadManifest(dir).ok());
 }
 
 }  // namespace
