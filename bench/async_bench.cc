@@ -12,6 +12,7 @@
 #include "bench_util.h"
 #include "distckpt/async.h"
 #include "distckpt/nccl.h"
+#include "tools/command_line.h"
 
 using namespace distckpt;
 
@@ -22,17 +23,19 @@ int main(int argc, char** argv) {
   std::string dir = "/tmp/distckpt-async-bench";
   bool cuda = false;
   int reps = 3;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--cuda") cuda = true;
-    if (arg == "--gib" && i + 1 < argc) gib = std::stod(argv[++i]);
-    if (arg == "--dir" && i + 1 < argc) dir = argv[++i];
-    if (arg == "--reps" && i + 1 < argc) reps = std::stoi(argv[++i]);
-  }
-  at::set_num_threads(1);
+  CLI::App app("async_bench: time blocked by SaveAsync against a synchronous save", "async_bench");
+  app.add_flag("--cuda", cuda, "state on the GPU, snapshots through MakeCudaHostCopier");
+  app.add_option("--gib", gib, "state size in GiB")->check(tools::PositiveReal());
+  app.add_option("--dir", dir, "scratch directory (removed first)");
+  app.add_option("--reps", reps, "rounds of alternating saves")->check(tools::PositiveInt());
   int rank = 0, world = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
+  if (const int rc = tools::ParseCommandLine(app, argc, argv, rank != 0); rc >= 0) {
+    MPI_Finalize();
+    return rc;
+  }
+  at::set_num_threads(1);
   if (rank == 0) std::filesystem::remove_all(dir);
   MPI_Barrier(MPI_COMM_WORLD);
   const int64_t count = std::max<int64_t>(1, static_cast<int64_t>(gib * 16));

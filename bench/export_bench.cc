@@ -14,6 +14,7 @@
 #include "bench_util.h"
 #include "distckpt/checkpoint.h"
 #include "distckpt/export.h"
+#include "tools/command_line.h"
 
 using namespace distckpt;
 
@@ -30,14 +31,13 @@ int main(int argc, char** argv) {
   double gib = 4;
   int64_t max_mib = 256;
   std::string dir = "/tmp/distckpt-export-bench", cli = "build/distckpt", csv;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string k = argv[i];
-    if (k == "--gib") gib = std::stod(argv[i + 1]);
-    if (k == "--max-mib") max_mib = std::stoll(argv[i + 1]);
-    if (k == "--dir") dir = argv[i + 1];
-    if (k == "--cli") cli = argv[i + 1];
-    if (k == "--csv") csv = argv[i + 1];
-  }
+  CLI::App app("export_bench: distckpt export of a checkpoint against its size", "export_bench");
+  app.add_option("--gib", gib, "state size in GiB")->check(tools::PositiveReal());
+  app.add_option("--max-mib", max_mib, "largest tensor in MiB")->check(tools::PositiveInt());
+  app.add_option("--dir", dir, "scratch directory (removed first)");
+  app.add_option("--cli", cli, "the distckpt binary")->check(CLI::ExistingFile);
+  app.add_option("--csv", csv, "append a row to this CSV file");
+  if (const int rc = tools::ParseCommandLine(app, argc, argv); rc >= 0) return rc;
   at::set_num_threads(1);
   std::filesystem::remove_all(dir);
   const int64_t total = static_cast<int64_t>(gib * (1LL << 30));

@@ -17,6 +17,7 @@
 
 #include "bench_util.h"
 #include "distckpt/checkpoint.h"
+#include "tools/command_line.h"
 
 using namespace distckpt;
 
@@ -88,15 +89,21 @@ int main(int argc, char** argv) {
   int round = 0;  // which round of an interleaved comparison: shifts who writes first
   std::string dir = "/tmp/distckpt-bench";
   std::string csv, save_only, load_only;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string k = argv[i];
-    if (k == "--save-only") save_only = argv[i + 1];
-    if (k == "--load-only") load_only = argv[i + 1];
-    if (k == "--gib") gib = std::stod(argv[i + 1]);
-    if (k == "--reps") reps = std::stoi(argv[i + 1]);
-    if (k == "--round") round = std::stoi(argv[i + 1]);
-    if (k == "--dir") dir = argv[i + 1];
-    if (k == "--csv") csv = argv[i + 1];
+  CLI::App app("save_load_bench: distckpt save and load against raw writes and reads",
+               "save_load_bench");
+  app.add_option("--save-only", save_only, "only save, into this directory");
+  app.add_option("--load-only", load_only, "only load this checkpoint");
+  app.add_option("--gib", gib, "state size in GiB")->check(tools::PositiveReal());
+  app.add_option("--reps", reps, "repetitions")->check(tools::PositiveInt());
+  app.add_option("--round", round, "round of an interleaved comparison")
+      ->check(tools::NonNegativeInt());
+  app.add_option("--dir", dir, "scratch directory");
+  app.add_option("--csv", csv, "append rows to this CSV file");
+  int world_rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  if (const int rc = tools::ParseCommandLine(app, argc, argv, world_rank != 0); rc >= 0) {
+    MPI_Finalize();
+    return rc;
   }
   at::set_num_threads(1);
   auto comm = MakeMpiCommunicator();

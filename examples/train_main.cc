@@ -57,22 +57,23 @@ void AddOptions(CLI::App& app, Args* a) {
   // A repeated option takes its last value (scripts append overrides).
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.add_option("--ckpt-dir", a->ckpt_dir, "checkpoint root")->required();
-  app.add_option("--steps", a->steps, "train until this step")->check(CLI::NonNegativeNumber);
+  app.add_option("--steps", a->steps, "train until this step")
+      ->check(distckpt::tools::NonNegativeInt());
   app.add_option("--save-every", a->save_every, "save every K steps (0: never)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(distckpt::tools::NonNegativeInt());
   app.add_flag("--resume", a->resume, "resume from the newest good checkpoint");
   app.add_option("--optimizer", a->optimizer, "sgd, adam or adamw")
       ->check(CLI::IsMember({"sgd", "adam", "adamw"}));
   app.add_option("--model", a->model, "mlp or simple")->check(CLI::IsMember({"mlp", "simple"}));
   app.add_option("--zero", a->zero, "1: partition the optimizer state (ZeRO-1)")
-      ->check(CLI::Range(0, 1));
-  app.add_option("--lr", a->lr, "learning rate")->check(CLI::PositiveNumber);
+      ->check(distckpt::tools::IntInRange(0, 1));
+  app.add_option("--lr", a->lr, "learning rate")->check(distckpt::tools::PositiveReal());
   app.add_option("--seed", a->seed, "seed of the model and the data");
   app.add_option("--dataset-size", a->dataset_size, "samples per epoch")
-      ->check(CLI::PositiveNumber);
+      ->check(distckpt::tools::PositiveInt());
   app.add_option("--log-samples", a->log_samples, "write the samples each rank saw to PREFIX.N");
   app.add_option("--keep-last", a->keep_last, "keep the K newest checkpoints (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(distckpt::tools::NonNegativeInt());
   app.add_flag("--async", a->async, "save in the background");
 }
 

@@ -231,13 +231,13 @@ void AddCommands(CLI::App& app, Command& c) {
   imp->add_option("IN", c.pt, "the .pt file")->required()->check(CLI::ExistingFile);
   imp->add_option("ROOT", c.root, "checkpoint root (created if missing)")->required();
   imp->add_option("--step", c.step, "step to save as (default: the file's step or epoch)")
-      ->check(CLI::Range(int64_t{0}, int64_t{99999999}));
+      ->check(distckpt::tools::IntInRange(0, 99999999));
   auto* gc = app.add_subcommand("gc", "remove leftovers and checkpoints the policy does not keep");
   gc->add_option("ROOT", c.root, "checkpoint root")->required()->check(CLI::ExistingDirectory);
   gc->add_option("--keep-last", c.policy.keep_last, "keep the K newest")
-      ->check(CLI::NonNegativeNumber);
+      ->check(distckpt::tools::NonNegativeInt());
   gc->add_option("--keep-best", c.policy.keep_best, "keep the K best by --metric")
-      ->check(CLI::NonNegativeNumber);
+      ->check(distckpt::tools::NonNegativeInt());
   gc->add_option("--metric", c.policy.metric, "numeric scalar to rank by (default: loss)");
   gc->add_flag(
       "--higher", [&c](int64_t) { c.policy.lower_is_better = false; }, "higher --metric is better");
