@@ -3,8 +3,8 @@
 // Saving, loading, listing, retention, verify, export and import open, read, write, fsync,
 // rename, list, remove and lock through an Env, so tests can inject a fault into any one call
 // (short writes, ENOSPC, failed fsync, rename or lock) by wrapping the default with EnvWrapper.
-// HDF5 writes the metadata of rank files itself (see src/hdf5/rank_file.h); the manifest is
-// encoded in memory and written through the Env. Env::Default() is thread-safe; file objects are
+// HDF5's own I/O of rank files goes through it too (an HDF5 file driver over Env,
+// src/hdf5/env_driver.h); the manifest is encoded in memory and written through the Env. Env::Default() is thread-safe; file objects are
 // thread-compatible.
 #pragma once
 

@@ -84,7 +84,7 @@ Status WriteRankFile(const RankFileJob& job, const StateTree& tree, const SavePl
     sources.push_back(SourceOf(entry, item));
     requests.push_back({item.path, sources.back().scalar_type(), StoredShape(entry, item)});
   }
-  ASSIGN_OR_RETURN(std::vector<uint64_t> offsets, CreateRankFile(path, requests));
+  ASSIGN_OR_RETURN(std::vector<uint64_t> offsets, CreateRankFile(job.env, path, requests));
   ASSIGN_OR_RETURN(auto file, job.env->OpenWritable(path));
   std::vector<std::pair<uint64_t, uint64_t>> data;
   for (size_t i = 0; i < items.size(); ++i) {

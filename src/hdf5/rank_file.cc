@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "distckpt/tree.h"
+#include "hdf5/env_driver.h"
 
 namespace distckpt {
 
@@ -100,7 +101,7 @@ Status WriteStringAttribute(hid_t obj, const char* name, const std::string& valu
 
 }  // namespace
 
-Result<std::vector<uint64_t>> CreateRankFile(const std::string& path,
+Result<std::vector<uint64_t>> CreateRankFile(Env* env, const std::string& path,
                                              const std::vector<DatasetRequest>& datasets) {
   QuietHdf5Errors();
   // HDF5 1.10 cannot recover from a failed flush (it crashes later, at MPI_Finalize), so a
@@ -120,11 +121,14 @@ Result<std::vector<uint64_t>> CreateRankFile(const std::string& path,
                    std::to_string(limit.rlim_cur) + ")");
   }
   std::vector<uint64_t> offsets;
+  EnvDriverErrors errors;
+  Status status = Status::Ok();
   {
-    Handle file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+    Handle fapl(MakeEnvFapl(env, &errors), H5Pclose);
+    Handle file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), H5Fclose);
     if (!file.valid()) {
-      return IoError("cannot create HDF5 file '" + path + "'" +
-                     (errno ? std::string(": ") + std::strerror(errno) : std::string()));
+      if (!errors.first.ok()) return errors.first;
+      return IoError("cannot create HDF5 file '" + path + "'");
     }
     Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
     H5Pset_create_intermediate_group(lcpl.get(), 1);
@@ -144,20 +148,22 @@ Result<std::vector<uint64_t>> CreateRankFile(const std::string& path,
       Handle ds(H5Dcreate2(file.get(), d.name.c_str(), type.get(), space.get(), lcpl.get(),
                            dcpl.get(), H5P_DEFAULT),
                 H5Dclose);
-      if (!ds.valid()) return IoError(where + ": cannot create");
+      if (!ds.valid()) {
+        if (!errors.first.ok()) return errors.first.Annotate(where);
+        return IoError(where + ": cannot create");
+      }
       RETURN_IF_ERROR(
           WriteStringAttribute(ds.get(), "torch_dtype", DtypeName(d.dtype)).Annotate(where));
       haddr_t offset = H5Dget_offset(ds.get());
       if (offset == HADDR_UNDEF) return IoError(where + ": no data offset after allocation");
       offsets.push_back(static_cast<uint64_t>(offset));
     }
-    errno = 0;
     if (H5Fflush(file.get(), H5F_SCOPE_LOCAL) < 0) {
-      // HDF5 keeps the system's reason on its own stack; errno still holds it.
-      return IoError("cannot write '" + path + "'" +
-                     (errno ? std::string(": ") + std::strerror(errno) : std::string()));
+      status = IoError("cannot write the HDF5 metadata of '" + path + "'");
     }
-  }
+  }  // H5Fclose: truncates to the allocated size and closes through the Env
+  if (!errors.first.ok()) return errors.first;
+  RETURN_IF_ERROR(status);
   return offsets;
 }
 

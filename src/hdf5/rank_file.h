@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "distckpt/env.h"
 #include "distckpt/status.h"
 
 namespace distckpt {
@@ -28,7 +29,8 @@ struct DatasetRequest {
 };
 
 // Creates `path` (truncating) with one dataset per request; returns each data byte offset.
-Result<std::vector<uint64_t>> CreateRankFile(const std::string& path,
+// HDF5 reads and writes it through `env` (hdf5/env_driver.h).
+Result<std::vector<uint64_t>> CreateRankFile(Env* env, const std::string& path,
                                              const std::vector<DatasetRequest>& datasets);
 
 // Silences HDF5's automatic error stack printing; errors are reported as Status instead.
