@@ -242,180 +242,216 @@ void LoadZeroState(const Args& a, distckpt::Checkpointer& ckpt, const std::strin
     z.optimizer->param_groups()[0].options().set_lr(std::get<double>(lr->second));
 }
 
+// One data-parallel training job: the model, its optimizer (whole, or this rank's ZeRO-1 part),
+// the data position, and the checkpointers.
 template <typename Model>
-int Train(const Args& a, distckpt::Communicator& comm) {
-  const int rank = comm.rank();
-  const int world = comm.size();
-  torch::manual_seed(a.seed);
-  auto model = std::make_shared<Model>();
-  const int64_t in_features = model->parameters()[0].size(1);
-  std::vector<torch::Tensor> params = model->parameters();
-  int64_t numel = 0;
-  for (auto& p : params) numel += p.numel();
-
-  std::unique_ptr<torch::optim::Optimizer> optimizer;
-  ZeroShard zero;
-  if (a.zero) {
-    zero.lo = numel * rank / world;
-    zero.hi = numel * (rank + 1) / world;
-    torch::NoGradGuard no_grad;
-    zero.flat = FlatParams(params).narrow(0, zero.lo, zero.hi - zero.lo).clone();
-    zero.optimizer = MakeOptimizer(a, {zero.flat});
-  } else {
-    optimizer = MakeOptimizer(a, params);
+class Trainer {
+ public:
+  Trainer(const Args& a, distckpt::Communicator& comm)
+      : a_(a), comm_(comm), rank_(comm.rank()), world_(comm.size()) {
+    torch::manual_seed(a.seed);
+    model_ = std::make_shared<Model>();
+    in_features_ = model_->parameters()[0].size(1);
+    params_ = model_->parameters();
+    for (auto& p : params_) numel_ += p.numel();
+    if (a.zero) {
+      zero_.lo = numel_ * rank_ / world_;
+      zero_.hi = numel_ * (rank_ + 1) / world_;
+      torch::NoGradGuard no_grad;
+      zero_.flat = FlatParams(params_).narrow(0, zero_.lo, zero_.hi - zero_.lo).clone();
+      zero_.optimizer = MakeOptimizer(a, {zero_.flat});
+    } else {
+      optimizer_ = MakeOptimizer(a, params_);
+    }
+    distckpt::CheckpointerOptions options;
+    options.retention.keep_last = a.keep_last;
+    checkpointer_ = std::make_unique<distckpt::Checkpointer>(a.ckpt_dir, comm, options);
+    if (a.async) async_ = std::make_unique<distckpt::AsyncCheckpointer>(a.ckpt_dir, options);
   }
-  distckpt::CheckpointerOptions options;
-  options.retention.keep_last = a.keep_last;
-  distckpt::Checkpointer checkpointer(a.ckpt_dir, comm, options);
-  std::unique_ptr<distckpt::AsyncCheckpointer> async;
-  if (a.async) async = std::make_unique<distckpt::AsyncCheckpointer>(a.ckpt_dir, options);
 
-  int64_t first_step = 1;
-  int64_t samples_seen = 0;
-  if (a.resume) {
+  int Run() {
+    if (a_.resume) Resume();
+    if (!a_.log_samples.empty()) {
+      sample_log_.open(a_.log_samples + ".rank" + std::to_string(rank_), std::ios::app);
+    }
+    for (int64_t step = first_step_; step <= a_.steps; ++step) {
+      double loss = 0;
+      torch::Tensor gradient = AllReducedGradient(&loss);
+      Update(gradient);
+      samples_seen_ += a_.global_batch;
+      if (rank_ == 0) std::printf("step %lld loss %.9g\n", static_cast<long long>(step), loss);
+      std::fflush(stdout);
+      if (a_.save_every > 0 && step % a_.save_every == 0) Save(step, loss);
+    }
+    if (async_) {
+      std::string dir = async_->Wait();
+      if (rank_ == 0 && !dir.empty()) std::printf("saved %s (last background save)\n", dir.c_str());
+    }
+    return 0;
+  }
+
+ private:
+  // The newest checkpoint that loads; a damaged one is reported and skipped.
+  void Resume() {
     distckpt::Manifest manifest;
-    // The newest checkpoint that loads; a damaged one is reported and skipped.
-    auto dir = checkpointer.LoadNewestGood(
+    auto dir = checkpointer_->LoadNewestGood(
         [&](const std::string& d) {
-          manifest = checkpointer.ReadManifest(d);
-          if (a.zero) {
-            LoadZeroState(a, checkpointer, d, manifest, *model, params, zero);
+          manifest = checkpointer_->ReadManifest(d);
+          if (a_.zero) {
+            LoadZeroState(a_, *checkpointer_, d, manifest, *model_, params_, zero_);
           } else {
-            distckpt::LoadTrainingState(checkpointer, d, *model, optimizer.get(), &manifest);
+            distckpt::LoadTrainingState(*checkpointer_, d, *model_, optimizer_.get(), &manifest);
           }
         },
         [&](const std::string& line) {
-          if (rank == 0) std::printf("%s\n", line.c_str());
+          if (rank_ == 0) std::printf("%s\n", line.c_str());
         });
-    if (dir) {
-      first_step = manifest.step + 1;
-      auto seen = manifest.scalars.find("samples_seen");
-      samples_seen = seen != manifest.scalars.end() ? std::get<int64_t>(seen->second)
-                                                    : manifest.step * a.global_batch;
-      // Each rank's RNG state comes back when the rank existed at save time; otherwise it
-      // starts afresh from (seed, step, rank).
-      // (A checkpoint imported from Python has no per-rank state.)
-      std::optional<at::Tensor> rng;
-      if (manifest.FindTensor("rank_state/rng")) {
-        rng = distckpt::LoadPerRankTensor(checkpointer, *dir, "rank_state/rng", &manifest);
-      }
-      if (rng) {
-        at::Generator generator = at::detail::getDefaultCPUGenerator();
-        generator.set_state(*rng);
-      } else {
-        torch::manual_seed(a.seed + 7919 * manifest.step + rank);
-      }
-      if (rank == 0) {
-        auto loss = manifest.scalars.find("loss");
-        std::printf("resumed from %s (step %lld, %lld samples seen, loss %.9g) on %d rank(s)%s\n",
-                    dir->c_str(), static_cast<long long>(manifest.step),
-                    static_cast<long long>(samples_seen),
-                    loss != manifest.scalars.end() ? std::get<double>(loss->second) : 0.0, world,
-                    a.zero ? " with ZeRO-1" : "");
-      }
-    } else if (rank == 0) {
-      std::printf("no checkpoint in %s: starting from scratch\n", a.ckpt_dir.c_str());
+    if (!dir) {
+      if (rank_ == 0)
+        std::printf("no checkpoint in %s: starting from scratch\n", a_.ckpt_dir.c_str());
+      return;
+    }
+    first_step_ = manifest.step + 1;
+    auto seen = manifest.scalars.find("samples_seen");
+    samples_seen_ = seen != manifest.scalars.end() ? std::get<int64_t>(seen->second)
+                                                   : manifest.step * a_.global_batch;
+    RestoreRng(*dir, manifest);
+    if (rank_ == 0) {
+      auto loss = manifest.scalars.find("loss");
+      std::printf("resumed from %s (step %lld, %lld samples seen, loss %.9g) on %d rank(s)%s\n",
+                  dir->c_str(), static_cast<long long>(manifest.step),
+                  static_cast<long long>(samples_seen_),
+                  loss != manifest.scalars.end() ? std::get<double>(loss->second) : 0.0, world_,
+                  a_.zero ? " with ZeRO-1" : "");
     }
   }
 
-  std::ofstream sample_log;
-  if (!a.log_samples.empty()) {
-    sample_log.open(a.log_samples + ".rank" + std::to_string(rank), std::ios::app);
+  // Each rank's RNG state comes back when the rank existed at save time; otherwise (or for a
+  // checkpoint imported from Python, which has no per-rank state) it starts afresh from
+  // (seed, step, rank).
+  void RestoreRng(const std::string& dir, const distckpt::Manifest& manifest) {
+    std::optional<at::Tensor> rng;
+    if (manifest.FindTensor("rank_state/rng")) {
+      rng = distckpt::LoadPerRankTensor(*checkpointer_, dir, "rank_state/rng", &manifest);
+    }
+    if (rng) {
+      at::Generator generator = at::detail::getDefaultCPUGenerator();
+      generator.set_state(*rng);
+    } else {
+      torch::manual_seed(a_.seed + 7919 * manifest.step + rank_);
+    }
   }
-  const int64_t micro = a.global_batch / a.micro_batches;
-  const int64_t my_first = a.micro_batches * rank / world;
-  const int64_t my_last = a.micro_batches * (rank + 1) / world;
-  for (int64_t step = first_step; step <= a.steps; ++step) {
-    // Per micro-batch: [loss (double), gradient (float32 x numel)].
+
+  // This rank's micro-batches, each as [loss (double), gradient (float32 x numel)].
+  std::string LocalGradients() {
+    const int64_t micro = a_.global_batch / a_.micro_batches;
     std::string mine;
-    for (int64_t m = my_first; m < my_last; ++m) {
+    for (int64_t m = a_.micro_batches * rank_ / world_; m < a_.micro_batches * (rank_ + 1) / world_;
+         ++m) {
       std::vector<torch::Tensor> xs;
       for (int64_t k = 0; k < micro; ++k) {
-        const int64_t index = (samples_seen + m * micro + k) % a.dataset_size;
-        xs.push_back(SampleInput(a, in_features, index));
-        if (sample_log.is_open()) sample_log << index << "\n";
+        const int64_t index = (samples_seen_ + m * micro + k) % a_.dataset_size;
+        xs.push_back(SampleInput(a_, in_features_, index));
+        if (sample_log_.is_open()) sample_log_ << index << "\n";
       }
       torch::Tensor x = torch::stack(xs);
-      for (auto& p : params) {
+      for (auto& p : params_) {
         if (p.grad().defined()) p.mutable_grad().zero_();
       }
-      auto loss = (model->forward(x) - Target(x)).pow(2).sum() / a.global_batch;
+      auto loss = (model_->forward(x) - Target(x)).pow(2).sum() / a_.global_batch;
       loss.backward();
       double loss_value = loss.template item<double>();
       mine.append(reinterpret_cast<const char*>(&loss_value), sizeof(double));
-      for (auto& p : params) {
+      for (auto& p : params_) {
         auto g = p.grad().contiguous();
         mine.append(static_cast<const char*>(g.data_ptr()), g.nbytes());
       }
     }
+    return mine;
+  }
+
+  // The global gradient, summed in micro-batch order whatever the rank that computed it, so
+  // that a run's result does not depend on the rank count.
+  torch::Tensor AllReducedGradient(double* total_loss) {
     std::vector<std::string> all;
-    distckpt::ThrowIfError(comm.AllGather(mine, &all));
-    // Sum in micro-batch order, whatever the rank that computed it.
-    torch::Tensor total = torch::zeros({numel});
-    double total_loss = 0;
-    const size_t record = sizeof(double) + numel * sizeof(float);
+    distckpt::ThrowIfError(comm_.AllGather(LocalGradients(), &all));
+    torch::Tensor total = torch::zeros({numel_});
+    *total_loss = 0;
+    const size_t record = sizeof(double) + numel_ * sizeof(float);
     for (const std::string& part : all) {
       for (size_t off = 0; off < part.size(); off += record) {
         double lv;
         std::memcpy(&lv, part.data() + off, sizeof(double));
-        total_loss += lv;
-        total += torch::from_blob(const_cast<char*>(part.data() + off + sizeof(double)), {numel});
+        *total_loss += lv;
+        total += torch::from_blob(const_cast<char*>(part.data() + off + sizeof(double)), {numel_});
       }
     }
-    if (a.zero) {
-      zero.flat.mutable_grad() = total.narrow(0, zero.lo, zero.hi - zero.lo).clone();
-      zero.optimizer->step();
-      std::string bytes(static_cast<const char*>(zero.flat.data_ptr()), zero.flat.nbytes());
-      std::vector<std::string> ranges;
-      distckpt::ThrowIfError(comm.AllGather(bytes, &ranges));
-      std::string joined;
-      for (const auto& r : ranges) joined += r;
-      torch::Tensor updated = torch::from_blob(joined.data(), {numel});
-      torch::NoGradGuard no_grad;
+    return total;
+  }
+
+  void Update(const torch::Tensor& total) {
+    if (!a_.zero) {
       int64_t pos = 0;
-      for (auto& p : params) {
-        p.copy_(updated.narrow(0, pos, p.numel()).view(p.sizes()));
-        pos += p.numel();
-      }
-    } else {
-      int64_t pos = 0;
-      for (auto& p : params) {
+      for (auto& p : params_) {
         p.mutable_grad() = total.narrow(0, pos, p.numel()).view(p.sizes()).clone();
         pos += p.numel();
       }
-      optimizer->step();
+      optimizer_->step();
+      return;
     }
-    samples_seen += a.global_batch;
-    if (rank == 0) std::printf("step %lld loss %.9g\n", static_cast<long long>(step), total_loss);
-    std::fflush(stdout);
-    if (a.save_every > 0 && step % a.save_every == 0) {
-      const int64_t epoch = samples_seen / a.dataset_size;
-      distckpt::StateTree tree =
-          a.zero ? distckpt::MakeTrainingState(*model, nullptr, epoch, total_loss)
-                 : distckpt::MakeTrainingState(*model, optimizer.get(), epoch, total_loss);
-      if (a.zero) AddZeroState(a, params, zero, tree);
-      tree.SetScalar("step", step);
-      tree.SetScalar("samples_seen", samples_seen);
-      distckpt::AddPerRankTensor(tree, "rank_state/rng",
-                                 at::detail::getDefaultCPUGenerator().get_state(), comm);
-      if (async) {
-        async->SaveAsync(tree, step);
-        if (rank == 0) {
-          std::printf("saving step %lld in the background (training blocked %.3f s)\n",
-                      static_cast<long long>(step), async->last_blocked_seconds());
-        }
-      } else {
-        std::string dir = checkpointer.Save(tree, step);
-        if (rank == 0) std::printf("saved %s\n", dir.c_str());
+    // ZeRO-1: each rank steps its part, then the parts are gathered into every replica.
+    zero_.flat.mutable_grad() = total.narrow(0, zero_.lo, zero_.hi - zero_.lo).clone();
+    zero_.optimizer->step();
+    std::string bytes(static_cast<const char*>(zero_.flat.data_ptr()), zero_.flat.nbytes());
+    std::vector<std::string> ranges;
+    distckpt::ThrowIfError(comm_.AllGather(bytes, &ranges));
+    std::string joined;
+    for (const auto& r : ranges) joined += r;
+    torch::Tensor updated = torch::from_blob(joined.data(), {numel_});
+    torch::NoGradGuard no_grad;
+    int64_t pos = 0;
+    for (auto& p : params_) {
+      p.copy_(updated.narrow(0, pos, p.numel()).view(p.sizes()));
+      pos += p.numel();
+    }
+  }
+
+  void Save(int64_t step, double loss) {
+    const int64_t epoch = samples_seen_ / a_.dataset_size;
+    distckpt::StateTree tree =
+        distckpt::MakeTrainingState(*model_, a_.zero ? nullptr : optimizer_.get(), epoch, loss);
+    if (a_.zero) AddZeroState(a_, params_, zero_, tree);
+    tree.SetScalar("step", step);
+    tree.SetScalar("samples_seen", samples_seen_);
+    distckpt::AddPerRankTensor(tree, "rank_state/rng",
+                               at::detail::getDefaultCPUGenerator().get_state(), comm_);
+    if (async_) {
+      async_->SaveAsync(tree, step);
+      if (rank_ == 0) {
+        std::printf("saving step %lld in the background (training blocked %.3f s)\n",
+                    static_cast<long long>(step), async_->last_blocked_seconds());
       }
+    } else {
+      std::string dir = checkpointer_->Save(tree, step);
+      if (rank_ == 0) std::printf("saved %s\n", dir.c_str());
     }
   }
-  if (async) {
-    std::string dir = async->Wait();
-    if (rank == 0 && !dir.empty()) std::printf("saved %s (last background save)\n", dir.c_str());
-  }
-  return 0;
-}
+
+  const Args& a_;
+  distckpt::Communicator& comm_;
+  const int rank_, world_;
+  std::shared_ptr<Model> model_;
+  int64_t in_features_ = 0;
+  std::vector<torch::Tensor> params_;
+  int64_t numel_ = 0;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  ZeroShard zero_;
+  std::unique_ptr<distckpt::Checkpointer> checkpointer_;
+  std::unique_ptr<distckpt::AsyncCheckpointer> async_;
+  int64_t first_step_ = 1;
+  int64_t samples_seen_ = 0;
+  std::ofstream sample_log_;
+};
 
 }  // namespace
 
@@ -439,7 +475,8 @@ int main(int argc, char** argv) {
   auto comm = distckpt::MakeDefaultCommunicator();
   int rc = 0;
   try {
-    rc = args.model == "simple" ? Train<Simple>(args, *comm) : Train<Mlp>(args, *comm);
+    rc = args.model == "simple" ? Trainer<Simple>(args, *comm).Run()
+                                : Trainer<Mlp>(args, *comm).Run();
   } catch (const c10::Error& e) {
     std::fprintf(stderr, "distckpt-train: rank %d: %s\n", comm->rank(), e.what_without_backtrace());
     rc = 1;
