@@ -1,0 +1,81 @@
+// Cost against the tensor count: N tensors of E float32 elements each (replicated), saved by
+// every rank's share and loaded whole by every rank, with the time per tensor. Correctness is
+// checked: every loaded tensor equals what was saved.
+// usage: mpirun -np R scale_bench --tensors N [--elems E] [--dir DIR] [--csv FILE]
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <mpi.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "bench_util.h"
+#include "distckpt/checkpoint.h"
+#include "tools/command_line.h"
+
+using namespace distckpt;
+
+namespace {
+
+std::string Name(int64_t i) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "model_state_dict/layers.%lld.weight", static_cast<long long>(i));
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  int64_t tensors = 1000, elems = 16;
+  std::string dir = "/tmp/distckpt-scale-bench", csv;
+  CLI::App app("scale_bench: save and load time against the number of tensors", "scale_bench");
+  app.add_option("--tensors", tensors, "number of tensors")->check(tools::PositiveInt());
+  app.add_option("--elems", elems, "float32 elements per tensor")->check(tools::PositiveInt());
+  app.add_option("--dir", dir, "scratch directory (removed first)");
+  app.add_option("--csv", csv, "append a row to this CSV file");
+  int rank = 0, world = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  if (const int rc = tools::ParseCommandLine(app, argc, argv, rank != 0); rc >= 0) {
+    MPI_Finalize();
+    return rc;
+  }
+  at::set_num_threads(1);
+  if (rank == 0) std::filesystem::remove_all(dir);
+  auto comm = MakeMpiCommunicator();
+  // One storage for all tensors, so that building the state is not what is measured.
+  at::Tensor storage = at::arange(tensors * elems, at::kFloat);
+  StateTree tree, back;
+  at::Tensor back_storage = at::zeros({tensors * elems}, at::kFloat);
+  for (int64_t i = 0; i < tensors; ++i) {
+    tree.SetTensor(Name(i), storage.narrow(0, i * elems, elems));
+    back.SetTensor(Name(i), back_storage.narrow(0, i * elems, elems));
+  }
+  Checkpointer ckpt(dir, *comm);
+  std::string saved;
+  const double save_s = bench::TimeCollective([&] { saved = ckpt.Save(tree, 1); });
+  const double load_s = bench::TimeCollective([&] { ckpt.Load(saved, back); });
+  int ok = at::equal(storage, back_storage) ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  uint64_t disk = 0;
+  for (auto& e : std::filesystem::directory_iterator(saved)) disk += e.file_size();
+  if (rank == 0) {
+    const double bytes = static_cast<double>(tensors * elems * 4);
+    std::printf(
+        "ranks=%d tensors=%lld elems=%lld: save %.2f s (%.1f us/tensor), load %.2f s "
+        "(%.1f us/tensor), on disk %.2fx the tensor bytes, loaded tensors %s\n",
+        world, static_cast<long long>(tensors), static_cast<long long>(elems), save_s,
+        save_s / tensors * 1e6, load_s, load_s / tensors * 1e6, disk / bytes,
+        ok ? "equal" : "DIFFER");
+    if (!csv.empty()) {
+      std::ofstream out(csv, std::ios::app);
+      out << world << "," << tensors << "," << elems << "," << save_s << "," << load_s << ","
+          << disk / bytes << "," << ok << "\n";
+    }
+  }
+  comm.reset();
+  MPI_Finalize();
+  return ok ? 0 : 1;
+}
