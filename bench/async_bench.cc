@@ -28,13 +28,10 @@ int main(int argc, char** argv) {
   app.add_option("--gib", gib, "state size in GiB")->check(tools::PositiveReal());
   app.add_option("--dir", dir, "scratch directory (removed first)");
   app.add_option("--reps", reps, "rounds of alternating saves")->check(tools::PositiveInt());
+  if (const int rc = tools::ParseCommandLineOnEveryRank(app, argc, argv); rc >= 0) return rc;
   int rank = 0, world = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
-  if (const int rc = tools::ParseCommandLine(app, argc, argv, rank != 0); rc >= 0) {
-    MPI_Finalize();
-    return rc;
-  }
   at::set_num_threads(1);
   if (rank == 0) std::filesystem::remove_all(dir);
   MPI_Barrier(MPI_COMM_WORLD);

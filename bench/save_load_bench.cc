@@ -99,12 +99,7 @@ int main(int argc, char** argv) {
       ->check(tools::NonNegativeInt());
   app.add_option("--dir", dir, "scratch directory");
   app.add_option("--csv", csv, "append rows to this CSV file");
-  int world_rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
-  if (const int rc = tools::ParseCommandLine(app, argc, argv, world_rank != 0); rc >= 0) {
-    MPI_Finalize();
-    return rc;
-  }
+  if (const int rc = tools::ParseCommandLineOnEveryRank(app, argc, argv); rc >= 0) return rc;
   at::set_num_threads(1);
   auto comm = MakeMpiCommunicator();
   const int rank = comm->rank(), world = comm->size();

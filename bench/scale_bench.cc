@@ -35,13 +35,10 @@ int main(int argc, char** argv) {
   app.add_option("--elems", elems, "float32 elements per tensor")->check(tools::PositiveInt());
   app.add_option("--dir", dir, "scratch directory (removed first)");
   app.add_option("--csv", csv, "append a row to this CSV file");
+  if (const int rc = tools::ParseCommandLineOnEveryRank(app, argc, argv); rc >= 0) return rc;
   int rank = 0, world = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
-  if (const int rc = tools::ParseCommandLine(app, argc, argv, rank != 0); rc >= 0) {
-    MPI_Finalize();
-    return rc;
-  }
   at::set_num_threads(1);
   if (rank == 0) std::filesystem::remove_all(dir);
   auto comm = MakeMpiCommunicator();

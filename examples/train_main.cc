@@ -33,8 +33,6 @@
 
 namespace {
 
-using distckpt::tools::ParseCommandLine;
-
 struct Args {
   std::string ckpt_dir;
   int64_t steps = 20;
@@ -464,12 +462,8 @@ int main(int argc, char** argv) {
   CLI::App app("distckpt-train: data-parallel training with distckpt checkpoints",
                "distckpt-train");
   AddOptions(app, &args);
-  int world_rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
-  const int parsed = ParseCommandLine(app, argc, argv, /*quiet=*/world_rank != 0);
-  if (parsed >= 0) {
-    MPI_Finalize();
-    return parsed;
+  if (const int rc = distckpt::tools::ParseCommandLineOnEveryRank(app, argc, argv); rc >= 0) {
+    return rc;
   }
   at::set_num_threads(1);
   auto comm = distckpt::MakeDefaultCommunicator();

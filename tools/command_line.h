@@ -6,6 +6,8 @@
 // exits with code 2; --help prints the usage and exits 0.
 #pragma once
 
+#include <mpi.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdint>
 #include <cstdio>
@@ -82,6 +84,16 @@ inline int ParseCommandLine(CLI::App& app, int argc, char** argv, bool quiet = f
     }
     return 2;
   }
+}
+
+// For programs under mpirun (MPI initialised): every rank parses, rank 0 alone prints. On
+// --help or a mistake MPI is finalised and the exit code returned; -1 when `argv` parsed.
+inline int ParseCommandLineOnEveryRank(CLI::App& app, int argc, char** argv) {
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  const int rc = ParseCommandLine(app, argc, argv, /*quiet=*/rank != 0);
+  if (rc >= 0) MPI_Finalize();
+  return rc;
 }
 
 }  // namespace distckpt::tools

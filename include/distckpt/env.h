@@ -4,8 +4,8 @@
 // rename, list, remove and lock through an Env, so tests can inject a fault into any one call
 // (short writes, ENOSPC, failed fsync, rename or lock) by wrapping the default with EnvWrapper.
 // HDF5's own I/O of rank files goes through it too (an HDF5 file driver over Env,
-// src/hdf5/env_driver.h); the manifest is encoded in memory and written through the Env. Env::Default() is thread-safe; file objects are
-// thread-compatible.
+// src/hdf5/env_driver.h); the manifest is encoded in memory and written through the Env.
+// Env::Default() is thread-safe; file objects are thread-compatible.
 #pragma once
 
 #include <cstdint>
