@@ -455,5 +455,35 @@ TEST(VerifyThenPlace, LoadsIntoPlaceWithoutStagingAndCatchesBytesThatChangeInBet
   }
 }
 
+// A repeated save of the same shapes reuses the plan; another shape plans afresh. Both load.
+TEST(Storage, ARepeatedSaveReusesThePlan) {
+  const std::string root = testing::ScratchDir("root");
+  Checkpointer ckpt(root, Comm());
+  StateTree tree;
+  tree.SetTensor("w", Pattern({64, 3}, at::kFloat, 1));
+  tree.SetTensor("b", Pattern({3}, at::kDouble, 2));
+  ckpt.Save(tree, 1);
+  EXPECT_EQ(ckpt.plan_cache_hits(), 0);
+  tree.mutable_tensors()["w"].tensor.add_(1);  // new values, same shapes
+  const std::string second = ckpt.Save(tree, 2);
+  EXPECT_EQ(ckpt.plan_cache_hits(), 1);
+  tree.SetTensor("w", Pattern({65, 3}, at::kFloat, 3));  // a new shape
+  const std::string third = ckpt.Save(tree, 3);
+  EXPECT_EQ(ckpt.plan_cache_hits(), 1);
+  for (const auto& [dir, rows] : {std::pair{second, 64}, std::pair{third, 65}}) {
+    StateTree back;
+    back.SetTensor("w", at::zeros({rows, 3}));
+    back.SetTensor("b", at::zeros({3}, at::kDouble));
+    ckpt.Load(dir, back);
+    EXPECT_EQ(ckpt.ReadManifest(dir).FindTensor("w")->global_shape,
+              (std::vector<int64_t>{rows, 3}));
+    EXPECT_TRUE(BitEqual(back.tensor("b").tensor, tree.tensor("b").tensor));
+  }
+  StateTree back;
+  back.SetTensor("w", at::zeros({65, 3}));
+  ckpt.Load(third, back);
+  EXPECT_TRUE(BitEqual(back.tensor("w").tensor, tree.tensor("w").tensor));
+}
+
 }  // namespace
 }  // namespace distckpt

@@ -86,10 +86,8 @@ void AsyncCheckpointer::SaveAsync(const StateTree& tree, int64_t step) {
   const auto t0 = std::chrono::steady_clock::now();
   Wait();
   // Planned once; the background save writes the snapshot with this very plan.
-  {
-    Checkpointer planner(root_, *comm_, options_);
-    ThrowIfError(planner.PlanCollective(tree, &plan_));
-  }
+  if (!planner_) planner_ = std::make_unique<Checkpointer>(root_, *comm_, options_);
+  ThrowIfError(planner_->PlanCollective(tree, &plan_));
   Snapshot(tree);
   for (const auto& [path, value] : tree.scalars()) snapshot_.SetScalar(path, value);
   status_ = Status::Ok();

@@ -11,9 +11,11 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <random>
 
 #include "checkpoint/rank_writer.h"
+#include "core/checksum.h"
 #include "core/guarded.h"
 #include "distckpt/checkpoint.h"
 #include "layout/filename.h"
@@ -101,11 +103,27 @@ Status Checkpointer::PlanCollective(const StateTree& tree, SavePlan* plan) {
   std::vector<LocalTensorInfo> mine;
   Status local = DescribeLocal(tree, &mine);
   RETURN_IF_ERROR(AgreeOnStatus(comm_, local));
+  const std::string encoded = EncodeInfos(mine);
+  // A training job saves the same shapes again and again: when every rank's description hashes
+  // as it did for the cached plan, the plan is reused after an exchange of 8 bytes per rank.
+  std::string key(sizeof(uint64_t), '\0');
+  const uint64_t hash = HashBytes(encoded.data(), encoded.size()) ^
+                        static_cast<uint64_t>(options_.min_split_bytes) * 0x9E3779B97F4A7C15ull;
+  std::memcpy(key.data(), &hash, sizeof(hash));
+  std::vector<std::string> keys;
+  RETURN_IF_ERROR(comm_.AllGather(key, &keys));
+  if (!plan_keys_.empty() && keys == plan_keys_) {
+    *plan = cached_plan_;
+    ++plan_cache_hits_;
+    return Status::Ok();
+  }
   std::vector<std::string> gathered;
-  RETURN_IF_ERROR(comm_.AllGather(EncodeInfos(mine), &gathered));
+  RETURN_IF_ERROR(comm_.AllGather(encoded, &gathered));
   std::vector<std::vector<LocalTensorInfo>> all(world);
   for (int r = 0; r < world; ++r) RETURN_IF_ERROR(DecodeInfos(gathered[r], &all[r]));
   ASSIGN_OR_RETURN(*plan, PlanSave(all, options_.min_split_bytes));
+  cached_plan_ = *plan;
+  plan_keys_ = std::move(keys);
   return Status::Ok();
 }
 

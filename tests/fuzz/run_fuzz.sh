@@ -27,7 +27,11 @@ export CCACHE_BASEDIR=$src
 objs=()
 for f in "${sources[@]}"; do
   o="$out/$(echo "$f" | tr / _ | sed 's/\.cc$/.o/')"; objs+=("$o")
-  [ "$o" -nt "$src/$f" ] || "${cxx[@]}" "${flags[@]}" -c "$src/$f" -o "$o"
+  # Rebuild when the source or any project header is newer than the object (a stale object
+  # compiled against an older class layout breaks the link silently).
+  if [ ! "$o" -nt "$src/$f" ] || [ -n "$(find "$src/include" "$src/src" -name '*.h' -newer "$o" | head -n 1)" ]; then
+    "${cxx[@]}" "${flags[@]}" -c "$src/$f" -o "$o"
+  fi
 done
 clang++ "${flags[@]}" "${objs[@]}" -o "$out/parsers_fuzz" -L"$torch/lib" -Wl,-rpath,"$torch/lib" \
   -ltorch_cpu -lc10 -L/usr/lib/x86_64-linux-gnu/hdf5/openmpi -lhdf5 -lxxhash \
