@@ -166,7 +166,8 @@ std::string Baseline(const std::string& name) {
 // Step `step` under `root` loads (with the default Env) and equals MakeState(seed).
 void ExpectLoads(const std::string& root, int64_t step, int64_t seed, const std::string& ctx) {
   const std::string dir = root + "/" + CheckpointDirName(step);
-  ASSERT_TRUE(VerifyCheckpoint(dir).ok() && VerifyCheckpoint(dir)->ok()) << ctx;
+  auto report = VerifyCheckpoint(dir);
+  ASSERT_TRUE(report.ok() && report->ok()) << ctx;
   StateTree want = MakeState(seed), got = MakeState(99);
   Checkpointer ckpt(root, Comm());
   ckpt.Load(dir, got);

@@ -86,6 +86,9 @@ class Checkpointer {
 
  private:
   Status ShareManifest(const std::string& dir, Manifest* manifest);
+  // The load itself; the caller holds the shared lock on `dir`.
+  Status LoadLocked(const std::string& dir, const Manifest& manifest, StateTree& tree,
+                    const LoadOptions& options);
 
   std::string root_;
   Communicator& comm_;

@@ -242,18 +242,24 @@ Manifest Checkpointer::ReadManifest(const std::string& dir) {
 
 Status Checkpointer::LoadStatus(const std::string& dir, StateTree& tree,
                                 const LoadOptions& options) {
+  // Retention elsewhere on this machine must not delete the checkpoint from before its manifest
+  // is read; a lock that cannot be taken only loses that protection.
+  auto guard = env_->LockDir(dir, LockMode::kShared);
   Manifest manifest;
   RETURN_IF_ERROR(ShareManifest(dir, &manifest).Annotate("loading '" + dir + "'"));
-  return LoadStatus(dir, manifest, tree, options);
+  return LoadLocked(dir, manifest, tree, options);
 }
 
 Status Checkpointer::LoadStatus(const std::string& dir, const Manifest& manifest, StateTree& tree,
                                 const LoadOptions& options) {
+  auto guard = env_->LockDir(dir, LockMode::kShared);  // as above
+  return LoadLocked(dir, manifest, tree, options);
+}
+
+Status Checkpointer::LoadLocked(const std::string& dir, const Manifest& manifest, StateTree& tree,
+                                const LoadOptions& options) {
   const std::string rank_tag = "rank " + std::to_string(comm_.rank());
   const std::string where = "loading '" + dir + "'";
-  // Retention elsewhere on this machine must not delete the checkpoint meanwhile; a lock that
-  // cannot be taken only loses that protection.
-  auto guard = env_->LockDir(dir, LockMode::kShared);
   LoadRun run(env_, comm_, dir, manifest, options);
   RETURN_IF_ERROR(AgreeOnStatus(comm_, run.Match(tree)).Annotate(where));
   RETURN_IF_ERROR(run.ChooseShared());
