@@ -6,7 +6,8 @@
 #include "distckpt/checkpoint.h"
 
 int main(int argc, char** argv) {
-  if (argc != 2) return 2;
+  // dtype_writer ROOT [unpacked]
+  if (argc < 2 || argc > 3) return 2;
   auto comm = distckpt::MakeLocalCommunicator();
   distckpt::StateTree tree;
   auto values = at::tensor({-2.5, -1.0, 0.0, 0.5, 1.0, 3.0}, at::kDouble).reshape({2, 3});
@@ -18,7 +19,9 @@ int main(int argc, char** argv) {
   tree.SetTensor("model_state_dict/bool", values.gt(0));
   tree.SetScalar("epoch", int64_t{7});
   tree.SetScalar("loss", 0.125);
-  distckpt::Checkpointer ckpt(argv[1], *comm);
+  distckpt::CheckpointerOptions options;
+  if (argc == 3) options.pack_below_bytes = 0;
+  distckpt::Checkpointer ckpt(argv[1], *comm, options);
   std::printf("%s\n", ckpt.Save(tree, 1).c_str());
   return 0;
 }

@@ -383,6 +383,7 @@ TEST(TimeLimit, ASaveOnSlowStorageGivesUpWithAClearError) {
   CheckpointerOptions options;
   options.env = &slow;
   options.save_timeout_seconds = 0.08;
+  options.pack_below_bytes = 0;  // one slow write per tensor
   Checkpointer ckpt(root, Comm(), options);
   StateTree tree;
   for (int i = 0; i < 5; ++i) tree.SetTensor("t" + std::to_string(i), at::ones({4}));

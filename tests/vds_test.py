@@ -4,6 +4,7 @@ usage: vds_test.py CLI CHECKPOINT_ROOT WORKDIR  (compares with distckpt export, 
 """
 import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -27,18 +28,32 @@ def leaves(d, prefix=""):
             yield prefix + str(k), v
 
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+doc = open(os.path.join(HERE, "..", "docs", "format.md")).read()
+snippet = re.search(r"<!-- h5py-reader: begin -->\n```python\n(.*?)```", doc, re.S).group(1)
+namespace = {}
+exec(snippet, namespace)
+
 os.chdir("/")  # relative source file names must resolve from anywhere
-checked = 0
+virtual = packed = 0
 with h5py.File(os.path.join(ckpt, "manifest.h5"), "r") as f:
+    in_packs = set()
+    if "_distckpt/packed" in f:
+        in_packs = {row.decode() for row in f["_distckpt/packed"]["path"]}
     for name, tensor in leaves(expected):
-        if tensor.dim() == 0:
-            continue
-        data = f[name][...]
         want = tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
+        data = namespace["read_tensor"](ckpt, name)
         assert data.shape == want.shape, (name, data.shape, want.shape)
         assert np.array_equal(data.astype(np.float64), want.astype(np.float64)), name
-        checked += 1
+        if name in in_packs:
+            assert name not in f, name + " is packed and has a virtual dataset as well"
+            packed += 1
+        elif tensor.dim() > 0 and tensor.numel() > 0:
+            assert f[name].is_virtual, name
+            virtual += 1
+assert virtual > 0 and packed > 0, (virtual, packed)
 listing = subprocess.run(["h5ls", "-r", os.path.join(ckpt, "manifest.h5")], check=True,
                          capture_output=True, text=True).stdout
-assert "nested/flat3d" in listing, listing
-print(f"h5py read {checked} virtual datasets, each equal to the exported tensor")
+assert "replicated" in listing and "nested/flat3d" not in listing, listing
+print(f"h5py read {virtual} virtual datasets and {packed} packed tensors, each equal to the "
+      "exported tensor")

@@ -105,10 +105,13 @@ int Inspect(const std::string& dir, bool json) {
                 distckpt::ShapeString(t.global_shape).c_str(),
                 distckpt::PlacementName(t.placement));
     for (const auto& s : t.shards) {
-      std::printf("      elements [%lld, %lld) in %s:%s (rank %d)\n",
+      const std::string range = s.packed ? "[" + std::to_string(s.pack_start) + ":" +
+                                               std::to_string(s.pack_start + s.flat_count) + "]"
+                                         : "";
+      std::printf("      elements [%lld, %lld) in %s:%s%s (rank %d)\n",
                   static_cast<long long>(s.flat_start),
                   static_cast<long long>(s.flat_start + s.flat_count), s.file.c_str(),
-                  s.dataset.c_str(), s.writer_rank);
+                  s.dataset.c_str(), range.c_str(), s.writer_rank);
     }
   }
   return 0;

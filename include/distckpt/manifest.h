@@ -20,7 +20,10 @@
 
 namespace distckpt {
 
-inline constexpr int kFormatVersion = 1;
+// Version 2 packs small shards of a rank into one dataset per dtype (ShardRecord::packed);
+// version 1 checkpoints (one dataset per shard) still load.
+inline constexpr int kFormatVersion = 2;
+inline constexpr int kOldestReadableFormatVersion = 1;
 
 struct ShardRecord {
   int writer_rank = 0;
@@ -28,9 +31,13 @@ struct ShardRecord {
   std::string dataset;  // HDF5 path inside the file
   int64_t flat_start = 0;
   int64_t flat_count = 0;
-  std::vector<int64_t> stored_shape;  // the dataset's shape
+  std::vector<int64_t> stored_shape;  // the dataset's shape; {flat_count} when packed
   uint64_t byte_offset = 0;           // where the data starts in the file
   std::vector<uint64_t> checksums;    // xxHash3-64 of each piece of piece_bytes
+  // A packed shard is elements [pack_start, pack_start + flat_count) of the 1-D dataset
+  // `dataset` (one per dtype and rank file) instead of a dataset of its own.
+  bool packed = false;
+  int64_t pack_start = 0;
 };
 
 // A rank file as a whole: its size and a checksum of every byte that is not tensor data (HDF5

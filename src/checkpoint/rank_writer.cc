@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <map>
 
 #include "core/checksum.h"
 #include "core/guarded.h"
@@ -32,9 +33,7 @@ at::Tensor SourceOf(const TensorEntry& entry, const WriteItem& item) {
 }
 
 Status WriteBytes(const RankFileJob& job, WritableFile* file, const std::string& where,
-                  uint64_t offset, const at::Tensor& src) {
-  const size_t nbytes = src.nbytes();
-  const char* data = static_cast<const char*>(src.data_ptr());
+                  uint64_t offset, const char* data, size_t nbytes) {
   for (size_t off = 0; off < nbytes; off += kWritePiece) {
     if (job.deadline > 0 && MonotonicSeconds() > job.deadline) {
       return Status(Code::kAborted, where +
@@ -70,43 +69,156 @@ Result<FileRecord> RecordFile(Env* env, const std::string& path,
 
 }  // namespace
 
+namespace {
+
+// Where one planned write goes: its own dataset, or a range of its dtype's pack.
+struct Placement {
+  at::Tensor source;
+  DatasetRequest request;  // of its own dataset; unused when packed
+  bool packed = false;
+  size_t pack = 0;         // index into the pack requests
+  int64_t pack_start = 0;  // elements into the pack
+  uint64_t byte_offset = 0;
+};
+
+// Decides every write's dataset; returns the dataset requests, own datasets first.
+std::vector<DatasetRequest> LayOut(const RankFileJob& job, const StateTree& tree,
+                                   const std::vector<WriteItem>& items,
+                                   std::vector<Placement>* placements) {
+  std::vector<DatasetRequest> own, packs;
+  std::map<at::ScalarType, size_t> pack_of;
+  for (const WriteItem& item : items) {
+    const TensorEntry& entry = tree.tensor(item.path);
+    Placement p;
+    p.source = SourceOf(entry, item);
+    p.request = {item.path, p.source.scalar_type(), StoredShape(entry, item)};
+    p.packed = static_cast<int64_t>(p.source.nbytes()) < job.pack_below_bytes;
+    if (p.packed) {
+      auto [it, added] = pack_of.emplace(p.request.dtype, packs.size());
+      if (added)
+        packs.push_back({PackDatasetName(DtypeName(p.request.dtype)), p.request.dtype, {0}});
+      p.pack = it->second;
+      p.pack_start = packs[p.pack].shape[0];
+      packs[p.pack].shape[0] += item.flat_count;
+    } else {
+      own.push_back(p.request);
+    }
+    placements->push_back(std::move(p));
+  }
+  own.insert(own.end(), packs.begin(), packs.end());
+  return own;
+}
+
+void AssignOffsets(const std::vector<uint64_t>& offsets, size_t own_count,
+                   std::vector<Placement>* placements) {
+  size_t next_own = 0;
+  for (Placement& p : *placements) {
+    if (p.packed) {
+      p.byte_offset = offsets[own_count + p.pack] +
+                      static_cast<uint64_t>(p.pack_start) * p.source.element_size();
+    } else {
+      p.byte_offset = offsets[next_own++];
+    }
+  }
+}
+
+// Writes the packed sources through a bounded buffer, so that neighbours in a pack become one
+// large write instead of one small write each.
+class PackWriter {
+ public:
+  PackWriter(const RankFileJob& job, WritableFile* file) : job_(job), file_(file) {}
+
+  Status Add(const std::string& where, uint64_t offset, const at::Tensor& src) {
+    const size_t n = src.nbytes();
+    if (!buffer_.empty() &&
+        (offset != start_ + buffer_.size() || buffer_.size() + n > kWritePiece)) {
+      RETURN_IF_ERROR(Flush());
+    }
+    if (buffer_.empty()) start_ = offset;
+    const char* data = static_cast<const char*>(src.data_ptr());
+    buffer_.insert(buffer_.end(), data, data + n);
+    if (first_.empty()) first_ = where;
+    last_ = where;
+    return Status::Ok();
+  }
+
+  Status Flush() {
+    if (buffer_.empty()) return Status::Ok();
+    const std::string where = "packed " + (first_ == last_ ? first_ : first_ + " to " + last_);
+    Status s = WriteBytes(job_, file_, where, start_, buffer_.data(), buffer_.size());
+    buffer_.clear();
+    first_.clear();
+    return s;
+  }
+
+ private:
+  const RankFileJob& job_;
+  WritableFile* file_;
+  std::vector<char> buffer_;
+  uint64_t start_ = 0;
+  std::string first_, last_;  // the first and last tensor in the buffer, for errors
+};
+
+ShardRecord RecordShard(const RankFileJob& job, const WriteItem& item, const Placement& p) {
+  ShardRecord shard;
+  shard.writer_rank = job.rank;
+  shard.file = RankFileName(job.rank);
+  shard.dataset = p.packed ? PackDatasetName(DtypeName(p.request.dtype)) : item.path;
+  shard.packed = p.packed;
+  shard.pack_start = p.pack_start;
+  shard.flat_start = item.flat_start;
+  shard.flat_count = item.flat_count;
+  shard.stored_shape = p.packed ? std::vector<int64_t>{item.flat_count} : p.request.shape;
+  shard.byte_offset = p.byte_offset;
+  shard.checksums =
+      PieceHashes(p.source.data_ptr(), p.source.nbytes(), static_cast<size_t>(job.piece_bytes));
+  return shard;
+}
+
+}  // namespace
+
 Status WriteRankFile(const RankFileJob& job, const StateTree& tree, const SavePlan& plan,
                      std::vector<TensorRecord>* shards, std::vector<FileRecord>* files) {
   const std::vector<WriteItem>& items = plan.per_rank[job.rank];
   if (items.empty()) return Status::Ok();
-  const std::string name = RankFileName(job.rank);
-  const std::string path = JoinPath(job.dir, name);
+  const std::string path = JoinPath(job.dir, RankFileName(job.rank));
   const std::string rank_tag = ", rank " + std::to_string(job.rank);
-  std::vector<DatasetRequest> requests;
-  std::vector<at::Tensor> sources;
-  for (const WriteItem& item : items) {
-    const TensorEntry& entry = tree.tensor(item.path);
-    sources.push_back(SourceOf(entry, item));
-    requests.push_back({item.path, sources.back().scalar_type(), StoredShape(entry, item)});
-  }
+  std::vector<Placement> placements;
+  const std::vector<DatasetRequest> requests = LayOut(job, tree, items, &placements);
+  size_t own_count = 0;
+  for (const Placement& p : placements) own_count += p.packed ? 0 : 1;
   ASSIGN_OR_RETURN(std::vector<uint64_t> offsets, CreateRankFile(job.env, path, requests));
+  AssignOffsets(offsets, own_count, &placements);
   ASSIGN_OR_RETURN(auto file, job.env->OpenWritable(path));
+  // Own datasets first, then each pack front to back, so that packed neighbours coalesce.
+  std::vector<size_t> order(items.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    const Placement& pa = placements[a];
+    const Placement& pb = placements[b];
+    return std::make_pair(pa.packed, pa.pack) < std::make_pair(pb.packed, pb.pack);
+  });
+  PackWriter packs(job, file.get());
+  for (size_t i : order) {
+    const Placement& p = placements[i];
+    const std::string where = "tensor '" + items[i].path + "'" + rank_tag;
+    if (p.packed) {
+      RETURN_IF_ERROR(packs.Add(where, p.byte_offset, p.source));
+    } else {
+      RETURN_IF_ERROR(WriteBytes(job, file.get(), where, p.byte_offset,
+                                 static_cast<const char*>(p.source.data_ptr()), p.source.nbytes()));
+    }
+  }
   std::vector<std::pair<uint64_t, uint64_t>> data;
   for (size_t i = 0; i < items.size(); ++i) {
-    const WriteItem& item = items[i];
-    const at::Tensor& src = sources[i];
-    RETURN_IF_ERROR(
-        WriteBytes(job, file.get(), "tensor '" + item.path + "'" + rank_tag, offsets[i], src));
-    data.emplace_back(offsets[i], offsets[i] + src.nbytes());
-    ShardRecord shard{
-        job.rank,
-        name,
-        item.path,
-        item.flat_start,
-        item.flat_count,
-        requests[i].shape,
-        offsets[i],
-        PieceHashes(src.data_ptr(), src.nbytes(), static_cast<size_t>(job.piece_bytes))};
+    const Placement& p = placements[i];
+    data.emplace_back(p.byte_offset, p.byte_offset + p.source.nbytes());
     TensorRecord record;
-    record.path = item.path;
-    record.shards.push_back(std::move(shard));
+    record.path = items[i].path;
+    record.shards.push_back(RecordShard(job, items[i], p));
     shards->push_back(std::move(record));
   }
+  RETURN_IF_ERROR(packs.Flush());
   RETURN_IF_ERROR(file->Sync().Annotate("rank " + std::to_string(job.rank)));
   RETURN_IF_ERROR(file->Close());
   ASSIGN_OR_RETURN(FileRecord record, RecordFile(job.env, path, std::move(data)));

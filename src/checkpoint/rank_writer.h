@@ -16,7 +16,8 @@ struct RankFileJob {
   std::string dir;  // the temporary checkpoint directory
   int rank = 0;
   int64_t piece_bytes = 1 << 20;
-  double deadline = 0;  // MonotonicSeconds() after which writing gives up; 0: none
+  int64_t pack_below_bytes = 64 << 10;  // CheckpointerOptions::pack_below_bytes
+  double deadline = 0;                  // MonotonicSeconds() after which writing gives up; 0: none
 };
 
 // Writes plan.per_rank[job.rank] of `tree` into the rank file (HDF5 creates the structure; the

@@ -155,7 +155,8 @@ Status Checkpointer::SavePlanned(const StateTree& tree, const SavePlan& plan, in
 
   std::vector<TensorRecord> written;
   std::vector<FileRecord> written_files;
-  const RankFileJob job{env_, tmp_dir, rank, options_.piece_bytes, deadline};
+  const RankFileJob job{env_,    tmp_dir, rank, options_.piece_bytes, options_.pack_below_bytes,
+                        deadline};
   local = Guarded("writing rank " + std::to_string(rank),
                   [&] { return WriteRankFile(job, tree, plan, &written, &written_files); });
   Status agreed = AgreeOnStatus(comm_, local);

@@ -2,6 +2,9 @@
 
 #include <hdf5.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "core/checksum.h"
 #include "hdf5/rank_file.h"
 
@@ -10,6 +13,7 @@ namespace distckpt {
 namespace {
 
 constexpr char kIndexDataset[] = "/_distckpt/index";
+constexpr char kPackedTable[] = "/_distckpt/packed";
 
 template <typename T>
 void WriteAttribute(hid_t obj, const char* name, hid_t type, const T& value) {
@@ -64,15 +68,24 @@ void ForEachBlock(const std::vector<int64_t>& shape, int64_t start, int64_t coun
   }
 }
 
+bool HasPackedShard(const TensorRecord& t) {
+  for (const ShardRecord& s : t.shards) {
+    if (s.packed) return true;
+  }
+  return false;
+}
+
 // A virtual dataset per tensor that stitches its shards from the rank files, so that
-// h5py.File("manifest.h5")["model_state_dict/w"][...] is the whole tensor. 0-d tensors and
-// empty tensors are left out: HDF5 maps no scalar or empty selections.
+// h5py.File("manifest.h5")["model_state_dict/w"][...] is the whole tensor. 0-d tensors, empty
+// tensors and tensors in packs are left out: HDF5 maps no scalar or empty selections, and a
+// virtual dataset costs about a kilobyte, more than a small tensor (those are listed in the
+// packed table instead).
 Status WriteVirtualDatasets(hid_t file, const Manifest& m) {
   hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
   H5Pset_create_intermediate_group(lcpl, 1);
   Status status;
   for (const TensorRecord& t : m.tensors) {
-    if (t.global_shape.empty() || t.numel() == 0) continue;
+    if (t.global_shape.empty() || t.numel() == 0 || HasPackedShard(t)) continue;
     const int rank = static_cast<int>(t.global_shape.size());
     std::vector<hsize_t> dims(t.global_shape.begin(), t.global_shape.end());
     hid_t vspace = H5Screate_simple(rank, dims.data(), nullptr);
@@ -114,6 +127,80 @@ Status WriteVirtualDatasets(hid_t file, const Manifest& m) {
   }
   H5Pclose(lcpl);
   return status;
+}
+
+// One row of the packed table.
+struct PackedRow {
+  const TensorRecord* tensor;
+  const ShardRecord* shard;
+  std::string shape;  // the tensor's global shape as JSON, e.g. "[2, 3]"
+};
+
+hid_t FixedString(size_t width) {
+  hid_t t = H5Tcopy(H5T_C_S1);
+  H5Tset_size(t, std::max<size_t>(width, 1));
+  H5Tset_strpad(t, H5T_STR_NULLPAD);
+  return t;
+}
+
+// The table /_distckpt/packed (compressed), one row per packed shard: path, file, dataset,
+// pack_start, count, flat_start, shape. h5py reads a packed tensor as
+// File(file)[dataset][pack_start:pack_start + count], its shards put in flat_start order and
+// reshaped to `shape`.
+Status WritePackedTable(hid_t file, const Manifest& m) {
+  std::vector<PackedRow> rows;
+  size_t widths[4] = {1, 1, 1, 1};
+  for (const TensorRecord& t : m.tensors) {
+    for (const ShardRecord& s : t.shards) {
+      if (!s.packed) continue;
+      std::string shape = "[";
+      for (size_t d = 0; d < t.global_shape.size(); ++d) {
+        shape += (d ? ", " : "") + std::to_string(t.global_shape[d]);
+      }
+      rows.push_back({&t, &s, shape + "]"});
+      widths[0] = std::max(widths[0], t.path.size());
+      widths[1] = std::max(widths[1], s.file.size());
+      widths[2] = std::max(widths[2], s.dataset.size());
+      widths[3] = std::max(widths[3], rows.back().shape.size());
+    }
+  }
+  if (rows.empty()) return Status::Ok();
+  const size_t offsets[] = {0, widths[0], widths[0] + widths[1], widths[0] + widths[1] + widths[2]};
+  const size_t ints = offsets[3] + widths[3];
+  const size_t row_size = ints + 3 * sizeof(int64_t);
+  hid_t type = H5Tcreate(H5T_COMPOUND, row_size);
+  const char* names[] = {"path", "file", "dataset", "shape"};
+  for (int i = 0; i < 4; ++i) {
+    hid_t str = FixedString(widths[i]);
+    H5Tinsert(type, names[i], offsets[i], str);
+    H5Tclose(str);
+  }
+  H5Tinsert(type, "pack_start", ints, H5T_STD_I64LE);
+  H5Tinsert(type, "count", ints + 8, H5T_STD_I64LE);
+  H5Tinsert(type, "flat_start", ints + 16, H5T_STD_I64LE);
+  std::vector<char> buffer(rows.size() * row_size, '\0');
+  for (size_t r = 0; r < rows.size(); ++r) {
+    char* row = buffer.data() + r * row_size;
+    const std::string* text[] = {&rows[r].tensor->path, &rows[r].shard->file,
+                                 &rows[r].shard->dataset, &rows[r].shape};
+    for (int i = 0; i < 4; ++i) std::memcpy(row + offsets[i], text[i]->data(), text[i]->size());
+    const int64_t numbers[] = {rows[r].shard->pack_start, rows[r].shard->flat_count,
+                               rows[r].shard->flat_start};
+    std::memcpy(row + ints, numbers, sizeof(numbers));
+  }
+  hsize_t dims[1] = {rows.size()};
+  hsize_t chunk[1] = {std::min<hsize_t>(rows.size(), 4096)};
+  hid_t space = H5Screate_simple(1, dims, nullptr);
+  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  H5Pset_chunk(dcpl, 1, chunk);
+  H5Pset_deflate(dcpl, 1);
+  hid_t ds = H5Dcreate2(file, kPackedTable, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  const herr_t rc = ds < 0 ? -1 : H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buffer.data());
+  if (ds >= 0) H5Dclose(ds);
+  H5Pclose(dcpl);
+  H5Sclose(space);
+  H5Tclose(type);
+  return rc < 0 ? Internal("cannot write the packed table of the manifest") : Status::Ok();
 }
 
 // A file access list for an in-memory HDF5 file (the core driver without a backing store).
@@ -207,6 +294,7 @@ Result<std::string> EncodeManifestFile(const Manifest& m) {
   Status status;
   if (WriteIndex(file, index) < 0) status = Internal("cannot write the manifest index");
   if (status.ok()) status = WriteVirtualDatasets(file, m);
+  if (status.ok()) status = WritePackedTable(file, m);
   std::string image = status.ok() ? FileImage(file) : std::string();
   H5Fclose(file);
   RETURN_IF_ERROR(status);

@@ -61,4 +61,8 @@ std::string BaseName(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
+std::string PackDatasetName(const std::string& dtype_name) {
+  return "_distckpt/pack/" + dtype_name;
+}
+
 }  // namespace distckpt

@@ -29,6 +29,10 @@ enum class DirKind { kOther, kCommitted, kTemporary };
 // What a directory entry under a checkpoint root is; sets *step for the two checkpoint kinds.
 DirKind ParseCheckpointDirName(const std::string& name, int64_t* step);
 
+// Inside a rank file, the 1-D dataset that holds the packed small shards of one dtype:
+// "_distckpt/pack/float32". `dtype_name` as DtypeName() spells it.
+std::string PackDatasetName(const std::string& dtype_name);
+
 // "a/b" from "a" and "b"; `b` alone when `a` is empty.
 std::string JoinPath(const std::string& a, const std::string& b);
 // The last component of a path.

@@ -79,6 +79,7 @@ void to_json(json& j, const ShardRecord& s) {
        {"dataset", s.dataset},         {"flat_start", s.flat_start},
        {"flat_count", s.flat_count},   {"stored_shape", s.stored_shape},
        {"byte_offset", s.byte_offset}, {"xxh3", s.checksums}};
+  if (s.packed) j["pack_start"] = s.pack_start;
 }
 
 void from_json(const json& j, ShardRecord& s) {
@@ -90,6 +91,9 @@ void from_json(const json& j, ShardRecord& s) {
   j.at("stored_shape").get_to(s.stored_shape);
   j.at("byte_offset").get_to(s.byte_offset);
   j.at("xxh3").get_to(s.checksums);
+  auto pack = j.find("pack_start");
+  s.packed = pack != j.end();
+  if (s.packed) pack->get_to(s.pack_start);
 }
 
 void to_json(json& j, const FileRecord& f) {

@@ -50,6 +50,9 @@ Status ValidateTensor(const Manifest& m, const TensorRecord& t) {
       return Corrupt(where + ": shard in '" + s.file + "' has a shape that does not match its " +
                      std::to_string(s.flat_count) + " elements");
     }
+    if (s.packed && (s.pack_start < 0 || m.format_version < 2)) {
+      return Corrupt(where + ": packed shard in '" + s.file + "' with a bad start");
+    }
     const int64_t bytes = s.flat_count * esize;
     const int64_t pieces = (bytes + m.piece_bytes - 1) / m.piece_bytes;
     if (static_cast<int64_t>(s.checksums.size()) != pieces) {
@@ -65,9 +68,10 @@ Status ValidateTensor(const Manifest& m, const TensorRecord& t) {
 }  // namespace
 
 Status ValidateManifest(const Manifest& m) {
-  if (m.format_version != kFormatVersion) {
+  if (m.format_version < kOldestReadableFormatVersion || m.format_version > kFormatVersion) {
     return Mismatch("format version " + std::to_string(m.format_version) +
-                    " is not supported (this build reads version " +
+                    " is not supported (this build reads versions " +
+                    std::to_string(kOldestReadableFormatVersion) + " to " +
                     std::to_string(kFormatVersion) + ")");
   }
   if (m.world_size < 1) return Corrupt("world size " + std::to_string(m.world_size));
