@@ -65,6 +65,7 @@ class Checkpointer {
   const std::string& root() const { return root_; }
   Communicator& comm() { return comm_; }
   const LoadStats& last_load_stats() const { return load_stats_; }
+  const SaveStats& last_save_stats() const { return save_stats_; }
 
   Status SaveStatus(const StateTree& tree, int64_t step, std::string* dir);
   // Collective. The plan Save would follow for `tree` (see plan.h). The last plan is kept: when
@@ -95,6 +96,7 @@ class Checkpointer {
   CheckpointerOptions options_;
   Env* env_;
   LoadStats load_stats_;
+  SaveStats save_stats_;
   std::vector<std::string> plan_keys_;  // every rank's description hash for cached_plan_
   SavePlan cached_plan_;
   int64_t plan_cache_hits_ = 0;

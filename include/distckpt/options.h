@@ -59,6 +59,20 @@ struct LoadOptions {
   ReadOnce read_once = ReadOnce::kAuto;
 };
 
+// Where this rank's time went in the last save, in seconds. Coordination is everything but
+// `write_seconds`: describing and planning, HDF5 structure, checksums, votes, the exchange of
+// shard tables and the manifest.
+struct SaveStats {
+  double total_seconds = 0;
+  double plan_seconds = 0;    // describe the tree, exchange, plan (or check the cached plan)
+  double layout_seconds = 0;  // create the rank file's HDF5 structure
+  double write_seconds = 0;   // write the tensor bytes and fsync the rank file
+  double commit_seconds = 0;  // votes, exchange of shard tables, manifest (rank 0) and renames
+  bool plan_reused = false;
+  int64_t bytes_written = 0;  // tensor bytes this rank wrote
+  double coordination_seconds() const { return total_seconds - write_seconds; }
+};
+
 struct LoadStats {
   int64_t bytes_read = 0;      // bytes this rank read from storage, checksum padding included
   int64_t bytes_reread = 0;    // of those, read a second time into place after verification

@@ -18,6 +18,7 @@
 #include "core/guarded.h"
 #include "distckpt/checkpoint.h"
 #include "io/shard_reader.h"
+#include "manifest/fragment.h"
 
 namespace distckpt {
 namespace {
@@ -215,21 +216,22 @@ class LoadRun {
 }  // namespace
 
 Status Checkpointer::ShareManifest(const std::string& dir, Manifest* manifest) {
-  std::string json;
+  std::string wire;
   Status local;
   if (comm_.rank() == 0) {
     auto read = distckpt::ReadManifest(dir, env_);
     if (read.ok()) {
-      json = read.value().ToJson();
       *manifest = std::move(read).value();
+      if (comm_.size() > 1) wire = EncodeManifestWire(*manifest);
     } else {
       local = read.status();
     }
   }
   RETURN_IF_ERROR(AgreeOnStatus(comm_, local));
-  RETURN_IF_ERROR(comm_.Broadcast(&json, 0));
+  if (comm_.size() == 1) return Status::Ok();
+  RETURN_IF_ERROR(comm_.Broadcast(&wire, 0));
   if (comm_.rank() != 0) {
-    ASSIGN_OR_RETURN(*manifest, Manifest::FromJson(json));
+    ASSIGN_OR_RETURN(*manifest, DecodeManifestWire(wire));
   }
   return Status::Ok();
 }

@@ -178,7 +178,8 @@ ShardRecord RecordShard(const RankFileJob& job, const WriteItem& item, const Pla
 }  // namespace
 
 Status WriteRankFile(const RankFileJob& job, const StateTree& tree, const SavePlan& plan,
-                     std::vector<TensorRecord>* shards, std::vector<FileRecord>* files) {
+                     std::vector<TensorRecord>* shards, std::vector<FileRecord>* files,
+                     SaveStats* stats) {
   const std::vector<WriteItem>& items = plan.per_rank[job.rank];
   if (items.empty()) return Status::Ok();
   const std::string path = JoinPath(job.dir, RankFileName(job.rank));
@@ -187,7 +188,10 @@ Status WriteRankFile(const RankFileJob& job, const StateTree& tree, const SavePl
   const std::vector<DatasetRequest> requests = LayOut(job, tree, items, &placements);
   size_t own_count = 0;
   for (const Placement& p : placements) own_count += p.packed ? 0 : 1;
+  double t0 = MonotonicSeconds();
   ASSIGN_OR_RETURN(std::vector<uint64_t> offsets, CreateRankFile(job.env, path, requests));
+  stats->layout_seconds += MonotonicSeconds() - t0;
+  t0 = MonotonicSeconds();
   AssignOffsets(offsets, own_count, &placements);
   ASSIGN_OR_RETURN(auto file, job.env->OpenWritable(path));
   // Own datasets first, then each pack front to back, so that packed neighbours coalesce.
@@ -201,6 +205,7 @@ Status WriteRankFile(const RankFileJob& job, const StateTree& tree, const SavePl
   PackWriter packs(job, file.get());
   for (size_t i : order) {
     const Placement& p = placements[i];
+    stats->bytes_written += static_cast<int64_t>(p.source.nbytes());
     const std::string where = "tensor '" + items[i].path + "'" + rank_tag;
     if (p.packed) {
       RETURN_IF_ERROR(packs.Add(where, p.byte_offset, p.source));
@@ -209,6 +214,10 @@ Status WriteRankFile(const RankFileJob& job, const StateTree& tree, const SavePl
                                  static_cast<const char*>(p.source.data_ptr()), p.source.nbytes()));
     }
   }
+  RETURN_IF_ERROR(packs.Flush());
+  RETURN_IF_ERROR(file->Sync().Annotate("rank " + std::to_string(job.rank)));
+  RETURN_IF_ERROR(file->Close());
+  stats->write_seconds += MonotonicSeconds() - t0;
   std::vector<std::pair<uint64_t, uint64_t>> data;
   for (size_t i = 0; i < items.size(); ++i) {
     const Placement& p = placements[i];
@@ -218,9 +227,6 @@ Status WriteRankFile(const RankFileJob& job, const StateTree& tree, const SavePl
     record.shards.push_back(RecordShard(job, items[i], p));
     shards->push_back(std::move(record));
   }
-  RETURN_IF_ERROR(packs.Flush());
-  RETURN_IF_ERROR(file->Sync().Annotate("rank " + std::to_string(job.rank)));
-  RETURN_IF_ERROR(file->Close());
   ASSIGN_OR_RETURN(FileRecord record, RecordFile(job.env, path, std::move(data)));
   files->push_back(std::move(record));
   return Status::Ok();

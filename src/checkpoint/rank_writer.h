@@ -6,6 +6,7 @@
 
 #include "distckpt/env.h"
 #include "distckpt/manifest.h"
+#include "distckpt/options.h"
 #include "distckpt/plan.h"
 #include "distckpt/tree.h"
 
@@ -24,7 +25,9 @@ struct RankFileJob {
 // tensor bytes go through the Env at the datasets' offsets), fsyncs it and appends one shard
 // record per write and one file record. Writes nothing when the rank has nothing planned.
 // Errors name the tensor, the file and the rank.
+// Adds to stats->layout_seconds, write_seconds and bytes_written.
 Status WriteRankFile(const RankFileJob& job, const StateTree& tree, const SavePlan& plan,
-                     std::vector<TensorRecord>* shards, std::vector<FileRecord>* files);
+                     std::vector<TensorRecord>* shards, std::vector<FileRecord>* files,
+                     SaveStats* stats);
 
 }  // namespace distckpt

@@ -115,6 +115,7 @@ Status Checkpointer::PlanCollective(const StateTree& tree, SavePlan* plan) {
   if (!plan_keys_.empty() && keys == plan_keys_) {
     *plan = cached_plan_;
     ++plan_cache_hits_;
+    save_stats_.plan_reused = true;
     return Status::Ok();
   }
   std::vector<std::string> gathered;
@@ -132,14 +133,24 @@ Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string
     return InvalidArgument("step " + std::to_string(step) + " is outside [0, " +
                            std::to_string(kMaxStep) + "]");
   }
+  const double start = MonotonicSeconds();
+  save_stats_ = SaveStats();
   SavePlan plan;
   RETURN_IF_ERROR(PlanCollective(tree, &plan));
-  return SavePlanned(tree, plan, step, out_dir);
+  const double plan_seconds = MonotonicSeconds() - start;
+  Status saved = SavePlanned(tree, plan, step, out_dir);
+  save_stats_.plan_seconds = plan_seconds;
+  save_stats_.total_seconds = MonotonicSeconds() - start;
+  return saved;
 }
 
 Status Checkpointer::SavePlanned(const StateTree& tree, const SavePlan& plan, int64_t step,
                                  std::string* out_dir) {
   const int rank = comm_.rank();
+  const double start = MonotonicSeconds();
+  const bool reused = save_stats_.plan_reused;
+  save_stats_ = SaveStats();
+  save_stats_.plan_reused = reused;
   const double deadline =
       options_.save_timeout_seconds > 0 ? MonotonicSeconds() + options_.save_timeout_seconds : 0;
   std::string tmp_name;
@@ -157,8 +168,10 @@ Status Checkpointer::SavePlanned(const StateTree& tree, const SavePlan& plan, in
   std::vector<FileRecord> written_files;
   const RankFileJob job{env_,    tmp_dir, rank, options_.piece_bytes, options_.pack_below_bytes,
                         deadline};
-  local = Guarded("writing rank " + std::to_string(rank),
-                  [&] { return WriteRankFile(job, tree, plan, &written, &written_files); });
+  local = Guarded("writing rank " + std::to_string(rank), [&] {
+    return WriteRankFile(job, tree, plan, &written, &written_files, &save_stats_);
+  });
+  const double written_at = MonotonicSeconds();
   Status agreed = AgreeOnStatus(comm_, local);
   std::vector<std::string> fragments;
   if (agreed.ok()) agreed = comm_.AllGather(EncodeFragment(written, written_files), &fragments);
@@ -181,6 +194,8 @@ Status Checkpointer::SavePlanned(const StateTree& tree, const SavePlan& plan, in
   RETURN_IF_ERROR(
       AgreeOnStatus(comm_, local).Annotate("commit of step " + std::to_string(step) + " failed"));
   *out_dir = final_dir;
+  save_stats_.commit_seconds = MonotonicSeconds() - written_at;
+  save_stats_.total_seconds = MonotonicSeconds() - start;
   return Status::Ok();
 }
 

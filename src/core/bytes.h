@@ -39,6 +39,7 @@ class ByteReader {
     return true;
   }
   bool done() const { return pos_ == in_.size(); }
+  size_t remaining() const { return in_.size() - pos_; }
 
  private:
   const std::string& in_;

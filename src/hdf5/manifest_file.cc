@@ -232,8 +232,15 @@ herr_t WriteIndex(hid_t file, const std::string& index) {
   hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
   H5Pset_create_intermediate_group(lcpl, 1);
   hsize_t dims[1] = {index.size()};
+  hsize_t chunk[1] = {std::min<hsize_t>(index.size(), 1 << 20)};
   hid_t space = H5Screate_simple(1, dims, nullptr);
-  hid_t ds = H5Dcreate2(file, kIndexDataset, H5T_STD_U8LE, space, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+  // Compressed (h5py decompresses transparently): the index of many small tensors is mostly
+  // repeated keys and names, and would otherwise be larger than the tensors themselves.
+  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  H5Pset_chunk(dcpl, 1, chunk);
+  H5Pset_deflate(dcpl, 1);
+  hid_t ds = H5Dcreate2(file, kIndexDataset, H5T_STD_U8LE, space, lcpl, dcpl, H5P_DEFAULT);
+  H5Pclose(dcpl);
   herr_t rc =
       ds < 0 ? -1 : H5Dwrite(ds, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, index.data());
   if (ds >= 0) H5Dclose(ds);
