@@ -8,29 +8,13 @@ import argparse
 import json
 import os
 import shutil
-import time
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from dcp_common import evict, timed
 
 
-def evict(path):
-    for root, _, files in os.walk(path):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            os.close(fd)
-
-
-def timed(fn):
-    dist.barrier()
-    t0 = time.perf_counter()
-    fn()
-    dist.barrier()
-    t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.item()
 
 
 def build(a):
