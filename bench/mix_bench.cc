@@ -149,6 +149,7 @@ int main(int argc, char** argv) {
   Checkpointer ckpt(dir + "/ckpt", *comm);
   std::map<std::string, std::vector<double>> times;
   std::string saved;
+  int round_now = 0;
   auto evict = [&] {
     bench::EvictFromPageCache(raw.File(rank));
     if (rank == 0 && !saved.empty()) bench::EvictTree(saved);
@@ -157,6 +158,9 @@ int main(int argc, char** argv) {
   auto time = [&](const std::string& what, auto&& fn) {
     evict();
     times[what].push_back(bench::TimeCollective(fn));
+    if (rank == 0 && std::getenv("MIX_BENCH_VERBOSE")) {
+      std::printf("  round %d: %s %.2f s\n", round_now, what.c_str(), times[what].back());
+    }
   };
   auto check = [&](bool ok, const char* what) {
     int all = ok ? 1 : 0;
@@ -167,6 +171,7 @@ int main(int argc, char** argv) {
     }
   };
   for (int round = 0; round < rounds; ++round) {
+    round_now = round;
     auto ours = [&] {
       if (rank == 0 && !saved.empty()) std::filesystem::remove_all(saved);
       time("save distckpt", [&] { saved = ckpt.Save(state.source, round); });

@@ -131,6 +131,39 @@ TEST(PackedLayout, AFlippedBitInAPackIsAttributedToItsTensor) {
   EXPECT_TRUE(VerifyCheckpoint(dir)->ok());
 }
 
+// Files are read through a read-only mapping by default and through pread with DISTCKPT_MMAP=0
+// (and under any Env that does not map): both check every piece, read the same bytes and catch
+// the same damage.
+TEST(ReadPaths, MappedAndCopiedReadsVerifyTheSameBytes) {
+  const std::string root = testing::ScratchDir("root");
+  CheckpointerOptions options = SmallPacks();
+  Checkpointer ckpt(root, Comm(), options);
+  StateTree tree = BoundaryTree();
+  tree.SetTensor("big", Pattern({300, 7}, at::kFloat, 99));  // several pieces, its own dataset
+  const std::string dir = ckpt.Save(tree, 1);
+  const ShardRecord shard = ReadManifest(dir).value().FindTensor("big")->shards[0];
+  LoadStats stats[2];
+  for (int mapped = 0; mapped < 2; ++mapped) {
+    setenv("DISTCKPT_MMAP", mapped ? "1" : "0", 1);
+    StateTree back = ZerosLike(tree);
+    ckpt.Load(dir, back);
+    for (const auto& [path, e] : tree.tensors()) {
+      EXPECT_TRUE(BitEqual(back.tensor(path).tensor, e.tensor)) << path << " mapped " << mapped;
+    }
+    stats[mapped] = ckpt.last_load_stats();
+    testing::FlipBit(dir + "/" + shard.file, shard.byte_offset + 1000, 2);
+    auto report = VerifyCheckpoint(dir);
+    ASSERT_TRUE(report.ok());
+    ASSERT_EQ(report->problems.size(), 1u) << "mapped " << mapped;
+    EXPECT_TRUE(Contains(report->problems[0].message(), "'big'"));
+    testing::FlipBit(dir + "/" + shard.file, shard.byte_offset + 1000, 2);
+  }
+  unsetenv("DISTCKPT_MMAP");
+  EXPECT_EQ(stats[0].bytes_read, stats[1].bytes_read);
+  EXPECT_EQ(stats[0].bytes_verified, stats[1].bytes_verified);
+  EXPECT_GT(stats[1].bytes_verified, 0);
+}
+
 // tests/fixtures/v1: written by the release before packing (dtype_writer, one dataset per
 // tensor). It must keep loading, verifying and re-saving.
 TEST(FormatVersion1, TheFixtureLoadsVerifiesAndResavesAsVersion2) {

@@ -48,6 +48,21 @@ class ReadableFile {
   virtual Status PRead(uint64_t offset, void* data, size_t size) = 0;
   virtual Result<uint64_t> Size() = 0;
   virtual const std::string& path() const = 0;
+
+  // The whole file mapped read-only (valid while this object lives), or {nullptr, 0} when it is
+  // not mapped (the default; readers then use PRead). Readers of a mapped file must stay within
+  // `size`; bytes that storage cannot deliver end the process with SIGBUS instead of an error,
+  // which is why only the default Env maps, and DISTCKPT_MMAP=0 turns it off.
+  struct Mapping {
+    const char* data = nullptr;
+    uint64_t size = 0;
+  };
+  virtual Mapping Map() { return {}; }
+  // A hint that [offset, offset + size) will be read soon (asynchronous read-ahead).
+  virtual void Prefetch(uint64_t offset, size_t size) {
+    (void)offset;
+    (void)size;
+  }
 };
 
 class Env {

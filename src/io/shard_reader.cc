@@ -68,24 +68,74 @@ Status ShardReader::CheckFile(const std::string& name) {
 Status ShardReader::Read(const TensorRecord& tensor, const ShardRecord& shard, int64_t elem_begin,
                          int64_t count, void* dest) {
   const int64_t esize = c10::elementSize(tensor.dtype);
-  const int64_t shard_bytes = shard.flat_count * esize;
-  const int64_t b0 = elem_begin * esize;
-  const int64_t b1 = (elem_begin + count) * esize;
+  Range range;
+  range.shard_bytes = shard.flat_count * esize;
+  range.b0 = elem_begin * esize;
+  range.b1 = (elem_begin + count) * esize;
+  // Whole pieces are read (each has a checksum), but no piece beyond the one holding b1 - 1.
+  range.first = (range.b0 / piece_bytes_) * piece_bytes_;
+  range.last =
+      std::min(range.shard_bytes, (range.b1 + piece_bytes_ - 1) / piece_bytes_ * piece_bytes_);
   std::string where = "tensor '" + tensor.path + "', file '" + JoinPath(dir_, shard.file) +
                       "', rank " + std::to_string(rank_);
   auto file_or = File(shard.file);
   if (!file_or.ok()) return file_or.status().Annotate(where);
   ReadableFile* file = file_or.value();
-  char* out = static_cast<char*>(dest);
+  const ReadableFile::Mapping map = file->Map();
+  if (map.data) {
+    if (shard.byte_offset + static_cast<uint64_t>(range.shard_bytes) > map.size) {
+      return Corrupt(where + ": the shard lies beyond the end of the file");
+    }
+    return ReadMapped(map.data + shard.byte_offset, shard, range, where, file,
+                      static_cast<char*>(dest));
+  }
+  return ReadCopied(file, shard, range, where, static_cast<char*>(dest));
+}
+
+Status ShardReader::Mismatch(const std::string& where, const ShardRecord& shard, int64_t p,
+                             int64_t len) const {
+  return Corrupt(where + ": checksum mismatch in bytes [" + std::to_string(shard.byte_offset + p) +
+                 ", " + std::to_string(shard.byte_offset + p + len) +
+                 ") of the file (shard elements from " + std::to_string(shard.flat_start) + ")");
+}
+
+Status ShardReader::ReadMapped(const char* data, const ShardRecord& shard, const Range& range,
+                               const std::string& where, ReadableFile* file, char* out) {
   const int64_t group = kPiecesPerRead * piece_bytes_;
-  // Read whole pieces (each has a checksum), but no piece beyond the one holding byte b1 - 1.
-  const int64_t last = std::min(shard_bytes, (b1 + piece_bytes_ - 1) / piece_bytes_ * piece_bytes_);
-  for (int64_t g0 = (b0 / piece_bytes_) * piece_bytes_; g0 < b1; g0 += group) {
-    const int64_t g1 = std::min(g0 + group, last);
-    const int64_t o0 = std::max(g0, b0);
-    const int64_t o1 = std::min(g1, b1);
+  for (int64_t p = range.first; p < range.last; p += piece_bytes_) {
+    if ((p - range.first) % group == 0 && p + group < range.last) {
+      file->Prefetch(shard.byte_offset + p + group, static_cast<size_t>(group));
+    }
+    const int64_t len = std::min(piece_bytes_, range.last - p);
+    const size_t index = static_cast<size_t>(p / piece_bytes_);
+    const int64_t o0 = std::max(p, range.b0), o1 = std::min(p + len, range.b1);
+    stats_.bytes_read += len;
+    if (out && o0 == p && o1 == p + len) {
+      // Copy, then hash the copy: bytes that change under the mapping are caught.
+      std::memcpy(out + (p - range.b0), data + p, static_cast<size_t>(len));
+      if (HashBytes(out + (p - range.b0), static_cast<size_t>(len)) != shard.checksums[index]) {
+        return Mismatch(where, shard, p, len);
+      }
+    } else {
+      if (HashBytes(data + p, static_cast<size_t>(len)) != shard.checksums[index]) {
+        return Mismatch(where, shard, p, len);
+      }
+      if (out) std::memcpy(out + (o0 - range.b0), data + o0, static_cast<size_t>(o1 - o0));
+    }
+    stats_.bytes_verified += len;
+  }
+  return Status::Ok();
+}
+
+Status ShardReader::ReadCopied(ReadableFile* file, const ShardRecord& shard, const Range& range,
+                               const std::string& where, char* out) {
+  const int64_t group = kPiecesPerRead * piece_bytes_;
+  for (int64_t g0 = range.first; g0 < range.b1; g0 += group) {
+    const int64_t g1 = std::min(g0 + group, range.last);
+    const int64_t o0 = std::max(g0, range.b0);
+    const int64_t o1 = std::min(g1, range.b1);
     const bool direct = out && o0 == g0 && o1 == g1;
-    char* buffer = direct ? out + (g0 - b0) : nullptr;
+    char* buffer = direct ? out + (g0 - range.b0) : nullptr;
     if (!direct) {
       scratch_.resize(static_cast<size_t>(g1 - g0));
       buffer = scratch_.data();
@@ -97,15 +147,12 @@ Status ShardReader::Read(const TensorRecord& tensor, const ShardRecord& shard, i
       const int64_t len = std::min(piece_bytes_, g1 - p);
       const size_t index = static_cast<size_t>(p / piece_bytes_);
       if (HashBytes(buffer + (p - g0), static_cast<size_t>(len)) != shard.checksums[index]) {
-        return Corrupt(
-            where + ": checksum mismatch in bytes [" + std::to_string(shard.byte_offset + p) +
-            ", " + std::to_string(shard.byte_offset + p + len) +
-            ") of the file (shard elements from " + std::to_string(shard.flat_start) + ")");
+        return Mismatch(where, shard, p, len);
       }
       stats_.bytes_verified += len;
     }
     if (out && !direct) {
-      std::memcpy(out + (o0 - b0), buffer + (o0 - g0), static_cast<size_t>(o1 - o0));
+      std::memcpy(out + (o0 - range.b0), buffer + (o0 - g0), static_cast<size_t>(o1 - o0));
     }
   }
   return Status::Ok();

@@ -36,7 +36,18 @@ class ShardReader {
   const LoadStats& stats() const { return stats_; }
 
  private:
+  // Byte positions within one shard: the wanted [b0, b1) and the pieces [first, last) read.
+  struct Range {
+    int64_t shard_bytes = 0, b0 = 0, b1 = 0, first = 0, last = 0;
+  };
   Result<ReadableFile*> File(const std::string& name);
+  // From a mapped file (`data`: the shard's first byte), or through PRead into `out` or scratch.
+  Status ReadMapped(const char* data, const ShardRecord& shard, const Range& range,
+                    const std::string& where, ReadableFile* file, char* out);
+  Status ReadCopied(ReadableFile* file, const ShardRecord& shard, const Range& range,
+                    const std::string& where, char* out);
+  Status Mismatch(const std::string& where, const ShardRecord& shard, int64_t piece_start,
+                  int64_t len) const;
 
   Env* env_;
   std::string dir_;
