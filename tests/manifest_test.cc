@@ -88,6 +88,18 @@ TEST(Fragment, EveryRankFragmentMergesIntoTheManifestAndDamageIsRefused) {
   }
 }
 
+TEST(Manifest, TensorsThatAreNotRecordsAreRefused) {
+  std::string json = Sample().ToJson();
+  const size_t at = json.find("\"tensors\":[") + 11;
+  for (const char* bad : {"1,", "\"w\",", "[],"}) {
+    std::string damaged = json;
+    damaged.insert(at, bad);
+    EXPECT_FALSE(Manifest::FromJson(damaged).ok()) << damaged.substr(at, 20);
+  }
+  std::string missing = json.substr(0, json.find(",\"tensors\"")) + "}";
+  EXPECT_FALSE(Manifest::FromJson(missing).ok());
+}
+
 TEST(Manifest, RejectsWhatIsNotOurs) {
   EXPECT_EQ(Manifest::FromJson("{\"format\": \"other\"}").status().code(), Code::kCorrupt);
   EXPECT_EQ(Manifest::FromJson("not json").status().code(), Code::kCorrupt);

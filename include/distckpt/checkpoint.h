@@ -86,6 +86,11 @@ class Checkpointer {
   Status SavePlanned(const StateTree& tree, const SavePlan& plan, int64_t step, std::string* dir);
 
  private:
+  // PlanCollective without a copy of the plan.
+  Status SharedPlan(const StateTree& tree, std::shared_ptr<const SavePlan>* plan);
+  Result<SavePlan> PlanFromRanges(const std::vector<LocalTensorInfo>& mine,
+                                  const std::string& held);
+  Result<SavePlan> PlanFromAll(const std::vector<LocalTensorInfo>& mine);
   Status ShareManifest(const std::string& dir, Manifest* manifest);
   // The load itself; the caller holds the shared lock on `dir`.
   Status LoadLocked(const std::string& dir, const Manifest& manifest, StateTree& tree,
@@ -98,7 +103,7 @@ class Checkpointer {
   LoadStats load_stats_;
   SaveStats save_stats_;
   std::vector<std::string> plan_keys_;  // every rank's description hash for cached_plan_
-  SavePlan cached_plan_;
+  std::shared_ptr<const SavePlan> cached_plan_;
   int64_t plan_cache_hits_ = 0;
 };
 

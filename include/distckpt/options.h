@@ -55,7 +55,7 @@ struct LoadOptions {
   // and verifies a distinct 1/M of the bytes, and the ranks exchange them over the
   // communicator. Off: every rank reads everything it needs itself. Auto: on when the ranks
   // span several machines; on one machine the page cache already shares the reads, and per-rank
-  // reads were faster in every measurement (README, Benchmarks).
+  // reads were faster in every measurement (docs/benchmarks.md).
   ReadOnce read_once = ReadOnce::kAuto;
 };
 

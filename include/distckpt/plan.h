@@ -30,6 +30,12 @@ struct LocalTensorInfo {
   int64_t flat_count = 0;  // elements held
 };
 
+// A stored shard of one tensor, as the manifest lists it.
+struct StoredRange {
+  int64_t flat_start = 0;
+  int64_t flat_count = 0;
+};
+
 struct WriteItem {
   std::string path;
   int64_t flat_start = 0;  // in the global tensor
@@ -59,11 +65,13 @@ int64_t RowElements(const std::vector<int64_t>& shape);
 Result<SavePlan> PlanSave(const std::vector<std::vector<LocalTensorInfo>>& all_ranks,
                           int64_t min_split_bytes);
 
-// A stored shard of one tensor, as the manifest lists it.
-struct StoredRange {
-  int64_t flat_start = 0;
-  int64_t flat_count = 0;
-};
+// The same plan once the ranks are known to agree on names, dtypes, shapes and placements:
+// `tensors` is any rank's list (its flat ranges unused) and held[r] lists, for each sharded
+// tensor in order, the element range rank r holds. Fails on sharded ranges that overlap or
+// leave gaps.
+Result<SavePlan> PlanSaveAgreed(const std::vector<LocalTensorInfo>& tensors,
+                                const std::vector<std::vector<StoredRange>>& held,
+                                int64_t min_split_bytes);
 
 // One read: elements [shard_elem, shard_elem + count) of stored shard `shard_index` go to
 // element `dest_elem` of the destination.

@@ -99,33 +99,63 @@ Checkpointer::Checkpointer(std::string root, Communicator& comm, CheckpointerOpt
       env_(options.env ? options.env : Env::Default()) {}
 
 Status Checkpointer::PlanCollective(const StateTree& tree, SavePlan* plan) {
-  const int world = comm_.size();
+  std::shared_ptr<const SavePlan> shared;
+  RETURN_IF_ERROR(SharedPlan(tree, &shared));
+  *plan = *shared;
+  return Status::Ok();
+}
+
+Status Checkpointer::SharedPlan(const StateTree& tree, std::shared_ptr<const SavePlan>* plan) {
   std::vector<LocalTensorInfo> mine;
   Status local = DescribeLocal(tree, &mine);
   RETURN_IF_ERROR(AgreeOnStatus(comm_, local));
-  const std::string encoded = EncodeInfos(mine);
-  // A training job saves the same shapes again and again: when every rank's description hashes
-  // as it did for the cached plan, the plan is reused after an exchange of 8 bytes per rank.
-  std::string key(sizeof(uint64_t), '\0');
-  const uint64_t hash = HashBytes(encoded.data(), encoded.size()) ^
-                        static_cast<uint64_t>(options_.min_split_bytes) * 0x9E3779B97F4A7C15ull;
-  std::memcpy(key.data(), &hash, sizeof(hash));
+  // Ranks exchange 16 bytes: a hash of what they must agree on (names, dtypes, shapes,
+  // placements) and a key of the whole description. Equal keys to the cached plan's: reuse it
+  // (a training job saves the same shapes again and again). Equal shape hashes: only the ranges
+  // of sharded tensors are exchanged, not a copy of every rank's tree.
+  const std::string held = EncodeHeldRanges(mine);
+  uint64_t hashes[2];
+  const std::string shapes = EncodeShapes(mine);
+  hashes[0] = HashBytes(shapes.data(), shapes.size()) ^
+              static_cast<uint64_t>(options_.min_split_bytes) * 0x9E3779B97F4A7C15ull;
+  hashes[1] = hashes[0] ^ (HashBytes(held.data(), held.size()) * 0xC2B2AE3D27D4EB4Full);
   std::vector<std::string> keys;
-  RETURN_IF_ERROR(comm_.AllGather(key, &keys));
-  if (!plan_keys_.empty() && keys == plan_keys_) {
+  RETURN_IF_ERROR(
+      comm_.AllGather(std::string(reinterpret_cast<const char*>(hashes), sizeof(hashes)), &keys));
+  if (cached_plan_ && keys == plan_keys_) {
     *plan = cached_plan_;
     ++plan_cache_hits_;
     save_stats_.plan_reused = true;
     return Status::Ok();
   }
-  std::vector<std::string> gathered;
-  RETURN_IF_ERROR(comm_.AllGather(encoded, &gathered));
-  std::vector<std::vector<LocalTensorInfo>> all(world);
-  for (int r = 0; r < world; ++r) RETURN_IF_ERROR(DecodeInfos(gathered[r], &all[r]));
-  ASSIGN_OR_RETURN(*plan, PlanSave(all, options_.min_split_bytes));
-  cached_plan_ = *plan;
+  bool agreed = true;
+  for (const std::string& k : keys) agreed = agreed && k.compare(0, 8, keys[0], 0, 8) == 0;
+  ASSIGN_OR_RETURN(SavePlan planned, agreed ? PlanFromRanges(mine, held) : PlanFromAll(mine));
+  cached_plan_ = std::make_shared<const SavePlan>(std::move(planned));
   plan_keys_ = std::move(keys);
+  *plan = cached_plan_;
   return Status::Ok();
+}
+
+Result<SavePlan> Checkpointer::PlanFromRanges(const std::vector<LocalTensorInfo>& mine,
+                                              const std::string& held) {
+  std::vector<std::string> gathered;
+  RETURN_IF_ERROR(comm_.AllGather(held, &gathered));
+  std::vector<std::vector<StoredRange>> ranges(gathered.size());
+  for (size_t r = 0; r < gathered.size(); ++r) {
+    RETURN_IF_ERROR(DecodeHeldRanges(gathered[r], &ranges[r]));
+  }
+  return PlanSaveAgreed(mine, ranges, options_.min_split_bytes);
+}
+
+// The ranks disagree on their trees: every rank's whole description, so that the error names
+// the tensor and the ranks.
+Result<SavePlan> Checkpointer::PlanFromAll(const std::vector<LocalTensorInfo>& mine) {
+  std::vector<std::string> gathered;
+  RETURN_IF_ERROR(comm_.AllGather(EncodeInfos(mine), &gathered));
+  std::vector<std::vector<LocalTensorInfo>> all(gathered.size());
+  for (size_t r = 0; r < gathered.size(); ++r) RETURN_IF_ERROR(DecodeInfos(gathered[r], &all[r]));
+  return PlanSave(all, options_.min_split_bytes);
 }
 
 Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string* out_dir) {
@@ -135,10 +165,10 @@ Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string
   }
   const double start = MonotonicSeconds();
   save_stats_ = SaveStats();
-  SavePlan plan;
-  RETURN_IF_ERROR(PlanCollective(tree, &plan));
+  std::shared_ptr<const SavePlan> plan;
+  RETURN_IF_ERROR(SharedPlan(tree, &plan));
   const double plan_seconds = MonotonicSeconds() - start;
-  Status saved = SavePlanned(tree, plan, step, out_dir);
+  Status saved = SavePlanned(tree, *plan, step, out_dir);
   save_stats_.plan_seconds = plan_seconds;
   save_stats_.total_seconds = MonotonicSeconds() - start;
   return saved;

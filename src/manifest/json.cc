@@ -126,6 +126,7 @@ void from_json(const json& j, TensorRecord& t) {
 }
 
 std::string Manifest::ToJson(int indent) const {
+  if (indent >= 0) return json::parse(ToJson()).dump(indent);  // for people: cost is no concern
   json j = {{"format", "distckpt"},
             {"format_version", format_version},
             {"step", step},
@@ -135,18 +136,39 @@ std::string Manifest::ToJson(int indent) const {
             {"torch_version", torch_version},
             {"piece_bytes", piece_bytes},
             {"files", files},
-            {"file_records", file_records},
-            {"tensors", tensors}};
+            {"file_records", file_records}};
   json scalars_json = json::object();
   for (const auto& [path, value] : scalars) scalars_json[path] = ScalarToJson(value);
   j["scalars"] = scalars_json;
-  return j.dump(indent);
+  // The tensors are appended one at a time: one document for a million tensors would cost
+  // gigabytes of nodes.
+  std::string out = j.dump();
+  out.pop_back();  // the closing brace
+  out += ",\"tensors\":[";
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (i > 0) out += ',';
+    out += json(tensors[i]).dump();
+  }
+  out += "]}";
+  return out;
 }
 
 Result<Manifest> Manifest::FromJson(const std::string& text, bool validate) {
   Manifest m;
   try {
-    json j = json::parse(text);
+    // Each tensor is converted as soon as it is parsed and dropped from the document, which
+    // therefore never holds more than one tensor's nodes.
+    bool in_tensors = false;
+    json::parser_callback_t take_tensors = [&](int depth, json::parse_event_t event, json& parsed) {
+      if (depth == 1 && event == json::parse_event_t::key) {
+        in_tensors = parsed == "tensors";
+      } else if (in_tensors && depth == 2 && event == json::parse_event_t::object_end) {
+        m.tensors.push_back(parsed.get<TensorRecord>());
+        return false;
+      }
+      return true;
+    };
+    json j = json::parse(text, take_tensors);
     if (!j.is_object() || j.value("format", "") != "distckpt") {
       return Corrupt("not a distckpt manifest index");
     }
@@ -162,7 +184,11 @@ Result<Manifest> Manifest::FromJson(const std::string& text, bool validate) {
     for (const auto& [path, value] : j.at("scalars").items()) {
       m.scalars[path] = ScalarFromJson(value);
     }
-    j.at("tensors").get_to(m.tensors);
+    // What is left of "tensors" after the callback took every object: anything else is damage.
+    auto rest = j.find("tensors");
+    if (rest == j.end() || !rest->is_array() || !rest->empty()) {
+      return Corrupt("malformed manifest index: \"tensors\" is not a list of tensor records");
+    }
   } catch (const std::exception& e) {
     return Corrupt(std::string("malformed manifest index: ") + e.what());
   }

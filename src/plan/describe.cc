@@ -73,19 +73,57 @@ Status DescribeLocal(const StateTree& tree, std::vector<LocalTensorInfo>* out) {
   return Status::Ok();
 }
 
+namespace {
+
+// Path, dtype, placement and global shape: what every rank must agree on.
+void PutShape(const LocalTensorInfo& t, ByteWriter* w) {
+  w->PutString(t.path);
+  w->PutI64(static_cast<int64_t>(t.dtype));
+  w->PutI64(static_cast<int64_t>(t.placement));
+  w->PutI64(static_cast<int64_t>(t.global_shape.size()));
+  for (int64_t d : t.global_shape) w->PutI64(d);
+}
+
+}  // namespace
+
 std::string EncodeInfos(const std::vector<LocalTensorInfo>& infos) {
   ByteWriter w;
   w.PutI64(static_cast<int64_t>(infos.size()));
   for (const auto& t : infos) {
-    w.PutString(t.path);
-    w.PutI64(static_cast<int64_t>(t.dtype));
-    w.PutI64(static_cast<int64_t>(t.placement));
-    w.PutI64(static_cast<int64_t>(t.global_shape.size()));
-    for (int64_t d : t.global_shape) w.PutI64(d);
+    PutShape(t, &w);
     w.PutI64(t.flat_start);
     w.PutI64(t.flat_count);
   }
-  return w.str();
+  return std::move(w.str());
+}
+
+std::string EncodeShapes(const std::vector<LocalTensorInfo>& infos) {
+  ByteWriter w;
+  w.PutI64(static_cast<int64_t>(infos.size()));
+  for (const auto& t : infos) PutShape(t, &w);
+  return std::move(w.str());
+}
+
+std::string EncodeHeldRanges(const std::vector<LocalTensorInfo>& infos) {
+  ByteWriter w;
+  for (const auto& t : infos) {
+    if (t.placement == PlacementKind::kReplicated) continue;
+    w.PutI64(t.flat_start);
+    w.PutI64(t.flat_count);
+  }
+  return std::move(w.str());
+}
+
+Status DecodeHeldRanges(const std::string& bytes, std::vector<StoredRange>* ranges) {
+  ByteReader r(bytes);
+  while (!r.done()) {
+    StoredRange range;
+    if (!r.GetI64(&range.flat_start) || !r.GetI64(&range.flat_count)) {
+      return Internal("malformed held ranges");
+    }
+    ranges->push_back(range);
+  }
+  return Status::Ok();
 }
 
 Status DecodeInfos(const std::string& bytes, std::vector<LocalTensorInfo>* infos) {

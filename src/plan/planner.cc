@@ -32,7 +32,10 @@ Status CheckSameOnEveryRank(const std::vector<std::vector<LocalTensorInfo>>& all
       }
       const LocalTensorInfo& a = first[i];
       const LocalTensorInfo& b = other[i];
-      std::string where = "tensor '" + a.path + "' (ranks 0 and " + std::to_string(r) + ")";
+      if (a.dtype == b.dtype && a.placement == b.placement && a.global_shape == b.global_shape) {
+        continue;
+      }
+      const std::string where = "tensor '" + a.path + "' (ranks 0 and " + std::to_string(r) + ")";
       if (a.dtype != b.dtype) {
         return InvalidArgument(where + ": dtypes differ: " + DtypeName(a.dtype) + " vs " +
                                DtypeName(b.dtype));
@@ -87,64 +90,101 @@ Result<SavePlan> PlanSave(const std::vector<std::vector<LocalTensorInfo>>& all_r
                           int64_t min_split_bytes) {
   if (all_ranks.empty()) return InvalidArgument("no ranks to plan for");
   RETURN_IF_ERROR(CheckSameOnEveryRank(all_ranks));
-  const int world = static_cast<int>(all_ranks.size());
-  SavePlan plan;
-  plan.per_rank.resize(world);
-
-  // Replicated tensors, laid end to end, are cut into `world` equal byte intervals.
-  int64_t replicated_bytes = 0;
-  for (const auto& t : all_ranks[0]) {
-    if (t.placement == PlacementKind::kReplicated) {
-      replicated_bytes += NumElements(t.global_shape) * c10::elementSize(t.dtype);
+  std::vector<std::vector<StoredRange>> held(all_ranks.size());
+  for (size_t r = 0; r < all_ranks.size(); ++r) {
+    for (const LocalTensorInfo& t : all_ranks[r]) {
+      if (t.placement != PlacementKind::kReplicated)
+        held[r].push_back({t.flat_start, t.flat_count});
     }
   }
-  int64_t cursor = 0;  // byte position of the current tensor in the concatenation
-  for (size_t i = 0; i < all_ranks[0].size(); ++i) {
-    const LocalTensorInfo& t = all_ranks[0][i];
+  return PlanSaveAgreed(all_ranks[0], held, min_split_bytes);
+}
+
+namespace {
+
+// Each rank writes the range it holds of a sharded tensor.
+Status PlanSharded(const TensorPlanInfo& t, const std::vector<std::vector<StoredRange>>& held,
+                   size_t index, SavePlan* plan) {
+  const int world = static_cast<int>(held.size());
+  std::vector<StoredRange> ranges;
+  for (int r = 0; r < world; ++r) {
+    const StoredRange mine = held[r][index];
+    ranges.push_back(mine);
+    if (mine.flat_count == 0) continue;
+    const bool rows = t.placement == PlacementKind::kShardedRows;
+    plan->per_rank[r].push_back({t.path, mine.flat_start, mine.flat_count, 0, rows});
+  }
+  Status covered = CheckCoverage(ranges, NumElements(t.global_shape));
+  return covered.ok() ? covered : covered.Annotate("sharded tensor '" + t.path + "'");
+}
+
+// A replicated tensor at byte `cursor` of the concatenation of `replicated_bytes` bytes.
+void PlanReplicated(const TensorPlanInfo& t, int64_t cursor, int64_t replicated_bytes,
+                    int64_t min_split_bytes, SavePlan* plan) {
+  const int world = static_cast<int>(plan->per_rank.size());
+  const int64_t numel = NumElements(t.global_shape);
+  const int64_t esize = c10::elementSize(t.dtype);
+  const int64_t bytes = numel * esize;
+  const int64_t row = RowElements(t.global_shape);
+  if (numel == 0) return;  // nothing to store: the manifest alone describes an empty tensor
+  if (bytes < min_split_bytes || world == 1 || t.global_shape.empty()) {
+    // Whole tensor to the rank whose interval holds the tensor's middle byte.
+    const int64_t mid = cursor + bytes / 2;
+    int owner = replicated_bytes ? static_cast<int>(mid * world / replicated_bytes) : 0;
+    owner = std::min(owner, world - 1);
+    plan->per_rank[owner].push_back({t.path, 0, numel, 0, true});
+    return;
+  }
+  const int64_t rows_total = numel / row;
+  int64_t prev_row = 0;
+  for (int r = 0; r < world && prev_row < rows_total; ++r) {
+    // Rank r's interval ends at byte (r+1)*B/N; round it to a row of this tensor.
+    const int64_t end_byte =
+        (r + 1 == world) ? replicated_bytes : (replicated_bytes / world) * (r + 1);
+    int64_t end_row =
+        std::clamp<int64_t>((end_byte - cursor) / (row * esize), prev_row, rows_total);
+    if (r + 1 == world) end_row = rows_total;
+    if (end_row > prev_row) {
+      plan->per_rank[r].push_back(
+          {t.path, prev_row * row, (end_row - prev_row) * row, prev_row * row, true});
+    }
+    prev_row = end_row;
+  }
+}
+
+}  // namespace
+
+Result<SavePlan> PlanSaveAgreed(const std::vector<LocalTensorInfo>& tensors,
+                                const std::vector<std::vector<StoredRange>>& held,
+                                int64_t min_split_bytes) {
+  if (held.empty()) return InvalidArgument("no ranks to plan for");
+  SavePlan plan;
+  plan.per_rank.resize(held.size());
+  plan.tensors.reserve(tensors.size());
+  // Replicated tensors, laid end to end, are cut into `world` equal byte intervals.
+  int64_t replicated_bytes = 0;
+  size_t sharded = 0;
+  for (const LocalTensorInfo& t : tensors) {
+    if (t.placement == PlacementKind::kReplicated) {
+      replicated_bytes += NumElements(t.global_shape) * c10::elementSize(t.dtype);
+    } else {
+      ++sharded;
+    }
+  }
+  for (const auto& ranges : held) {
+    if (ranges.size() != sharded) return Internal("a rank described a different sharded count");
+  }
+  int64_t cursor = 0;  // byte position of the current replicated tensor in the concatenation
+  size_t sharded_index = 0;
+  for (const LocalTensorInfo& t : tensors) {
     plan.tensors.push_back({t.path, t.dtype, t.global_shape, t.placement});
-    const int64_t numel = NumElements(t.global_shape);
-    const int64_t esize = c10::elementSize(t.dtype);
+    const TensorPlanInfo& info = plan.tensors.back();
     if (t.placement != PlacementKind::kReplicated) {
-      std::vector<StoredRange> ranges;
-      for (int r = 0; r < world; ++r) {
-        const LocalTensorInfo& mine = all_ranks[r][i];
-        ranges.push_back({mine.flat_start, mine.flat_count});
-        if (mine.flat_count == 0) continue;
-        bool rows = t.placement == PlacementKind::kShardedRows;
-        plan.per_rank[r].push_back({t.path, mine.flat_start, mine.flat_count, 0, rows});
-      }
-      Status covered = CheckCoverage(ranges, numel);
-      if (!covered.ok()) return covered.Annotate("sharded tensor '" + t.path + "'");
+      RETURN_IF_ERROR(PlanSharded(info, held, sharded_index++, &plan));
       continue;
     }
-    const int64_t bytes = numel * esize;
-    const int64_t row = RowElements(t.global_shape);
-    if (numel == 0) {
-      // Nothing to store: the manifest alone describes an empty tensor.
-    } else if (bytes < min_split_bytes || world == 1 || t.global_shape.empty()) {
-      // Whole tensor to the rank whose interval holds the tensor's middle byte.
-      int64_t mid = cursor + bytes / 2;
-      int owner = replicated_bytes ? static_cast<int>(mid * world / replicated_bytes) : 0;
-      owner = std::min(owner, world - 1);
-      plan.per_rank[owner].push_back({t.path, 0, numel, 0, true});
-    } else {
-      const int64_t rows_total = numel / row;
-      int64_t prev_row = 0;
-      for (int r = 0; r < world && prev_row < rows_total; ++r) {
-        // Rank r's interval ends at byte (r+1)*B/N; round it to a row of this tensor.
-        int64_t end_byte =
-            (r + 1 == world) ? replicated_bytes : (replicated_bytes / world) * (r + 1);
-        int64_t end_row = (end_byte - cursor) / (row * esize);
-        end_row = std::clamp<int64_t>(end_row, prev_row, rows_total);
-        if (r + 1 == world) end_row = rows_total;
-        if (end_row > prev_row) {
-          plan.per_rank[r].push_back(
-              {t.path, prev_row * row, (end_row - prev_row) * row, prev_row * row, true});
-        }
-        prev_row = end_row;
-      }
-    }
-    cursor += bytes;
+    PlanReplicated(info, cursor, replicated_bytes, min_split_bytes, &plan);
+    cursor += NumElements(t.global_shape) * c10::elementSize(t.dtype);
   }
   return plan;
 }
