@@ -39,6 +39,14 @@ lines += ["", f"Time per tensor, largest over smallest across the sweep: save {f
           f"load {flat['load']:.2f}x (aim: within 2x). At {int(largest['tensors']):,} tensors: "
           f"save {largest['save']:.1f} s, load {largest['load']:.1f} s (aim: under 60 s each).", ""]
 
+if os.path.exists(f"{out}/scale-disk.csv"):
+    lines += ["| tensors | bytes each | on disk / tensor bytes | aim |", "|---:|---:|---:|---:|"]
+    for row in csv.reader(open(f"{out}/scale-disk.csv")):
+        r = dict(zip(SWEEP, map(float, row)))
+        each = int(r["elems"]) * 4
+        aim = "1.10x" if each <= 768 * 4 else ("1.01x" if each >= 1 << 20 else "-")
+        lines.append(f"| {int(r['tensors']):,} | {each:,} | {r['disk']:.3f}x | {aim} |")
+    lines.append("")
 lines += [f"Realistic mix, {mix_bytes / 1e9:.2f} GB (seconds, median of the rounds; "
           "'x raw' = raw time / distckpt time, i.e. distckpt's throughput as a fraction of "
           "the storage limit's):", "",

@@ -4,7 +4,8 @@
 #    (save, coordination time of the first and of a repeated save, load, bytes on disk) and
 #    PyTorch DCP (save, repeated save, load, bytes on disk) up to DCP_MAX_TENSORS (default
 #    100000; DCP takes minutes per 100k tensors here).
-# 2. The realistic mix (bench/transformer_shapes.py: a GPT-2-small-sized transformer with its
+# 2. Bytes on disk over tensor bytes for 12000 tensors of 768 floats and 300 tensors of 1 MiB.
+# 3. The realistic mix (bench/transformer_shapes.py: a GPT-2-small-sized transformer with its
 #    AdamW state, 592 tensors, 1.49 GB) on 1, 2 and 4 ranks: distckpt save, whole-state load and
 #    1/N load against plain write+fsync and read of the same bytes, interleaved round by round;
 #    DCP save and whole-state load on the same shapes.
@@ -19,7 +20,7 @@ DCP_MAX=${DCP_MAX_TENSORS:-100000}
 OUT=$DISTCKPT_ROOT/bench/results
 B=${BENCH_DIR:-/tmp/distckpt-scale}
 mkdir -p "$OUT" "$B"
-rm -f "$OUT/scale.csv" "$OUT/scale-mix.csv" "$OUT/scale-dcp.jsonl"
+rm -f "$OUT/scale.csv" "$OUT/scale-mix.csv" "$OUT/scale-dcp.jsonl" "$OUT/scale-disk.csv"
 say "scale: tensor counts ${COUNTS} on 4 ranks; mix on ${MIX_RANKS} rank(s), ${ROUNDS} rounds; $(date -u +%F)"
 for n in ${COUNTS//,/ }; do
   echo "-- ${n} tensors"
@@ -31,6 +32,11 @@ for n in ${COUNTS//,/ }; do
   else
     echo "   DCP: skipped above ${DCP_MAX} tensors (DCP_MAX_TENSORS)"
   fi
+done
+echo "-- bytes on disk: 12000 tensors of 768 floats; 300 tensors of 1 MiB"
+for shape in 12000:768 300:262144; do
+  mpirun --oversubscribe -np 4 "$BUILD_DIR/bench/scale_bench" --tensors "${shape%:*}" \
+    --elems "${shape#*:}" --dir "$B/ours" --csv "$OUT/scale-disk.csv" | sed 's/^/   /'
 done
 "$PYTHON" "$DISTCKPT_ROOT/bench/transformer_shapes.py" >"$B/shapes.json"
 for np in ${MIX_RANKS//,/ }; do
