@@ -67,10 +67,6 @@ Result<FileRecord> RecordFile(Env* env, const std::string& path,
   return record;
 }
 
-}  // namespace
-
-namespace {
-
 // Where one planned write goes: its own dataset, or a range of its dtype's pack.
 struct Placement {
   at::Tensor source;
@@ -128,26 +124,29 @@ class PackWriter {
  public:
   PackWriter(const RankFileJob& job, WritableFile* file) : job_(job), file_(file) {}
 
-  Status Add(const std::string& where, uint64_t offset, const at::Tensor& src) {
+  // `path` must outlive the writer (it names the tensors of a failed write).
+  Status Add(const std::string* path, uint64_t offset, const at::Tensor& src) {
     const size_t n = src.nbytes();
     if (!buffer_.empty() &&
         (offset != start_ + buffer_.size() || buffer_.size() + n > kWritePiece)) {
       RETURN_IF_ERROR(Flush());
     }
-    if (buffer_.empty()) start_ = offset;
+    if (buffer_.empty()) {
+      start_ = offset;
+      first_ = path;
+    }
     const char* data = static_cast<const char*>(src.data_ptr());
     buffer_.insert(buffer_.end(), data, data + n);
-    if (first_.empty()) first_ = where;
-    last_ = where;
+    last_ = path;
     return Status::Ok();
   }
 
   Status Flush() {
     if (buffer_.empty()) return Status::Ok();
-    const std::string where = "packed " + (first_ == last_ ? first_ : first_ + " to " + last_);
+    const std::string where =
+        "packed tensors '" + *first_ + "' to '" + *last_ + "', rank " + std::to_string(job_.rank);
     Status s = WriteBytes(job_, file_, where, start_, buffer_.data(), buffer_.size());
     buffer_.clear();
-    first_.clear();
     return s;
   }
 
@@ -156,7 +155,8 @@ class PackWriter {
   WritableFile* file_;
   std::vector<char> buffer_;
   uint64_t start_ = 0;
-  std::string first_, last_;  // the first and last tensor in the buffer, for errors
+  const std::string* first_ = nullptr;  // the first and last tensor in the buffer, for errors
+  const std::string* last_ = nullptr;
 };
 
 ShardRecord RecordShard(const RankFileJob& job, const WriteItem& item, const Placement& p) {
@@ -206,10 +206,10 @@ Status WriteRankFile(const RankFileJob& job, const StateTree& tree, const SavePl
   for (size_t i : order) {
     const Placement& p = placements[i];
     stats->bytes_written += static_cast<int64_t>(p.source.nbytes());
-    const std::string where = "tensor '" + items[i].path + "'" + rank_tag;
     if (p.packed) {
-      RETURN_IF_ERROR(packs.Add(where, p.byte_offset, p.source));
+      RETURN_IF_ERROR(packs.Add(&items[i].path, p.byte_offset, p.source));
     } else {
+      const std::string where = "tensor '" + items[i].path + "'" + rank_tag;
       RETURN_IF_ERROR(WriteBytes(job, file.get(), where, p.byte_offset,
                                  static_cast<const char*>(p.source.data_ptr()), p.source.nbytes()));
     }

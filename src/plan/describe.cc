@@ -138,8 +138,13 @@ Status DecodeInfos(const std::string& bytes, std::vector<LocalTensorInfo>* infos
     }
     t.dtype = static_cast<at::ScalarType>(dtype);
     t.placement = static_cast<PlacementKind>(placement);
+    if (dims < 0 || static_cast<uint64_t>(dims) > r.remaining() / sizeof(int64_t)) {
+      return Internal("malformed tensor description");
+    }
     t.global_shape.resize(static_cast<size_t>(dims));
-    for (auto& d : t.global_shape) r.GetI64(&d);
+    for (auto& d : t.global_shape) {
+      if (!r.GetI64(&d)) return Internal("malformed tensor description");
+    }
     if (!r.GetI64(&t.flat_start) || !r.GetI64(&t.flat_count)) {
       return Internal("malformed tensor description");
     }
