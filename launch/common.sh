@@ -6,7 +6,7 @@ BUILD_DIR=${BUILD_DIR:-$DISTCKPT_ROOT/build}
 PYTHON=${PYTHON:-python3}
 APT_PACKAGES=(g++ cmake ninja-build ccache python3 python3-pip openmpi-bin libopenmpi-dev
   libhdf5-openmpi-dev hdf5-tools libgtest-dev libxxhash-dev nlohmann-json3-dev libcli11-dev clang
-  libclang-rt-14-dev)
+  libclang-rt-14-dev iproute2 util-linux)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 

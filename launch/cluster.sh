@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# A cluster of "hosts" on this machine, for multi-node runs and tests.
+#
+#   launch/cluster.sh up N     hosts h1..hN: each a network namespace with its own address on the
+#                              bridge dckbr0 (10.77.0.0/24; this machine is 10.77.0.1) and, when
+#                              a process is started through launch/netns-rsh, its own hostname
+#   launch/cluster.sh down     removes the hosts, the bridge and their /etc/hosts lines
+#   launch/cluster.sh mpirun ARGS...
+#                              mpirun with the options that reach the hosts, e.g.
+#                              launch/cluster.sh mpirun --host h1:2,h2:2 -np 4 prog
+#
+# All hosts see this machine's file system (the shared-storage case). Needs root; only addresses
+# on the project's own bridge are used. Exit code 77 when namespaces cannot be made here.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+BRIDGE=dckbr0
+SUBNET=10.77.0
+MARK="# distckpt-cluster"
+
+die() { echo "cluster.sh: $*" >&2; exit "${2:-1}"; }
+
+hosts() { ip netns list 2>/dev/null | awk '/^h[0-9]+( |$)/ {print $1}' | sort -V; }
+
+down() {
+  for h in $(hosts); do ip netns delete "$h" 2>/dev/null || true; done
+  ip link delete "$BRIDGE" 2>/dev/null || true
+  if grep -q "$MARK" /etc/hosts 2>/dev/null; then
+    grep -v "$MARK" /etc/hosts >/etc/hosts.distckpt && cat /etc/hosts.distckpt >/etc/hosts
+    rm -f /etc/hosts.distckpt
+  fi
+}
+
+up() {
+  local n=$1
+  [[ $n =~ ^[1-9][0-9]?$ ]] || die "up needs a host count from 1 to 99, got '$n'" 2
+  [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces)" 77
+  command -v ip >/dev/null || die "needs iproute2 (ip)" 77
+  down
+  ip link add "$BRIDGE" type bridge 2>/dev/null || die "cannot create a bridge here" 77
+  ip addr add "$SUBNET.1/24" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+  for i in $(seq 1 "$n"); do
+    local h=h$i addr=$SUBNET.$((10 + i))
+    ip netns add "$h" || { down; die "cannot create network namespaces here" 77; }
+    ip link add "dckv$i" type veth peer name eth0 netns "$h"
+    ip link set "dckv$i" master "$BRIDGE" up
+    ip -n "$h" addr add "$addr/24" dev eth0
+    ip -n "$h" link set eth0 up
+    ip -n "$h" link set lo up
+    echo "$addr $h $MARK" >>/etc/hosts
+  done
+  echo "cluster: $n host(s) up: $(hosts | tr '\n' ' ')"
+}
+
+case "${1:-}" in
+  up) up "${2:-}" ;;
+  down) down ;;
+  mpirun)
+    shift
+    exec mpirun --mca plm_rsh_agent "$HERE/netns-rsh" --mca btl_tcp_if_include "$SUBNET.0/24" \
+      --mca oob_tcp_if_include "$SUBNET.0/24" "$@"
+    ;;
+  *) die "usage: cluster.sh up N | down | mpirun ARGS..." 2 ;;
+esac
