@@ -49,6 +49,7 @@ struct Args {
   int64_t dataset_size = 960;
   int keep_last = 0;
   bool async = false;
+  double collective_timeout = 600;
 };
 
 void AddOptions(CLI::App& app, Args* a) {
@@ -73,6 +74,10 @@ void AddOptions(CLI::App& app, Args* a) {
   app.add_option("--keep-last", a->keep_last, "keep the K newest checkpoints (0: all)")
       ->check(distckpt::tools::NonNegativeInt());
   app.add_flag("--async", a->async, "save in the background");
+  app.add_option(
+         "--collective-timeout", a->collective_timeout,
+         "seconds a rank may be late to a checkpoint step before the job ends (0: no limit)")
+      ->check(CLI::NonNegativeNumber);
 }
 
 struct Mlp : torch::nn::Module {
@@ -263,6 +268,7 @@ class Trainer {
     }
     distckpt::CheckpointerOptions options;
     options.retention.keep_last = a.keep_last;
+    options.collective_timeout_seconds = a.collective_timeout;
     checkpointer_ = std::make_unique<distckpt::Checkpointer>(a.ckpt_dir, comm, options);
     if (a.async) async_ = std::make_unique<distckpt::AsyncCheckpointer>(a.ckpt_dir, options);
   }

@@ -29,6 +29,26 @@ check "resume from step 2 on 2 ranks continues the uninterrupted run exactly" \
   "diff <(grep '^step' '$tmp/k2.out') <(tail -4 '$tmp/ref.txt') >/dev/null"
 check "the next save removed the leftover" "! ls -a '$tmp/k' | grep -q '^.tmp-'"
 
+# 1b. Rank 1 of 3 stops (SIGSTOP) in the middle of writing step 4: with a 5 s collective
+#     deadline, the other ranks name it and its host and end the job instead of waiting forever.
+start=$(date +%s.%N)
+run_with 3 -x LD_PRELOAD="$shim" -x KILL_RANK=1 -x KILL_SIGNAL=STOP \
+  -x KILL_PATH_PART=.tmp-step-00000004 -x KILL_AFTER_BYTES=4096 "$train" --ckpt-dir "$tmp/s" \
+  --steps 6 --save-every 2 --collective-timeout 5 >"$tmp/s.out" 2>&1
+rc=$?
+took=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+grep 'did not arrive' "$tmp/s.out" | head -n 2
+echo "     the job ended ${took} s after it started (the stop came at the step-4 save)"
+check "a stopped rank ends the job (exit $rc), no hang" "[ $rc -ne 0 ] && [ $rc -ne 124 ]"
+check "within the deadline plus launch and training time (under 40 s)" "awk -v t=$took 'BEGIN {exit !(t < 40)}'"
+check "the waiting ranks name rank 1 and its host" \
+  "grep -q 'rank 1 (host $(hostname)) did not arrive at the next collective step' '$tmp/s.out'"
+check "the previous checkpoint (step 2) is still the latest and verifies" \
+  "[ \"\$('$cli' latest '$tmp/s')\" = '$tmp/s/step-00000002' ] && '$cli' verify '$tmp/s/step-00000002' >/dev/null"
+run 2 --ckpt-dir "$tmp/s" --steps 6 --save-every 2 --resume >"$tmp/s2.out" 2>&1
+check "resume on 2 ranks after the stopped rank continues exactly" \
+  "diff <(grep '^step' '$tmp/s2.out') <(tail -4 '$tmp/ref.txt') >/dev/null"
+
 # 2. A file-size limit hits during the step-4 save: EFBIG on every writing rank.
 run 2 --ckpt-dir "$tmp/f" --steps 2 --save-every 2 >/dev/null 2>&1
 # The limit applies to the ranks only (mpirun itself must stay able to write its session files).

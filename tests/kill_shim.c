@@ -1,5 +1,6 @@
-// LD_PRELOAD shim for fault tests: the process of MPI rank KILL_RANK dies by SIGKILL once it has
-// written KILL_AFTER_BYTES bytes with pwrite into files whose path contains KILL_PATH_PART.
+// LD_PRELOAD shim for fault tests: the process of MPI rank KILL_RANK dies by SIGKILL (or stops,
+// with KILL_SIGNAL=STOP) once it has written KILL_AFTER_BYTES bytes with pwrite into files whose
+// path contains KILL_PATH_PART.
 // Fault injection from outside: the programs under test carry no hooks.
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -33,7 +34,8 @@ ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset) {
     long long budget = after ? atoll(after) : 4096;
     if (written + (long long)count >= budget) {
       if (budget > written) real(fd, buf, (size_t)(budget - written), offset);
-      raise(SIGKILL);
+      const char* sig = getenv("KILL_SIGNAL");
+      raise(sig && strcmp(sig, "STOP") == 0 ? SIGSTOP : SIGKILL);
     }
     written += (long long)count;
   }

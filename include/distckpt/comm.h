@@ -40,6 +40,12 @@ class Communicator {
   // Element-wise sum of `count` doubles across ranks, in place.
   virtual Status AllReduceSum(double* values, size_t count) = 0;
   virtual std::string name() const = 0;
+  // A deadline on every collective (0: none). Before each collective the ranks report their
+  // arrival to rank 0; a rank that has not arrived within `seconds` is named (rank and host) on
+  // stderr by every rank that waits, and the job is ended with MPI_Abort: MPI cannot cancel a
+  // collective, and a stopped rank would otherwise hold every other rank forever. A stall inside
+  // a collective that every rank entered is not covered.
+  virtual void set_collective_timeout(double seconds) { (void)seconds; }
 };
 
 std::unique_ptr<Communicator> MakeLocalCommunicator();

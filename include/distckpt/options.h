@@ -35,6 +35,11 @@ struct CheckpointerOptions {
   // A save whose writes have not finished after this many seconds gives up with an error on
   // every rank (0: no limit). Checked between pieces of at most 64 MiB.
   double save_timeout_seconds = 0;
+  // Every collective step of a save, load or export waits at most this long for every rank
+  // (Communicator::set_collective_timeout, set on the Checkpointer's communicator). A rank that
+  // does not arrive (stopped, its storage stalled, its host gone) is named with its host by
+  // every other rank, and the job is ended. 0: wait forever.
+  double collective_timeout_seconds = 600;
 };
 
 enum class ReadOnce { kAuto, kOn, kOff };

@@ -96,7 +96,9 @@ Checkpointer::Checkpointer(std::string root, Communicator& comm, CheckpointerOpt
     : root_(std::move(root)),
       comm_(comm),
       options_(options),
-      env_(options.env ? options.env : Env::Default()) {}
+      env_(options.env ? options.env : Env::Default()) {
+  comm_.set_collective_timeout(options.collective_timeout_seconds);
+}
 
 Status Checkpointer::PlanCollective(const StateTree& tree, SavePlan* plan) {
   std::shared_ptr<const SavePlan> shared;

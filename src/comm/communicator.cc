@@ -1,10 +1,15 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
 #include <vector>
 
 #include "core/bytes.h"
+#include "core/guarded.h"
 #include "distckpt/comm.h"
 
 namespace distckpt {
@@ -51,6 +56,13 @@ class MpiCommunicator : public Communicator {
       MPI_Allreduce(&leader, &leaders, 1, MPI_INT, MPI_SUM, comm_);
     }
     node_count_ = std::max(1, leaders);
+    char name[MPI_MAX_PROCESSOR_NAME] = {};
+    int length = 0;
+    MPI_Get_processor_name(name, &length);
+    std::vector<char> names(static_cast<size_t>(size_) * MPI_MAX_PROCESSOR_NAME);
+    MPI_Allgather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, names.data(), MPI_MAX_PROCESSOR_NAME,
+                  MPI_CHAR, comm_);
+    for (int r = 0; r < size_; ++r) hosts_.emplace_back(names.data() + r * MPI_MAX_PROCESSOR_NAME);
   }
   ~MpiCommunicator() override {
     int finalized = 0;
@@ -62,8 +74,13 @@ class MpiCommunicator : public Communicator {
   int node_count() const override { return node_count_; }
   int local_rank() const override { return local_rank_; }
   int local_size() const override { return local_size_; }
-  Status Barrier() override { return Check(MPI_Barrier(comm_), "barrier"); }
+  void set_collective_timeout(double seconds) override { timeout_ = seconds; }
+  Status Barrier() override {
+    Arrive("barrier");
+    return Check(MPI_Barrier(comm_), "barrier");
+  }
   Status AllGather(const std::string& mine, std::vector<std::string>* all) override {
+    Arrive("all-gather");
     if (mine.size() > static_cast<size_t>(INT32_MAX)) {
       return InvalidArgument("all-gather of more than 2 GiB from one rank");
     }
@@ -86,6 +103,7 @@ class MpiCommunicator : public Communicator {
     return Status::Ok();
   }
   Status Gather(const std::string& mine, std::vector<std::string>* all, int root) override {
+    Arrive("gather");
     if (mine.size() > static_cast<size_t>(INT32_MAX)) {
       return InvalidArgument("gather of more than 2 GiB from one rank");
     }
@@ -112,6 +130,7 @@ class MpiCommunicator : public Communicator {
     return Status::Ok();
   }
   Status Broadcast(std::string* bytes, int root) override {
+    Arrive("broadcast");
     int64_t n = static_cast<int64_t>(bytes->size());
     RETURN_IF_ERROR(Check(MPI_Bcast(&n, 1, MPI_INT64_T, root, comm_), "broadcast of size"));
     if (n > INT32_MAX) return InvalidArgument("broadcast of more than 2 GiB");
@@ -120,6 +139,7 @@ class MpiCommunicator : public Communicator {
   }
   Status AllGatherInPlace(void* buffer, const std::vector<int64_t>& offsets,
                           const std::vector<int64_t>& sizes) override {
+    Arrive("exchange of tensor bytes");
     // Rounds of at most kRound bytes per rank keep MPI's int counts in range.
     constexpr int64_t kRound = 256 << 20;
     int64_t longest = 0;
@@ -144,6 +164,7 @@ class MpiCommunicator : public Communicator {
     return Status::Ok();
   }
   Status AllReduceSum(double* values, size_t count) override {
+    Arrive("all-reduce");
     return Check(
         MPI_Allreduce(MPI_IN_PLACE, values, static_cast<int>(count), MPI_DOUBLE, MPI_SUM, comm_),
         "all-reduce");
@@ -160,6 +181,72 @@ class MpiCommunicator : public Communicator {
                                       std::to_string(rank_) + ": " + std::string(text, len));
   }
 
+  // The arrival check before a collective (see Communicator::set_collective_timeout).
+  void Arrive(const char* what) {
+    if (timeout_ <= 0 || size_ == 1) return;
+    const double deadline = MonotonicSeconds() + timeout_;
+    std::vector<int64_t> verdict(static_cast<size_t>(size_) + 1, 0);  // count, missing ranks
+    if (rank_ == 0) {
+      CollectArrivals(deadline, &verdict);
+    } else {
+      int64_t arrived = ++sequence_;
+      MPI_Send(&arrived, 1, MPI_INT64_T, 0, kArriveTag, comm_);
+      MPI_Request request;
+      MPI_Irecv(verdict.data(), size_ + 1, MPI_INT64_T, 0, kVerdictTag, comm_, &request);
+      // Rank 0 gives its verdict at the deadline; wait a little longer for it.
+      if (!WaitFor(&request, deadline + std::max(5.0, timeout_ / 10))) verdict = {1, 0};
+    }
+    if (verdict[0] > 0) EndJob(verdict, what);
+  }
+
+  void CollectArrivals(double deadline, std::vector<int64_t>* verdict) {
+    ++sequence_;
+    std::vector<int64_t> arrived(static_cast<size_t>(size_));
+    std::vector<MPI_Request> requests(static_cast<size_t>(size_), MPI_REQUEST_NULL);
+    for (int r = 1; r < size_; ++r) {
+      MPI_Irecv(&arrived[r], 1, MPI_INT64_T, r, kArriveTag, comm_, &requests[r]);
+    }
+    for (int r = 1; r < size_; ++r) {
+      if (!WaitFor(&requests[r], deadline)) (*verdict)[1 + (*verdict)[0]++] = r;
+    }
+    for (int r = 1; r < size_; ++r) {
+      MPI_Send(verdict->data(), size_ + 1, MPI_INT64_T, r, kVerdictTag, comm_);
+    }
+  }
+
+  // Polls `request` until it completes (true) or `deadline` passes (false).
+  static bool WaitFor(MPI_Request* request, double deadline) {
+    for (int done = 0;;) {
+      MPI_Test(request, &done, MPI_STATUS_IGNORE);
+      if (done) return true;
+      if (MonotonicSeconds() > deadline) return false;
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
+
+  [[noreturn]] void EndJob(const std::vector<int64_t>& verdict, const char* what) {
+    std::string ranks;
+    for (int64_t i = 1; i <= verdict[0]; ++i) {
+      const int r = static_cast<int>(verdict[i]);
+      ranks += (i > 1 ? ", " : "") + std::string("rank ") + std::to_string(r) + " (host " +
+               hosts_[r] + ")";
+    }
+    char seconds[32];
+    std::snprintf(seconds, sizeof(seconds), "%g", timeout_);
+    std::fprintf(stderr,
+                 "distckpt: rank %d (host %s): %s did not arrive at the next collective step "
+                 "(%s) within %s s; ending the job (nothing of this step is committed)\n",
+                 rank_, hosts_[rank_].c_str(), ranks.c_str(), what, seconds);
+    std::fflush(stderr);
+    MPI_Abort(comm_, 3);
+    std::abort();
+  }
+
+  static constexpr int kArriveTag = 7301;
+  static constexpr int kVerdictTag = 7302;
+  double timeout_ = 0;
+  int64_t sequence_ = 0;
+  std::vector<std::string> hosts_;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0;
   int size_ = 1;
