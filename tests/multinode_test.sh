@@ -8,9 +8,12 @@
 # - the trainer saved on 2 hosts x 2 ranks, with and without ZeRO-1, resumed on 3 hosts x 1 rank
 #   and on 1 host x 2 ranks: every later loss identical to a run never stopped.
 # Skips (exit 77, with the reason) where network namespaces cannot be made.
-# usage: multinode_test.sh TRAIN COORDINATOR_TEST CLUSTER_SH
+# - a rank on host h2 stopped (SIGSTOP) in the middle of a save: the ranks on h1 and h3 name
+#   rank 1 and host h2 and end the job within the collective deadline; the older checkpoint
+#   stays the latest and a resume on the surviving hosts is exact.
+# usage: multinode_test.sh TRAIN COORDINATOR_TEST CLUSTER_SH KILL_SHIM
 set -euo pipefail
-train=$1; coordinator=$2; cluster=$3
+train=$1; coordinator=$2; cluster=$3; shim=$4
 tmp=$(mktemp -d "${DISTCKPT_TEST_TMP:-/tmp}/multinode.XXXXXX")
 set +e
 "$cluster" up 3 >"$tmp/up.log" 2>&1
@@ -61,4 +64,29 @@ for zero in "" "--zero 1"; do
     fi
   done
 done
+
+# A stalled rank on another host.
+timeout 300 mpirun --oversubscribe -np 4 "$train" --ckpt-dir "$tmp/ref-stop" --steps 6 \
+  --save-every 0 | grep '^step' >"$tmp/ref"
+start=$(date +%s.%N)
+set +e
+on --host h1:1,h2:1,h3:1 -np 3 -x LD_PRELOAD="$shim" -x KILL_RANK=1 -x KILL_SIGNAL=STOP \
+  -x KILL_PATH_PART=.tmp-step-00000004 -x KILL_AFTER_BYTES=4096 "$train" --ckpt-dir "$tmp/stop" \
+  --steps 6 --save-every 2 --collective-timeout 5 >"$tmp/stop.out" 2>&1
+rc=$?
+set -e
+took=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+named=$(grep -c 'rank 1 (host h2) did not arrive' "$tmp/stop.out" || true)
+if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ "$named" -ge 2 ] && awk -v t="$took" 'BEGIN {exit !(t < 60)}'; then
+  echo "ok   rank 1 stopped on h2 mid-save: the ranks on h1 and h3 named it and its host; the job ended ${took} s after start (deadline 5 s)"
+else
+  echo "FAIL stopped rank on h2: exit $rc after ${took} s, named by $named rank(s)"; cat "$tmp/stop.out"; fail=1
+fi
+on --host h1:1,h3:1 -np 2 "$train" --ckpt-dir "$tmp/stop" --steps 6 --save-every 2 --resume >"$tmp/out"
+if grep -q '^resumed from .*step-00000002' "$tmp/out" &&
+   diff <(grep '^step' "$tmp/out") <(tail -4 "$tmp/ref") >/dev/null; then
+  echo "ok   resumed on the surviving hosts h1 and h3 from step 2: steps 3-6 identical"
+else
+  echo "FAIL resume on h1 and h3 after the stall"; cat "$tmp/out"; fail=1
+fi
 exit $fail
