@@ -100,6 +100,26 @@ TEST(Manifest, TensorsThatAreNotRecordsAreRefused) {
   EXPECT_FALSE(Manifest::FromJson(missing).ok());
 }
 
+// Numbers where integers belong are refused, not cast (a float such as 1e77 converted to an
+// integer is undefined behaviour; the fuzzer found it).
+TEST(Manifest, NumbersThatAreNotIntegersInRangeAreRefused) {
+  const std::string json = Sample().ToJson();
+  for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
+           {"\"rank\":0", "\"rank\":1e77"},
+           {"\"rank\":0", "\"rank\":4294967296"},
+           {"\"step\":42", "\"step\":4.5"},
+           {"\"world_size\":2", "\"world_size\":-1e300"},
+           {"\"byte_offset\":4096", "\"byte_offset\":-1"},
+           {"\"flat_count\":4", "\"flat_count\":18446744073709551615"}}) {
+    std::string damaged = json;
+    const size_t at = damaged.find(from);
+    ASSERT_NE(at, std::string::npos) << from;
+    damaged.replace(at, from.size(), to);
+    auto parsed = Manifest::FromJson(damaged);
+    EXPECT_FALSE(parsed.ok()) << to;
+  }
+}
+
 TEST(Manifest, RejectsWhatIsNotOurs) {
   EXPECT_EQ(Manifest::FromJson("{\"format\": \"other\"}").status().code(), Code::kCorrupt);
   EXPECT_EQ(Manifest::FromJson("not json").status().code(), Code::kCorrupt);

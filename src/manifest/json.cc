@@ -1,7 +1,9 @@
 // The manifest's JSON mapping: to_json/from_json for each record, found by nlohmann through ADL.
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <type_traits>
 
 #include "distckpt/manifest.h"
 #include "manifest/validate.h"
@@ -22,6 +24,42 @@ double BitsDouble(uint64_t u) {
   double d;
   std::memcpy(&d, &u, sizeof(d));
   return d;
+}
+
+// Integers are read only from JSON integers within the target's range: nlohmann converts a
+// float such as 1e77 to an integer with a cast whose result is undefined (found by fuzzing).
+template <typename T>
+T Integer(const json& j) {
+  static_assert(std::is_integral_v<T>);
+  if (!j.is_number_integer()) throw std::runtime_error("expected an integer, found " + j.dump());
+  if (j.is_number_unsigned()) {
+    const uint64_t v = j.get<uint64_t>();
+    if (v > static_cast<uint64_t>(std::numeric_limits<T>::max())) {
+      throw std::runtime_error("integer " + j.dump() + " is out of range");
+    }
+    return static_cast<T>(v);
+  }
+  const int64_t v = j.get<int64_t>();
+  if ((std::is_unsigned_v<T> && v < 0) ||
+      (!std::is_unsigned_v<T> && (v < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
+                                  v > static_cast<int64_t>(std::numeric_limits<T>::max())))) {
+    throw std::runtime_error("integer " + j.dump() + " is out of range");
+  }
+  return static_cast<T>(v);
+}
+
+template <typename T>
+void GetTo(const json& j, T& out) {
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    out = Integer<T>(j);
+  } else if constexpr (std::is_same_v<T, std::vector<int64_t>> ||
+                       std::is_same_v<T, std::vector<uint64_t>>) {
+    if (!j.is_array()) throw std::runtime_error("expected a list of integers");
+    out.clear();
+    for (const json& e : j) out.push_back(Integer<typename T::value_type>(e));
+  } else {
+    j.get_to(out);
+  }
 }
 
 json ScalarToJson(const ScalarValue& v) {
@@ -50,14 +88,20 @@ json ScalarToJson(const ScalarValue& v) {
 
 ScalarValue ScalarFromJson(const json& j) {
   const std::string type = j.at("type").get<std::string>();
-  if (type == "int") return j.at("value").get<int64_t>();
-  if (type == "double") return BitsDouble(j.at("bits").get<uint64_t>());
+  if (type == "int") return Integer<int64_t>(j.at("value"));
+  if (type == "double") return BitsDouble(Integer<uint64_t>(j.at("bits")));
   if (type == "bool") return j.at("value").get<bool>();
   if (type == "string") return j.at("value").get<std::string>();
-  if (type == "int_list") return j.at("value").get<std::vector<int64_t>>();
+  if (type == "int_list") {
+    std::vector<int64_t> out;
+    GetTo(j.at("value"), out);
+    return out;
+  }
   if (type == "double_list") {
     std::vector<double> out;
-    for (uint64_t b : j.at("bits").get<std::vector<uint64_t>>()) out.push_back(BitsDouble(b));
+    std::vector<uint64_t> bits;
+    GetTo(j.at("bits"), bits);
+    for (uint64_t b : bits) out.push_back(BitsDouble(b));
     return out;
   }
   if (type == "string_list") return j.at("value").get<std::vector<std::string>>();
@@ -83,17 +127,17 @@ void to_json(json& j, const ShardRecord& s) {
 }
 
 void from_json(const json& j, ShardRecord& s) {
-  j.at("rank").get_to(s.writer_rank);
-  j.at("file").get_to(s.file);
-  j.at("dataset").get_to(s.dataset);
-  j.at("flat_start").get_to(s.flat_start);
-  j.at("flat_count").get_to(s.flat_count);
-  j.at("stored_shape").get_to(s.stored_shape);
-  j.at("byte_offset").get_to(s.byte_offset);
-  j.at("xxh3").get_to(s.checksums);
+  GetTo(j.at("rank"), s.writer_rank);
+  GetTo(j.at("file"), s.file);
+  GetTo(j.at("dataset"), s.dataset);
+  GetTo(j.at("flat_start"), s.flat_start);
+  GetTo(j.at("flat_count"), s.flat_count);
+  GetTo(j.at("stored_shape"), s.stored_shape);
+  GetTo(j.at("byte_offset"), s.byte_offset);
+  GetTo(j.at("xxh3"), s.checksums);
   auto pack = j.find("pack_start");
   s.packed = pack != j.end();
-  if (s.packed) pack->get_to(s.pack_start);
+  if (s.packed) GetTo(*pack, s.pack_start);
 }
 
 void to_json(json& j, const FileRecord& f) {
@@ -101,9 +145,9 @@ void to_json(json& j, const FileRecord& f) {
 }
 
 void from_json(const json& j, FileRecord& f) {
-  j.at("name").get_to(f.name);
-  j.at("size").get_to(f.size);
-  j.at("meta_xxh3").get_to(f.meta_xxh3);
+  GetTo(j.at("name"), f.name);
+  GetTo(j.at("size"), f.size);
+  GetTo(j.at("meta_xxh3"), f.meta_xxh3);
 }
 
 void to_json(json& j, const TensorRecord& t) {
@@ -115,14 +159,14 @@ void to_json(json& j, const TensorRecord& t) {
 }
 
 void from_json(const json& j, TensorRecord& t) {
-  j.at("path").get_to(t.path);
+  GetTo(j.at("path"), t.path);
   const std::string dtype = j.at("dtype").get<std::string>();
   if (!DtypeFromName(dtype, &t.dtype)) {
     throw std::runtime_error("tensor '" + t.path + "' has unsupported dtype '" + dtype + "'");
   }
-  j.at("shape").get_to(t.global_shape);
+  GetTo(j.at("shape"), t.global_shape);
   t.placement = PlacementFromName(j.at("placement").get<std::string>());
-  j.at("shards").get_to(t.shards);
+  GetTo(j.at("shards"), t.shards);
 }
 
 std::string Manifest::ToJson(int indent) const {
@@ -172,15 +216,15 @@ Result<Manifest> Manifest::FromJson(const std::string& text, bool validate) {
     if (!j.is_object() || j.value("format", "") != "distckpt") {
       return Corrupt("not a distckpt manifest index");
     }
-    j.at("format_version").get_to(m.format_version);
-    j.at("step").get_to(m.step);
-    j.at("world_size").get_to(m.world_size);
-    j.at("created_unix").get_to(m.created_unix);
-    j.at("library_version").get_to(m.library_version);
-    j.at("torch_version").get_to(m.torch_version);
-    j.at("piece_bytes").get_to(m.piece_bytes);
-    j.at("files").get_to(m.files);
-    if (j.contains("file_records")) j.at("file_records").get_to(m.file_records);
+    GetTo(j.at("format_version"), m.format_version);
+    GetTo(j.at("step"), m.step);
+    GetTo(j.at("world_size"), m.world_size);
+    GetTo(j.at("created_unix"), m.created_unix);
+    GetTo(j.at("library_version"), m.library_version);
+    GetTo(j.at("torch_version"), m.torch_version);
+    GetTo(j.at("piece_bytes"), m.piece_bytes);
+    GetTo(j.at("files"), m.files);
+    if (j.contains("file_records")) GetTo(j.at("file_records"), m.file_records);
     for (const auto& [path, value] : j.at("scalars").items()) {
       m.scalars[path] = ScalarFromJson(value);
     }
