@@ -49,6 +49,19 @@ run 2 --ckpt-dir "$tmp/s" --steps 6 --save-every 2 --resume >"$tmp/s2.out" 2>&1
 check "resume on 2 ranks after the stopped rank continues exactly" \
   "diff <(grep '^step' '$tmp/s2.out') <(tail -4 '$tmp/ref.txt') >/dev/null"
 
+# 1c. Rank 1's storage stalls: blocked forever inside pwrite, then inside fsync, of step 4.
+for mode in HANG HANG_FSYNC; do
+  start=$(date +%s.%N)
+  run_with 3 -x LD_PRELOAD="$shim" -x KILL_RANK=1 -x KILL_SIGNAL=$mode \
+    -x KILL_PATH_PART=.tmp-step-00000004 -x KILL_AFTER_BYTES=4096 "$train" \
+    --ckpt-dir "$tmp/h-$mode" --steps 6 --save-every 2 --collective-timeout 5 >"$tmp/h.out" 2>&1
+  rc=$?
+  took=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+  check "storage stalled in $(echo ${mode#HANG} | tr -d _ | tr A-Z a-z | sed 's/^$/pwrite/') on rank 1: the job ends after ${took} s (exit $rc), naming it" \
+    "[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q 'rank 1 (host $(hostname)) did not arrive' '$tmp/h.out' && awk -v t=$took 'BEGIN {exit !(t < 40)}'"
+  check "  and step 2 is still the latest" "[ \"\$('$cli' latest '$tmp/h-$mode')\" = '$tmp/h-$mode/step-00000002' ]"
+done
+
 # 2. A file-size limit hits during the step-4 save: EFBIG on every writing rank.
 run 2 --ckpt-dir "$tmp/f" --steps 2 --save-every 2 >/dev/null 2>&1
 # The limit applies to the ranks only (mpirun itself must stay able to write its session files).

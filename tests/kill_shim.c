@@ -1,6 +1,8 @@
-// LD_PRELOAD shim for fault tests: the process of MPI rank KILL_RANK dies by SIGKILL (or stops,
-// with KILL_SIGNAL=STOP) once it has written KILL_AFTER_BYTES bytes with pwrite into files whose
-// path contains KILL_PATH_PART.
+// LD_PRELOAD shim for fault tests: the process of MPI rank KILL_RANK dies by SIGKILL (stops with
+// KILL_SIGNAL=STOP; blocks forever inside pwrite with KILL_SIGNAL=HANG) once it has written
+// KILL_AFTER_BYTES bytes with pwrite into files whose path contains KILL_PATH_PART. With
+// KILL_SIGNAL=HANG_FSYNC it instead blocks forever in the first fsync of such a file, as a
+// stalled storage system would.
 // Fault injection from outside: the programs under test carry no hooks.
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -12,6 +14,10 @@
 #include <unistd.h>
 
 static long long written;
+
+static void Hang(void) {
+  for (;;) pause();
+}
 
 static int Armed(int fd) {
   const char* rank = getenv("OMPI_COMM_WORLD_RANK");
@@ -35,7 +41,10 @@ ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset) {
     if (written + (long long)count >= budget) {
       if (budget > written) real(fd, buf, (size_t)(budget - written), offset);
       const char* sig = getenv("KILL_SIGNAL");
-      raise(sig && strcmp(sig, "STOP") == 0 ? SIGSTOP : SIGKILL);
+      if (sig && strcmp(sig, "HANG") == 0) Hang();
+      if (!sig || strcmp(sig, "HANG_FSYNC") != 0) {
+        raise(sig && strcmp(sig, "STOP") == 0 ? SIGSTOP : SIGKILL);
+      }
     }
     written += (long long)count;
   }
@@ -44,4 +53,12 @@ ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset) {
 
 ssize_t pwrite64(int fd, const void* buf, size_t count, off_t offset) {
   return pwrite(fd, buf, count, offset);
+}
+
+int fsync(int fd) {
+  static int (*real)(int);
+  if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+  const char* sig = getenv("KILL_SIGNAL");
+  if (sig && strcmp(sig, "HANG_FSYNC") == 0 && Armed(fd)) Hang();
+  return real(fd);
 }
