@@ -12,7 +12,7 @@ import shutil
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from dcp_common import evict, timed
+from dcp_common import evict, init_gloo, timed
 
 
 
@@ -41,12 +41,7 @@ def main():
     p.add_argument("--shapes")
     p.add_argument("--dir", default="/tmp/distckpt-dcp-scale")
     a = p.parse_args()
-    rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", 0))
-    world = int(os.environ.get("OMPI_COMM_WORLD_SIZE", 1))
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29571")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    rank, world = init_gloo(29571)
     src = build(a)
     nbytes = sum(t.numel() * t.element_size() for t in src.values())
     paths = [f"{a.dir}/first", f"{a.dir}/again"]

@@ -14,7 +14,7 @@ import statistics
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from dcp_common import evict, timed
+from dcp_common import evict, init_gloo, timed
 
 
 
@@ -38,12 +38,7 @@ def main():
     p.add_argument("--save-only", help="save once with DCP into this path and keep it")
     p.add_argument("--load-only", help="load a DCP checkpoint saved by another rank count")
     a = p.parse_args()
-    rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", 0))
-    world = int(os.environ.get("OMPI_COMM_WORLD_SIZE", 1))
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29561")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    rank, world = init_gloo(29561)
     nbytes = max(1, int(a.gib * 16)) * 4096 * 4096 * 4
     results = []
 
