@@ -36,15 +36,8 @@ Result<ReadableFile*> ShardReader::File(const std::string& name) {
                      " bytes, the manifest says " + std::to_string(record.size) +
                      " (truncated or replaced?)");
     }
-    std::vector<std::pair<uint64_t, uint64_t>> data;
-    for (const TensorRecord& t : manifest_->tensors) {
-      for (const ShardRecord& s : t.shards) {
-        if (s.file == name) {
-          data.emplace_back(s.byte_offset,
-                            s.byte_offset + s.flat_count * c10::elementSize(t.dtype));
-        }
-      }
-    }
+    if (data_ranges_.empty()) CollectDataRanges();
+    std::vector<std::pair<uint64_t, uint64_t>>& data = data_ranges_[name];
     std::sort(data.begin(), data.end());
     uint64_t hash = 0;
     bool read = HashOutside(
@@ -58,6 +51,16 @@ Result<ReadableFile*> ShardReader::File(const std::string& name) {
   }
   files_[name] = std::move(opened).value();
   return raw;
+}
+
+// One pass over the manifest for every file, instead of one pass per file opened.
+void ShardReader::CollectDataRanges() {
+  for (const TensorRecord& t : manifest_->tensors) {
+    for (const ShardRecord& s : t.shards) {
+      data_ranges_[s.file].emplace_back(s.byte_offset,
+                                        s.byte_offset + s.flat_count * c10::elementSize(t.dtype));
+    }
+  }
 }
 
 Status ShardReader::CheckFile(const std::string& name) {

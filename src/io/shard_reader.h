@@ -41,6 +41,7 @@ class ShardReader {
     int64_t shard_bytes = 0, b0 = 0, b1 = 0, first = 0, last = 0;
   };
   Result<ReadableFile*> File(const std::string& name);
+  void CollectDataRanges();
   // From a mapped file (`data`: the shard's first byte), or through PRead into `out` or scratch.
   Status ReadMapped(const char* data, const ShardRecord& shard, const Range& range,
                     const std::string& where, ReadableFile* file, char* out);
@@ -55,6 +56,8 @@ class ShardReader {
   int64_t piece_bytes_;
   int rank_;
   std::map<std::string, std::unique_ptr<ReadableFile>> files_;
+  // Per rank file, the byte ranges of tensor data (everything else is HDF5 metadata).
+  std::map<std::string, std::vector<std::pair<uint64_t, uint64_t>>> data_ranges_;
   std::vector<char> scratch_;
   LoadStats stats_;
 };
