@@ -5,6 +5,9 @@
 #                              bridge dckbr0 (10.77.0.0/24; this machine is 10.77.0.1) and, when
 #                              a process is started through launch/netns-rsh, its own hostname
 #   launch/cluster.sh down     removes the hosts, the bridge and their /etc/hosts lines
+#   launch/cluster.sh kill HOST    kills every process of HOST (a machine that dies)
+#   launch/cluster.sh link HOST up|down
+#                              connects HOST to the bridge or cuts it off (a network link lost)
 #   launch/cluster.sh mpirun ARGS...
 #                              mpirun with the options that reach the hosts, e.g.
 #                              launch/cluster.sh mpirun --host h1:2,h2:2 -np 4 prog
@@ -52,13 +55,32 @@ up() {
   echo "cluster: $n host(s) up: $(hosts | tr '\n' ' ')"
 }
 
+known() { ip netns list 2>/dev/null | grep -q "^$1\( \|$\)" || die "no host '$1' (cluster.sh up N first)" 2; }
+
+kill_host() {
+  known "$1"
+  local pids
+  pids=$(ip netns pids "$1")
+  [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
+}
+
+link() {
+  known "$1"
+  [[ ${2:-} =~ ^(up|down)$ ]] || die "link needs up or down, got '${2:-}'" 2
+  ip -n "$1" link set eth0 "$2"
+}
+
 case "${1:-}" in
   up) up "${2:-}" ;;
   down) down ;;
+  kill) kill_host "${2:-}" ;;
+  link) link "${2:-}" "${3:-}" ;;
   mpirun)
     shift
+    # TCP keepalive on the launcher's links: a host that falls silent ends the job in seconds.
     exec mpirun --mca plm_rsh_agent "$HERE/netns-rsh" --mca btl_tcp_if_include "$SUBNET.0/24" \
-      --mca oob_tcp_if_include "$SUBNET.0/24" "$@"
+      --mca oob_tcp_if_include "$SUBNET.0/24" --mca oob_tcp_keepalive_time 2 \
+      --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 3 "$@"
     ;;
-  *) die "usage: cluster.sh up N | down | mpirun ARGS..." 2 ;;
+  *) die "usage: cluster.sh up N | down | kill HOST | link HOST up|down | mpirun ARGS..." 2 ;;
 esac

@@ -1,50 +1,86 @@
-// LD_PRELOAD shim for fault tests: the process of MPI rank KILL_RANK dies by SIGKILL (stops with
-// KILL_SIGNAL=STOP; blocks forever inside pwrite with KILL_SIGNAL=HANG) once it has written
-// KILL_AFTER_BYTES bytes with pwrite into files whose path contains KILL_PATH_PART. With
-// KILL_SIGNAL=HANG_FSYNC it instead blocks forever in the first fsync of such a file, as a
-// stalled storage system would.
-// Fault injection from outside: the programs under test carry no hooks.
+// LD_PRELOAD shim for fault tests: the process of MPI rank KILL_RANK is struck once it has written
+// KILL_AFTER_BYTES bytes with pwrite into files whose path contains KILL_PATH_PART (with
+// KILL_ON_OPEN=1: as soon as it opens such a file, e.g. to load it). KILL_SIGNAL says how:
+//   KILL (default)  dies by SIGKILL
+//   STOP            stops (SIGSTOP), as a process the scheduler no longer runs
+//   HANG            blocks forever inside that call, as on a stalled file system
+//   HANG_FSYNC      writes on, then blocks forever in the first fsync of such a file
+//   PAUSE           sleeps KILL_PAUSE_SECONDS (default 3) and goes on, leaving the test time
+//                   to strike from outside (cut the host's link, kill the host)
+// With KILL_MARK set, the file KILL_MARK is created when the shim strikes, so that a test can
+// act at that moment. Fault injection from outside: the programs under test carry no hooks.
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static long long written;
+static int struck;
 
-static void Hang(void) {
-  for (;;) pause();
+static int Is(const char* name, const char* value) {
+  const char* v = getenv(name);
+  return v && strcmp(v, value) == 0;
 }
 
-static int Armed(int fd) {
+static int ArmedPath(const char* path) {
   const char* rank = getenv("OMPI_COMM_WORLD_RANK");
   const char* kill_rank = getenv("KILL_RANK");
   const char* part = getenv("KILL_PATH_PART");
   if (!rank || !kill_rank || !part || strcmp(rank, kill_rank) != 0) return 0;
+  return strstr(path, part) != NULL;
+}
+
+static int Armed(int fd) {
   char link[64], path[PATH_MAX];
   snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
   ssize_t n = readlink(link, path, sizeof(path) - 1);
   if (n <= 0) return 0;
   path[n] = '\0';
-  return strstr(path, part) != NULL;
+  return ArmedPath(path);
+}
+
+static void Mark(void) {
+  const char* mark = getenv("KILL_MARK");
+  if (!mark) return;
+  static int (*real_open)(const char*, int, ...);
+  if (!real_open) real_open = (int (*)(const char*, int, ...))dlsym(RTLD_NEXT, "open");
+  int fd = real_open(mark, O_CREAT | O_WRONLY, 0644);
+  if (fd >= 0) close(fd);
+}
+
+// Strikes once; returns so that the call goes on (PAUSE, or HANG_FSYNC before its fsync).
+static void Strike(void) {
+  if (struck) return;
+  struck = 1;
+  Mark();
+  if (Is("KILL_SIGNAL", "HANG")) {
+    for (;;) pause();
+  }
+  if (Is("KILL_SIGNAL", "PAUSE")) {
+    const char* s = getenv("KILL_PAUSE_SECONDS");
+    sleep(s ? (unsigned)atoi(s) : 3);
+    return;
+  }
+  if (Is("KILL_SIGNAL", "HANG_FSYNC")) return;
+  raise(Is("KILL_SIGNAL", "STOP") ? SIGSTOP : SIGKILL);
 }
 
 ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset) {
   static ssize_t (*real)(int, const void*, size_t, off_t);
   if (!real) real = (ssize_t(*)(int, const void*, size_t, off_t))dlsym(RTLD_NEXT, "pwrite");
-  if (Armed(fd)) {
+  if (!struck && !Is("KILL_ON_OPEN", "1") && Armed(fd)) {
     const char* after = getenv("KILL_AFTER_BYTES");
     long long budget = after ? atoll(after) : 4096;
     if (written + (long long)count >= budget) {
       if (budget > written) real(fd, buf, (size_t)(budget - written), offset);
-      const char* sig = getenv("KILL_SIGNAL");
-      if (sig && strcmp(sig, "HANG") == 0) Hang();
-      if (!sig || strcmp(sig, "HANG_FSYNC") != 0) {
-        raise(sig && strcmp(sig, "STOP") == 0 ? SIGSTOP : SIGKILL);
-      }
+      Strike();
     }
     written += (long long)count;
   }
@@ -58,7 +94,46 @@ ssize_t pwrite64(int fd, const void* buf, size_t count, off_t offset) {
 int fsync(int fd) {
   static int (*real)(int);
   if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
-  const char* sig = getenv("KILL_SIGNAL");
-  if (sig && strcmp(sig, "HANG_FSYNC") == 0 && Armed(fd)) Hang();
+  if (Is("KILL_SIGNAL", "HANG_FSYNC") && Armed(fd)) {
+    for (;;) pause();
+  }
   return real(fd);
+}
+
+// at: the openat form, with dirfd.
+static int OpenAt(const char* symbol, int at, int dirfd, const char* path, int flags, mode_t mode) {
+  if (Is("KILL_ON_OPEN", "1") && ArmedPath(path)) Strike();
+  if (!at) {
+    int (*real)(const char*, int, ...) = (int (*)(const char*, int, ...))dlsym(RTLD_NEXT, symbol);
+    return real(path, flags, mode);
+  }
+  int (*real)(int, const char*, int, ...) =
+      (int (*)(int, const char*, int, ...))dlsym(RTLD_NEXT, symbol);
+  return real(dirfd, path, flags, mode);
+}
+
+#define MODE_ARG(flags, mode)              \
+  mode_t mode = 0;                         \
+  if ((flags) & (O_CREAT | __O_TMPFILE)) { \
+    va_list ap;                            \
+    va_start(ap, flags);                   \
+    mode = (mode_t)va_arg(ap, int);        \
+    va_end(ap);                            \
+  }
+
+int open(const char* path, int flags, ...) {
+  MODE_ARG(flags, mode);
+  return OpenAt("open", 0, -1, path, flags, mode);
+}
+int open64(const char* path, int flags, ...) {
+  MODE_ARG(flags, mode);
+  return OpenAt("open64", 0, -1, path, flags, mode);
+}
+int openat(int dirfd, const char* path, int flags, ...) {
+  MODE_ARG(flags, mode);
+  return OpenAt("openat", 1, dirfd, path, flags, mode);
+}
+int openat64(int dirfd, const char* path, int flags, ...) {
+  MODE_ARG(flags, mode);
+  return OpenAt("openat64", 1, dirfd, path, flags, mode);
 }

@@ -8,12 +8,15 @@
 # - the trainer saved on 2 hosts x 2 ranks, with and without ZeRO-1, resumed on 3 hosts x 1 rank
 #   and on 1 host x 2 ranks: every later loss identical to a run never stopped.
 # Skips (exit 77, with the reason) where network namespaces cannot be made.
-# - a rank on host h2 stopped (SIGSTOP) in the middle of a save: the ranks on h1 and h3 name
-#   rank 1 and host h2 and end the job within the collective deadline; the older checkpoint
-#   stays the latest and a resume on the surviving hosts is exact.
-# usage: multinode_test.sh TRAIN COORDINATOR_TEST CLUSTER_SH KILL_SHIM
+# - live export gathered from 3 hosts; async saves across 2 hosts;
+# - no hang: rank 1 on host h2 stopped (SIGSTOP) in the middle of a save, of an async save and of
+#   a load; the link of h2 cut during a save; h2 killed whole (every process in it) during a save.
+#   Each job ends within a stated bound of the moment of the fault, naming rank 1 and host h2 (the
+#   collective deadline) or host h2 (Open MPI's launcher, which sees a lost host first); the
+#   older checkpoint stays the latest and a resume on the surviving hosts h1 and h3 is exact.
+# usage: multinode_test.sh TRAIN COORDINATOR_TEST CLUSTER_SH KILL_SHIM EXPORT_TEST ASYNC_TEST
 set -euo pipefail
-train=$1; coordinator=$2; cluster=$3; shim=$4
+train=$1; coordinator=$2; cluster=$3; shim=$4; export_test=$5; async_test=$6
 tmp=$(mktemp -d "${DISTCKPT_TEST_TMP:-/tmp}/multinode.XXXXXX")
 set +e
 "$cluster" up 3 >"$tmp/up.log" 2>&1
@@ -43,6 +46,15 @@ for layout in h1:1,h2:1,h3:1 h1:2,h2:2; do
   fi
 done
 
+for t in "$export_test h1:1,h2:1,h3:1 3" "$async_test h1:1,h2:1 2"; do
+  set -- $t
+  if on --host "$2" -np "$3" "$1" >"$tmp/gtest.log" 2>&1; then
+    echo "ok   $(basename "$1") on $2"
+  else
+    echo "FAIL $(basename "$1") on $2"; tail -30 "$tmp/gtest.log"; fail=1
+  fi
+done
+
 run_ref() { timeout 300 mpirun --oversubscribe -np 4 "$train" "$@"; }
 for zero in "" "--zero 1"; do
   name=${zero:+zero1}; name=${name:-plain}
@@ -65,28 +77,82 @@ for zero in "" "--zero 1"; do
   done
 done
 
-# A stalled rank on another host.
-timeout 300 mpirun --oversubscribe -np 4 "$train" --ckpt-dir "$tmp/ref-stop" --steps 6 \
+# Faults on host h2 (rank 1 of h1:1,h2:1,h3:1), struck through the LD_PRELOAD shim.
+timeout 300 mpirun --oversubscribe -np 4 "$train" --ckpt-dir "$tmp/ref-fault" --steps 6 \
   --save-every 0 | grep '^step' >"$tmp/ref"
-start=$(date +%s.%N)
-set +e
-on --host h1:1,h2:1,h3:1 -np 3 -x LD_PRELOAD="$shim" -x KILL_RANK=1 -x KILL_SIGNAL=STOP \
-  -x KILL_PATH_PART=.tmp-step-00000004 -x KILL_AFTER_BYTES=4096 "$train" --ckpt-dir "$tmp/stop" \
-  --steps 6 --save-every 2 --collective-timeout 5 >"$tmp/stop.out" 2>&1
-rc=$?
-set -e
-took=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
-named=$(grep -c 'rank 1 (host h2) did not arrive' "$tmp/stop.out" || true)
-if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ "$named" -ge 2 ] && awk -v t="$took" 'BEGIN {exit !(t < 60)}'; then
-  echo "ok   rank 1 stopped on h2 mid-save: the ranks on h1 and h3 named it and its host; the job ended ${took} s after start (deadline 5 s)"
-else
-  echo "FAIL stopped rank on h2: exit $rc after ${took} s, named by $named rank(s)"; cat "$tmp/stop.out"; fail=1
-fi
-on --host h1:1,h3:1 -np 2 "$train" --ckpt-dir "$tmp/stop" --steps 6 --save-every 2 --resume >"$tmp/out"
-if grep -q '^resumed from .*step-00000002' "$tmp/out" &&
-   diff <(grep '^step' "$tmp/out") <(tail -4 "$tmp/ref") >/dev/null; then
-  echo "ok   resumed on the surviving hosts h1 and h3 from step 2: steps 3-6 identical"
-else
-  echo "FAIL resume on h1 and h3 after the stall"; cat "$tmp/out"; fail=1
-fi
+
+# resume_survivors DIR LABEL: a resume on h1 and h3 starts from step 2 and matches the reference.
+resume_survivors() {
+  on --host h1:1,h3:1 -np 2 "$train" --ckpt-dir "$1" --steps 6 --save-every 2 --resume >"$tmp/out"
+  if grep -q '^resumed from .*step-00000002' "$tmp/out" &&
+     diff <(grep '^step' "$tmp/out") <(tail -4 "$tmp/ref") >/dev/null; then
+    echo "ok   $2: resumed on the surviving hosts h1 and h3 from step 2, steps 3-6 identical"
+  else
+    echo "FAIL $2: resume on h1 and h3"; cat "$tmp/out"; fail=1
+  fi
+}
+
+# strike LABEL ACTION PATTERN BOUND SHIM_ENV... -- TRAIN_ARGS...: runs the trainer on three
+# hosts with the shim armed on rank 1; when the shim strikes, runs ACTION (a cluster.sh command,
+# or "-"); the job must fail within BOUND seconds of the strike with PATTERN in its output.
+strike() {
+  local label=$1 action=$2 pattern=$3 bound=$4 envs=() rc took
+  shift 4
+  while [ "$1" != -- ]; do envs+=(-x "$1"); shift; done
+  shift
+  rm -f "$tmp/mark"
+  set +e
+  on --host h1:1,h2:1,h3:1 -np 3 -x LD_PRELOAD="$shim" -x KILL_RANK=1 -x KILL_MARK="$tmp/mark" \
+    "${envs[@]}" "$train" "$@" >"$tmp/strike.out" 2>&1 &
+  local job=$!
+  for _ in $(seq 1200); do [ -e "$tmp/mark" ] || ! kill -0 $job 2>/dev/null && break; sleep 0.1; done
+  local struck
+  struck=$(date +%s.%N)
+  [ "$action" = - ] || "$cluster" $action
+  wait $job
+  rc=$?
+  set -e
+  took=$(awk -v a="$struck" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+  if [ ! -e "$tmp/mark" ]; then
+    echo "FAIL $label: the fault never struck (exit $rc)"; cat "$tmp/strike.out"; fail=1
+  elif [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "$pattern" "$tmp/strike.out" &&
+       awk -v t="$took" -v b="$bound" 'BEGIN {exit !(t < b)}'; then
+    echo "ok   $label: the job ended ${took} s after the fault (bound ${bound} s), saying: $(grep -m1 -o "$pattern" "$tmp/strike.out")"
+  else
+    echo "FAIL $label: exit $rc after ${took} s (bound ${bound} s), expected '$pattern'"
+    cat "$tmp/strike.out"; fail=1
+  fi
+}
+
+named='rank 1 (host h2) did not arrive'
+deadline=5
+for mode in "" --async; do
+  dir=$tmp/stop${mode#--}
+  strike "rank 1 on h2 stopped mid-${mode#--}${mode:+ }save (deadline ${deadline} s)" - "$named" 15 \
+    KILL_SIGNAL=STOP KILL_PATH_PART=.tmp-step-00000004 KILL_AFTER_BYTES=4096 -- \
+    --ckpt-dir "$dir" --steps 6 --save-every 2 --collective-timeout $deadline $mode
+  [ "$(grep -c "$named" "$tmp/strike.out")" -ge 2 ] ||
+    { echo "FAIL the ranks on h1 and h3 should both name rank 1 (host h2)"; fail=1; }
+  [ -n "$mode" ] || cp -r "$dir" "$tmp/load"
+  resume_survivors "$dir" "after the stop mid-${mode#--}${mode:+ }save"
+done
+
+strike "rank 1 on h2 stopped mid-load (deadline ${deadline} s)" - "$named" 15 \
+  KILL_SIGNAL=STOP KILL_ON_OPEN=1 KILL_PATH_PART=step-00000002/ -- \
+  --ckpt-dir "$tmp/load" --steps 6 --save-every 2 --resume --collective-timeout $deadline
+resume_survivors "$tmp/load" "after the stop mid-load"
+
+# The link cut while rank 1 pauses in its write: Open MPI's launcher notices the silent host by
+# TCP keepalive (cluster.sh sets it to a few seconds) and ends the job before the deadline.
+strike "link of h2 cut mid-save" "link h2 down" "on node h2" 20 \
+  KILL_SIGNAL=PAUSE KILL_PAUSE_SECONDS=60 KILL_PATH_PART=.tmp-step-00000004 -- \
+  --ckpt-dir "$tmp/link" --steps 6 --save-every 2 --collective-timeout 30
+"$cluster" link h2 up
+"$cluster" kill h2
+resume_survivors "$tmp/link" "after the cut link"
+
+strike "host h2 killed mid-save" "kill h2" "connection to h2 closed" 15 \
+  KILL_SIGNAL=HANG KILL_PATH_PART=.tmp-step-00000004 -- \
+  --ckpt-dir "$tmp/hostkill" --steps 6 --save-every 2 --collective-timeout $deadline
+resume_survivors "$tmp/hostkill" "after h2 died"
 exit $fail
