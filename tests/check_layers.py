@@ -21,7 +21,8 @@ PUBLIC = {
     "status.h": "core", "tree.h": "core", "options.h": "core", "host_copier.h": "core",
     "version.h": "core", "plan.h": "plan", "manifest.h": "manifest", "env.h": "io",
     "comm.h": "comm", "nccl.h": "gpu", "checkpoint.h": "checkpoint", "async.h": "checkpoint",
-    "manifest_io.h": "checkpoint", "state_dict.h": "torch", "export.h": "pt",
+    "manifest_io.h": "checkpoint", "diff.h": "checkpoint", "state_dict.h": "torch",
+    "export.h": "pt",
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 

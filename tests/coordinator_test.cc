@@ -2,6 +2,7 @@
 #include <filesystem>
 
 #include "distckpt/checkpoint.h"
+#include "distckpt/diff.h"
 #include "fault_env.h"
 #include "test_util.h"
 
@@ -57,6 +58,44 @@ TEST(Coordinator, MixedPlacementsRoundTripAndSpreadTheBytes) {
   EXPECT_EQ(m.world_size, Comm().size());
   EXPECT_EQ(static_cast<int>(m.FindTensor("replicated/big")->shards.size()), Comm().size());
   EXPECT_EQ(static_cast<int>(m.files.size()), Comm().size());
+}
+
+// The same values stored replicated (split among the writers) and sharded by rows and flat:
+// diff compares them in chunks far smaller than a shard, so chunks straddle shard boundaries.
+TEST(Coordinator, DiffComparesAcrossPlacementsInSmallChunks) {
+  const std::string root = testing::ScratchDir("diff");
+  Checkpointer ckpt(root, Comm());
+  StateTree whole;
+  whole.SetTensor("sharded/rows", GlobalRows());
+  whole.SetTensor("sharded/flat", GlobalFlat());
+  whole.SetTensor("replicated/big", BigReplicated());
+  whole.SetTensor("replicated/small", Pattern({5}, at::kLong, 4));
+  whole.SetScalar("step", int64_t{3});
+  const std::string a = ckpt.Save(whole, 1);
+  const std::string b = ckpt.Save(LocalTree(false), 2);
+  StateTree changed = LocalTree(false);
+  at::Tensor rows = changed.tensor("sharded/rows").tensor;
+  if (Comm().rank() == Comm().size() - 1) rows[rows.size(0) - 1][2] += 0.5;
+  const std::string c = ckpt.Save(changed, 3);
+  if (Comm().rank() != 0) return;  // one plain process, as the CLI
+  DiffOptions options;
+  options.chunk_bytes = 8 * 4099;  // the 4 MiB tensor in 256 rounds
+  auto same = DiffCheckpoints(a, b, options);
+  ASSERT_TRUE(same.ok()) << same.status().ToString();
+  EXPECT_TRUE(same->equal());
+  EXPECT_EQ(same->tensors_compared, 4);
+  EXPECT_EQ(same->elements_compared, 30 + 35 + 1024 * 1024 + 5);
+  options.chunk_bytes = 8 * 7;  // 7 elements per round for the small ones
+  options.exclude = {"replicated/big"};
+  auto differ = DiffCheckpoints(a, c, options);
+  ASSERT_TRUE(differ.ok()) << differ.status().ToString();
+  ASSERT_EQ(differ->differences.size(), 1u);
+  const Difference& d = differ->differences[0];
+  EXPECT_EQ(d.path, "sharded/rows");
+  EXPECT_EQ(d.differing, 1);
+  EXPECT_EQ(d.max_abs, 0.5);
+  options.atol = 0.5;
+  EXPECT_TRUE(DiffCheckpoints(a, c, options)->equal());
 }
 
 TEST(Coordinator, OneFailingRankFailsEveryRankWithTheSameMessage) {

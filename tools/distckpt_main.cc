@@ -4,9 +4,11 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "distckpt/checkpoint.h"
+#include "distckpt/diff.h"
 #include "distckpt/export.h"
 #include "distckpt/manifest.h"
 #include "tools/command_line.h"
@@ -27,30 +29,9 @@ std::string HumanBytes(double b) {
   return buf;
 }
 
-std::string ValueText(const distckpt::ScalarValue& value) {
-  char buf[64];
-  if (auto* i = std::get_if<int64_t>(&value)) return std::to_string(*i);
-  if (auto* d = std::get_if<double>(&value)) {
-    std::snprintf(buf, sizeof(buf), "%.9g", *d);
-    return buf;
-  }
-  if (auto* b = std::get_if<bool>(&value)) return *b ? "true" : "false";
-  if (auto* s = std::get_if<std::string>(&value)) return "\"" + *s + "\"";
-  std::string out = "[";
-  auto add = [&](const std::string& item) { out += (out.size() > 1 ? ", " : "") + item; };
-  if (auto* il = std::get_if<std::vector<int64_t>>(&value)) {
-    for (int64_t x : *il) add(std::to_string(x));
-  } else if (auto* dl = std::get_if<std::vector<double>>(&value)) {
-    for (double x : *dl) add(ValueText(x));
-  } else if (auto* sl = std::get_if<std::vector<std::string>>(&value)) {
-    for (const auto& x : *sl) add("\"" + x + "\"");
-  }
-  return out + "]";
-}
-
 std::string ScalarText(const Manifest& m, const std::string& key) {
   auto it = m.scalars.find(key);
-  return it == m.scalars.end() ? "-" : ValueText(it->second);
+  return it == m.scalars.end() ? "-" : distckpt::ScalarText(it->second);
 }
 
 int List(const std::string& root) {
@@ -97,7 +78,7 @@ int Inspect(const std::string& dir, bool json) {
               HumanBytes(static_cast<double>(m->TotalBytes())).c_str(), m->tensors.size());
   std::printf("scalars:\n");
   for (const auto& [path, value] : m->scalars) {
-    std::printf("  %s = %s\n", path.c_str(), ValueText(value).c_str());
+    std::printf("  %s = %s\n", path.c_str(), distckpt::ScalarText(value).c_str());
   }
   std::printf("tensors:\n");
   for (const auto& t : m->tensors) {
@@ -204,9 +185,77 @@ int Latest(const std::string& root, bool verified) {
   return 0;
 }
 
+nlohmann::json DiffJson(const distckpt::DiffReport& r) {
+  nlohmann::json out = {{"equal", r.equal()},
+                        {"tensors_compared", r.tensors_compared},
+                        {"scalars_compared", r.scalars_compared},
+                        {"elements_compared", r.elements_compared},
+                        {"max_abs", r.max_abs},
+                        {"max_rel", r.max_rel},
+                        {"differences", nlohmann::json::array()}};
+  for (const auto& d : r.differences) {
+    nlohmann::json item = {{"path", d.path}, {"kind", distckpt::DifferenceKindName(d.kind)}};
+    if (!d.a.empty()) item["a"] = d.a;
+    if (!d.b.empty()) item["b"] = d.b;
+    if (d.kind == distckpt::Difference::Kind::kValues) {
+      item.update({{"differing", d.differing},
+                   {"numel", d.numel},
+                   {"max_abs", d.max_abs},
+                   {"max_rel", d.max_rel}});
+    }
+    out["differences"].push_back(item);
+  }
+  return out;
+}
+
+std::string DiffLine(const distckpt::Difference& d) {
+  using Kind = distckpt::Difference::Kind;
+  char buf[160];
+  switch (d.kind) {
+    case Kind::kOnlyInA:
+      return "only in A: " + d.a;
+    case Kind::kOnlyInB:
+      return "only in B: " + d.b;
+    case Kind::kValues:
+      std::snprintf(buf, sizeof(buf),
+                    "%s: %lld of %lld elements differ, max abs %.6g, max rel %.6g", d.a.c_str(),
+                    static_cast<long long>(d.differing), static_cast<long long>(d.numel), d.max_abs,
+                    d.max_rel);
+      return buf;
+    default:
+      return std::string(distckpt::DifferenceKindName(d.kind)) + " " + d.a + " -> " + d.b;
+  }
+}
+
+// Exit 0: equal within the tolerance; 1: different; 2: either cannot be read.
+int Diff(const std::string& a, const std::string& b, const distckpt::DiffOptions& options,
+         bool json) {
+  auto report = distckpt::DiffCheckpoints(a, b, options);
+  if (!report.ok()) {
+    std::fprintf(stderr, "distckpt diff: %s\n", report.status().ToString().c_str());
+    return 2;
+  }
+  if (json) {
+    std::printf("%s\n", DiffJson(*report).dump(2).c_str());
+    return report->equal() ? 0 : 1;
+  }
+  for (const auto& d : report->differences) {
+    std::printf("%s  %s\n", d.path.c_str(), DiffLine(d).c_str());
+  }
+  std::printf(
+      "%s: %lld tensor(s) (%lld elements) and %lld scalar(s) compared, max abs %.6g, "
+      "max rel %.6g, %zu difference(s)\n",
+      report->equal() ? "EQUAL" : "DIFFERENT", static_cast<long long>(report->tensors_compared),
+      static_cast<long long>(report->elements_compared),
+      static_cast<long long>(report->scalars_compared), report->max_abs, report->max_rel,
+      report->differences.size());
+  return report->equal() ? 0 : 1;
+}
+
 // Each subcommand with its arguments; Run() calls the one that was given.
 struct Command {
-  std::string root, dir, pt, out;
+  std::string root, dir, pt, out, other;
+  distckpt::DiffOptions diff;
   bool json = false, model_only = false, verified = false;
   int64_t step = -1;
   distckpt::RetentionPolicy policy;
@@ -244,6 +293,19 @@ void AddCommands(CLI::App& app, Command& c) {
   gc->add_option("--metric", c.policy.metric, "numeric scalar to rank by (default: loss)");
   gc->add_flag(
       "--higher", [&c](int64_t) { c.policy.lower_is_better = false; }, "higher --metric is better");
+  auto* diff = app.add_subcommand("diff", "compare two checkpoints tensor by tensor");
+  diff->add_option("A", c.dir, "first checkpoint directory")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  diff->add_option("B", c.other, "second checkpoint directory")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  diff->add_option("--rtol", c.diff.rtol, "relative tolerance (|a-b| <= atol + rtol*|b|)")
+      ->check(CLI::NonNegativeNumber);
+  diff->add_option("--atol", c.diff.atol, "absolute tolerance")->check(CLI::NonNegativeNumber);
+  diff->add_option("--exclude", c.diff.exclude, "leave out paths starting with PREFIX (repeatable)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  diff->add_flag("--json", c.json, "the report as JSON");
   auto* latest = app.add_subcommand("latest", "print the newest committed checkpoint");
   latest->add_option("ROOT", c.root, "checkpoint root")->required()->check(CLI::ExistingDirectory);
   latest->add_flag("--verified", c.verified, "the newest one whose every byte verifies");
@@ -258,13 +320,15 @@ int Run(const CLI::App& app, const Command& c) {
   if (name == "export") return Export(c.dir, c.out, c.model_only);
   if (name == "import") return Import(c.pt, c.root, c.step);
   if (name == "gc") return Gc(c.root, c.policy);
+  if (name == "diff") return Diff(c.dir, c.other, c.diff, c.json);
   return Latest(c.root, c.verified);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app("distckpt: list, inspect, verify, export, import and prune checkpoints", "distckpt");
+  CLI::App app("distckpt: list, inspect, verify, compare, export, import and prune checkpoints",
+               "distckpt");
   Command command;
   AddCommands(app, command);
   auto known = [&app](const std::string& name) {

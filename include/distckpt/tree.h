@@ -64,6 +64,9 @@ class StateTree {
 // "[2, 3]": a shape as error messages and tools print it.
 std::string ShapeString(const std::vector<int64_t>& shape);
 
+// A scalar as tools print it: 3, 0.125, true, "text", [1, 2].
+std::string ScalarText(const ScalarValue& value);
+
 // "float32", "bfloat16", ... as Python torch spells them; "" for unsupported dtypes.
 std::string DtypeName(at::ScalarType dtype);
 // Inverse of DtypeName; returns false for names that are not supported.

@@ -1,5 +1,6 @@
 #include "distckpt/tree.h"
 
+#include <cstdio>
 #include <stdexcept>
 
 #include "distckpt/status.h"
@@ -83,6 +84,27 @@ constexpr DtypeNameEntry kDtypeNames[] = {
 std::string ShapeString(const std::vector<int64_t>& shape) {
   std::string out = "[";
   for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+std::string ScalarText(const ScalarValue& value) {
+  char buf[64];
+  if (auto* i = std::get_if<int64_t>(&value)) return std::to_string(*i);
+  if (auto* d = std::get_if<double>(&value)) {
+    std::snprintf(buf, sizeof(buf), "%.9g", *d);
+    return buf;
+  }
+  if (auto* b = std::get_if<bool>(&value)) return *b ? "true" : "false";
+  if (auto* s = std::get_if<std::string>(&value)) return "\"" + *s + "\"";
+  std::string out = "[";
+  auto add = [&](const std::string& item) { out += (out.size() > 1 ? ", " : "") + item; };
+  if (auto* il = std::get_if<std::vector<int64_t>>(&value)) {
+    for (int64_t x : *il) add(std::to_string(x));
+  } else if (auto* dl = std::get_if<std::vector<double>>(&value)) {
+    for (double x : *dl) add(ScalarText(x));
+  } else if (auto* sl = std::get_if<std::vector<std::string>>(&value)) {
+    for (const auto& x : *sl) add("\"" + x + "\"");
+  }
   return out + "]";
 }
 
