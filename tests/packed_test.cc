@@ -164,10 +164,10 @@ TEST(ReadPaths, MappedAndCopiedReadsVerifyTheSameBytes) {
   EXPECT_GT(stats[1].bytes_verified, 0);
 }
 
-// tests/fixtures/v1: written by the release before packing (dtype_writer, one dataset per
+// tests/data/v1: written by the release before packing (dtype_writer, one dataset per
 // tensor). It must keep loading, verifying and re-saving.
 TEST(FormatVersion1, TheFixtureLoadsVerifiesAndResavesAsVersion2) {
-  const std::string fixture = std::string(DISTCKPT_SOURCE_DIR) + "/tests/fixtures/v1";
+  const std::string fixture = std::string(DISTCKPT_SOURCE_DIR) + "/tests/data/v1";
   const std::string dir = fixture + "/step-00000001";
   const Manifest m = ReadManifest(dir).value();
   EXPECT_EQ(m.format_version, 1);
