@@ -13,16 +13,11 @@ import sys
 
 import torch
 
+from checks import check, finish
+
 train, cli, mpirun, work = sys.argv[1:5]
 shutil.rmtree(work, ignore_errors=True)
 os.makedirs(work)
-failures = []
-
-
-def check(name, ok, detail=""):
-    print(("ok   " if ok else "FAIL ") + name + (f": {detail}" if detail and not ok else ""))
-    if not ok:
-        failures.append(name)
 
 
 def run(*args):
@@ -146,4 +141,4 @@ with open(rank_file, "r+b") as f:
 r = diff(plain, damaged)
 check("a damaged rank file: exit 2, the file named", r.returncode == 2 and
       "rank-00001.h5" in r.stderr, r.stdout + r.stderr)
-sys.exit(1 if failures else 0)
+finish()

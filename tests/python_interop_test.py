@@ -10,17 +10,12 @@ import zipfile
 
 import torch
 
+from checks import check, finish
+
 train, cli, mpirun, work = sys.argv[1:5]
 for name in os.listdir(work):  # a fresh start on every run
     subprocess.run(["rm", "-rf", os.path.join(work, name)], check=True)
 SEED, BATCH = 1234, 96
-failures = []
-
-
-def check(name, ok, detail=""):
-    print(("ok   " if ok else "FAIL ") + name + (f": {detail}" if detail and not ok else ""))
-    if not ok:
-        failures.append(name)
 
 
 def run(*args, **kw):
@@ -154,5 +149,4 @@ try:
 except Exception as e:  # noqa: BLE001 - any failure is the finding
     check("optimizer.load_state_dict accepts it", False, repr(e))
 
-print(f"{len(failures)} failed" if failures else "python interop: all checks passed")
-sys.exit(1 if failures else 0)
+finish()

@@ -17,17 +17,11 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 import read_distckpt  # noqa: E402
+from checks import check, finish  # noqa: E402
 
 cli, work, ckpts = sys.argv[1], sys.argv[2], sys.argv[3:]
 shutil.rmtree(work, ignore_errors=True)
 os.makedirs(work)
-failures = []
-
-
-def check(name, ok, detail=""):
-    print(("ok   " if ok else "FAIL ") + name + (f": {detail}" if detail and not ok else ""))
-    if not ok:
-        failures.append(name)
 
 
 def flatten(value, prefix, out):
@@ -96,4 +90,4 @@ for ckpt in ckpts:
         caught = str(e)
     check(f"{name}: a flipped bit in {record['path']} fails the independent reader's checksum",
           shard["file"] in caught, caught)
-sys.exit(1 if failures else 0)
+finish()
