@@ -1,4 +1,5 @@
 #include <mpi.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -270,9 +271,19 @@ std::unique_ptr<Communicator> MakeDefaultCommunicator() {
   return MakeLocalCommunicator();
 }
 
+namespace {
+std::string ThisHost() {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) return "?";
+  return name;
+}
+}  // namespace
+
+// Each failed rank's message is prefixed with the rank and its host: "rank 2 (host n7): ...".
 Status AgreeOnStatus(Communicator& comm, const Status& local) {
   ByteWriter w;
   w.PutI64(static_cast<int64_t>(local.code()));
+  w.PutString(local.ok() ? std::string() : ThisHost());
   w.PutString(local.message());
   std::vector<std::string> all;
   RETURN_IF_ERROR(comm.AllGather(w.str(), &all));
@@ -282,13 +293,14 @@ Status AgreeOnStatus(Communicator& comm, const Status& local) {
   for (int r = 0; r < static_cast<int>(all.size()); ++r) {
     ByteReader reader(all[r]);
     int64_t code = 0;
-    std::string text;
-    if (!reader.GetI64(&code) || !reader.GetString(&text)) {
+    std::string host, text;
+    if (!reader.GetI64(&code) || !reader.GetString(&host) || !reader.GetString(&text)) {
       return Internal("malformed status vote from rank " + std::to_string(r));
     }
     if (code == 0) continue;
     if (first_code == Code::kOk) first_code = static_cast<Code>(code);
-    message += (failed++ ? "; " : "") + std::string("rank ") + std::to_string(r) + ": " + text;
+    message += (failed++ ? "; " : "") + std::string("rank ") + std::to_string(r) + " (host " +
+               host + "): " + text;
   }
   if (failed == 0) return Status::Ok();
   return Status(first_code, message);
