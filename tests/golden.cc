@@ -21,8 +21,9 @@ namespace {
 using distckpt::Communicator;
 using distckpt::StateTree;
 
-const at::ScalarType kDtypes[] = {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16, at::kChar,
-                                  at::kShort, at::kInt,    at::kLong, at::kByte,     at::kBool};
+const at::ScalarType kDtypes[] = {at::kFloat, at::kDouble, at::kHalf,          at::kBFloat16,
+                                  at::kChar,  at::kShort,  at::kInt,           at::kLong,
+                                  at::kByte,  at::kBool,   at::kFloat8_e4m3fn, at::kFloat8_e5m2};
 
 // Element i of tensor number `seed`: small integers over 8 (exact in every float dtype), with
 // NaN, -inf, inf and -0.0 at elements 1-4 of float tensors.

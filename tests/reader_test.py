@@ -37,8 +37,12 @@ def flatten(value, prefix, out):
 
 
 def same_tensor(t, a):
-    want = {torch.bfloat16: np.float32}.get(t.dtype)
-    ref = t.float().numpy() if want else t.numpy()
+    if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        ref = t.view(torch.uint8).numpy()
+    elif t.dtype == torch.bfloat16:
+        ref = t.float().numpy()
+    else:
+        ref = t.numpy()
     return (ref.dtype == a.dtype and ref.shape == a.shape and
             np.ascontiguousarray(ref).tobytes() == np.ascontiguousarray(a).tobytes())
 

@@ -25,6 +25,8 @@ DTYPES = {
     "bfloat16": ("<u2", 2),  # the upper half of a float32; widened below
     "int8": ("i1", 1), "int16": ("<i2", 2), "int32": ("<i4", 4), "int64": ("<i8", 8),
     "uint8": ("u1", 1), "bool": ("u1", 1),
+    # numpy has no float8: the raw bytes (torch: .view(torch.float8_e4m3fn) gives the values)
+    "float8_e4m3fn": ("u1", 1), "float8_e5m2": ("u1", 1),
 }
 
 
@@ -116,7 +118,8 @@ def _shard_bytes(ckpt_dir, shard, itemsize, piece_bytes, hasher):
 
 
 def read_tensor(ckpt_dir, record, piece_bytes=1 << 20, hasher=None):
-    """The whole tensor of one index record as a numpy array (bfloat16 widened to float32)."""
+    """The whole tensor of one index record as a numpy array (bfloat16 widened to float32,
+    float8 as its raw uint8 bytes)."""
     stored, itemsize = DTYPES[record["dtype"]]
     numel = int(np.prod(record["shape"], dtype=np.int64))
     flat = np.zeros(numel, dtype=stored)

@@ -56,6 +56,10 @@ hid_t MakeHdf5Type(at::ScalarType dtype) {
     case at::ScalarType::Long:
       return H5Tcopy(H5T_STD_I64LE);
     case at::ScalarType::Byte:
+    // float8: HDF5 has no type whose special values match, so h5py reads the raw bytes; the
+    // dataset's torch_dtype attribute names the type.
+    case at::ScalarType::Float8_e4m3fn:
+    case at::ScalarType::Float8_e5m2:
       return H5Tcopy(H5T_STD_U8LE);
     case at::ScalarType::Bool: {
       hid_t t = H5Tenum_create(H5T_NATIVE_INT8);

@@ -4,6 +4,8 @@
 #include <cstring>
 #include <map>
 
+#include "distckpt/tree.h"
+
 namespace distckpt {
 
 PyPtr PyValue::None() { return std::make_shared<PyValue>(); }
@@ -203,6 +205,10 @@ class Writer {
         break;
       case K::kTensor: {
         const PyTensorRef& t = v.tensor;
+        if (StorageClassName(t.dtype).empty()) {
+          WriteTensorV3(t);
+          break;
+        }
         Global("torch._utils", "_rebuild_tensor_v2");
         Op(kMark);
         Op(kMark);  // persistent id ('storage', torch.XStorage, key, 'cpu', numel)
@@ -231,6 +237,34 @@ class Writer {
       default:
         break;
     }
+  }
+  // Dtypes without a typed storage class (float8), as torch.save writes them:
+  // _rebuild_tensor_v3(UntypedStorage of bytes, offset, size, stride, False, {}, torch.<dtype>).
+  void WriteTensorV3(const PyTensorRef& t) {
+    Global("torch._utils", "_rebuild_tensor_v3");
+    Op(kMark);
+    Op(kMark);
+    Str("storage");
+    Global("torch.storage", "UntypedStorage");
+    Str(t.storage_key);
+    Str("cpu");
+    Int(t.storage_numel * static_cast<int64_t>(c10::elementSize(t.dtype)));
+    Op(kTupleOp);
+    Op(kBinPersId);
+    Int(t.offset);
+    Op(kMark);
+    for (int64_t s : t.size) Int(s);
+    Op(kTupleOp);
+    Op(kMark);
+    for (int64_t s : t.stride) Int(s);
+    Op(kTupleOp);
+    Op(kNewFalse);
+    Global("collections", "OrderedDict");
+    Op(kEmptyTuple);
+    Op(kReduce);
+    Global("torch", DtypeName(t.dtype).c_str());
+    Op(kTupleOp);
+    Op(kReduce);
   }
   std::string out_;
 };
@@ -293,7 +327,11 @@ class Reader {
   Status PushGlobal(const std::string& module, const std::string& name) {
     const std::string full = module + "." + name;
     bool allowed = full == "torch._utils._rebuild_tensor_v2" ||
-                   full == "torch._utils._rebuild_parameter" || full == "collections.OrderedDict";
+                   full == "torch._utils._rebuild_tensor_v3" ||
+                   full == "torch._utils._rebuild_parameter" || full == "collections.OrderedDict" ||
+                   full == "torch.storage.UntypedStorage";
+    at::ScalarType dtype;
+    if (module == "torch" && DtypeFromName(name, &dtype)) allowed = true;  // torch.float8_e5m2
     for (const auto& s : kStorageNames) {
       if (module == "torch" && name == s.name) allowed = true;
     }
@@ -323,6 +361,7 @@ class Reader {
       stack_.push_back(a[0]);
       return Status::Ok();
     }
+    if (callable->s == "torch._utils._rebuild_tensor_v3") return RebuildV3(a);
     if (callable->s == "torch._utils._rebuild_tensor_v2") {
       if (a.size() < 4 || a[0]->kind != K::kStorage || a[1]->kind != K::kInt ||
           a[2]->kind != K::kTuple || a[3]->kind != K::kTuple) {
@@ -344,6 +383,32 @@ class Reader {
     }
     return InvalidArgument("refusing to call global '" + callable->s + "'");
   }
+  // _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype): the storage
+  // is untyped (its count in bytes) and the dtype a global such as torch.float8_e4m3fn.
+  Status RebuildV3(const std::vector<PyPtr>& a) {
+    using K = PyValue::Kind;
+    at::ScalarType dtype;
+    if (a.size() < 7 || a[0]->kind != K::kStorage || a[6]->kind != K::kGlobal ||
+        a[6]->s.rfind("torch.", 0) != 0 || !DtypeFromName(a[6]->s.substr(6), &dtype)) {
+      return Corrupt("malformed tensor (_rebuild_tensor_v3) in pickle");
+    }
+    PyTensorRef& storage = a[0]->tensor;
+    if (storage.dtype == at::kByte && dtype != at::kByte) {  // bytes to elements, once
+      const int64_t esize = static_cast<int64_t>(c10::elementSize(dtype));
+      if (storage.storage_numel % esize) return Corrupt("untyped storage of a partial element");
+      storage.storage_numel /= esize;
+      storage.dtype = dtype;
+    }
+    if (storage.dtype != dtype) return Corrupt("one storage read as two dtypes");
+    std::vector<PyPtr> v2(a.begin(), a.begin() + 4);
+    return Reduce(GlobalValue("torch._utils._rebuild_tensor_v2"), PyValue::Tuple(std::move(v2)));
+  }
+  static PyPtr GlobalValue(const std::string& full) {
+    auto g = std::make_shared<PyValue>();
+    g->kind = PyValue::Kind::kGlobal;
+    g->s = full;
+    return g;
+  }
   Status PersistentLoad(const PyPtr& pid) {
     using K = PyValue::Kind;
     const auto& a = pid->items;
@@ -354,7 +419,8 @@ class Reader {
     }
     auto storage = std::make_shared<PyValue>();
     storage->kind = K::kStorage;
-    bool found = false;
+    bool found = a[1]->s == "torch.storage.UntypedStorage";  // bytes; typed by its tensor
+    storage->tensor.dtype = at::kByte;
     for (const auto& s : kStorageNames) {
       if (a[1]->s == std::string("torch.") + s.name) {
         storage->tensor.dtype = s.dtype;
