@@ -37,6 +37,8 @@ install_python_packages() {
   "$PYTHON" -c 'import numpy' 2>/dev/null || need+=(numpy)
   "$PYTHON" -c 'import h5py' 2>/dev/null || need+=(h5py)
   "$PYTHON" -c 'import xxhash' 2>/dev/null || need+=(xxhash)
+  "$PYTHON" -c 'import safetensors' 2>/dev/null || need+=(safetensors)
+  "$PYTHON" -c 'import transformers' 2>/dev/null || need+=(transformers)
   [ ${#need[@]} -eq 0 ] && return 0
   say "installing Python packages from PyPI: ${need[*]} (the torch wheel is several GB)"
   pip_install "${need[@]}"

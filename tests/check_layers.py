@@ -22,7 +22,7 @@ PUBLIC = {
     "version.h": "core", "plan.h": "plan", "manifest.h": "manifest", "env.h": "io",
     "comm.h": "comm", "nccl.h": "gpu", "checkpoint.h": "checkpoint", "async.h": "checkpoint",
     "manifest_io.h": "checkpoint", "diff.h": "checkpoint", "state_dict.h": "torch",
-    "export.h": "pt",
+    "export.h": "pt", "safetensors.h": "pt",
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 

@@ -113,7 +113,8 @@ TEST(Coordinator, OneFailingRankFailsEveryRankWithTheSameMessage) {
   }
   env.write_budget = -1;
   ASSERT_FALSE(message.empty()) << "rank " << Comm().rank() << " did not fail";
-  EXPECT_NE(message.find("rank " + std::to_string(victim) + " (host "), std::string::npos) << message;
+  EXPECT_NE(message.find("rank " + std::to_string(victim) + " (host "), std::string::npos)
+      << message;
   EXPECT_NE(message.find("No space left on device"), std::string::npos) << message;
   std::vector<std::string> all;
   ASSERT_TRUE(Comm().AllGather(message, &all).ok());

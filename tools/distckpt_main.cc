@@ -1,8 +1,10 @@
 // distckpt: list, inspect and verify checkpoints. One plain process; no mpirun needed.
+#include <mpi.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -11,6 +13,7 @@
 #include "distckpt/diff.h"
 #include "distckpt/export.h"
 #include "distckpt/manifest.h"
+#include "distckpt/safetensors.h"
 #include "tools/command_line.h"
 
 namespace {
@@ -135,7 +138,7 @@ distckpt::ProgressFn TerminalProgress(const char* what) {
   };
 }
 
-int Export(const std::string& dir, const std::string& out, bool model_only) {
+int ExportPt(const std::string& dir, const std::string& out, bool model_only) {
   distckpt::ExportOptions options;
   options.model_only = model_only;
   options.progress = TerminalProgress("export");
@@ -150,15 +153,36 @@ int Export(const std::string& dir, const std::string& out, bool model_only) {
   return 0;
 }
 
-int Import(const std::string& pt, const std::string& root, int64_t step) {
+// Under mpirun, every rank writes its share of the bytes.
+int ExportSafetensors(const std::string& dir, const std::string& out,
+                      distckpt::SafetensorsExportOptions options, distckpt::Communicator& comm) {
+  options.comm = &comm;
+  if (comm.rank() == 0) options.progress = TerminalProgress("export");
+  auto stats = distckpt::ExportSafetensors(dir, out, options);
+  if (!stats.ok()) {
+    if (comm.rank() == 0) {
+      std::fprintf(stderr, "distckpt export: %s\n", stats.status().ToString().c_str());
+    }
+    return 1;
+  }
+  if (comm.rank() == 0) {
+    std::printf("wrote %zu file(s) under %s: %d tensor(s), %s, by %d rank(s)\n",
+                stats->files.size(), out.c_str(), stats->tensors,
+                HumanBytes(static_cast<double>(stats->tensor_bytes)).c_str(), comm.size());
+  }
+  return 0;
+}
+
+int Import(const std::string& in, const std::string& root, int64_t step) {
   distckpt::ImportOptions options;
   options.step = step;
-  auto dir = distckpt::ImportPt(pt, root, options);
+  auto dir = distckpt::IsSafetensors(in) ? distckpt::ImportSafetensors(in, root, options)
+                                         : distckpt::ImportPt(in, root, options);
   if (!dir.ok()) {
     std::fprintf(stderr, "distckpt import: %s\n", dir.status().ToString().c_str());
     return 1;
   }
-  std::printf("imported %s as %s\n", pt.c_str(), dir->c_str());
+  std::printf("imported %s as %s\n", in.c_str(), dir->c_str());
   return 0;
 }
 
@@ -254,8 +278,10 @@ int Diff(const std::string& a, const std::string& b, const distckpt::DiffOptions
 
 // Each subcommand with its arguments; Run() calls the one that was given.
 struct Command {
-  std::string root, dir, pt, out, other;
+  std::string root, dir, pt, out, other, format = "pt";
   distckpt::DiffOptions diff;
+  distckpt::SafetensorsExportOptions safetensors;
+  bool prefix_given = false;
   bool json = false, model_only = false, verified = false;
   int64_t step = -1;
   distckpt::RetentionPolicy policy;
@@ -277,10 +303,23 @@ void AddCommands(CLI::App& app, Command& c) {
       ->check(CLI::ExistingDirectory);
   auto* exp = app.add_subcommand("export", "write a checkpoint as one .pt file for torch.load");
   exp->add_option("CKPT", c.dir, "checkpoint directory")->required()->check(CLI::ExistingDirectory);
-  exp->add_option("OUT", c.out, "the .pt file to write")->required();
+  exp->add_option("OUT", c.out, "the .pt file, .safetensors file or directory to write")
+      ->required();
   exp->add_flag("--model-only", c.model_only, "only the model's state_dict");
-  auto* imp = app.add_subcommand("import", "commit a torch.save file as a checkpoint");
-  imp->add_option("IN", c.pt, "the .pt file")->required()->check(CLI::ExistingFile);
+  exp->add_option("--format", c.format, "pt (torch.load) or safetensors (Hugging Face)")
+      ->check(CLI::IsMember({"pt", "safetensors"}));
+  exp->add_option("--max-shard-size", c.safetensors.max_shard_bytes,
+                  "safetensors: bytes per file of a directory output, e.g. 5GB, 500MB")
+      ->transform(CLI::AsSizeValue(true))
+      ->check(CLI::PositiveNumber);
+  exp->add_option("--prefix", c.safetensors.prefix,
+                  "safetensors: only tensors under PREFIX, named without it")
+      ->each([&c](const std::string&) { c.prefix_given = true; });
+  auto* imp = app.add_subcommand(
+      "import", "commit a torch.save file, a .safetensors file or a safetensors model directory");
+  imp->add_option("IN", c.pt, "the .pt or .safetensors file, or a model directory")
+      ->required()
+      ->check(CLI::ExistingPath);
   imp->add_option("ROOT", c.root, "checkpoint root (created if missing)")->required();
   imp->add_option("--step", c.step, "step to save as (default: the file's step or epoch)")
       ->check(distckpt::tools::IntInRange(0, 99999999));
@@ -312,12 +351,17 @@ void AddCommands(CLI::App& app, Command& c) {
   app.require_subcommand(1);
 }
 
-int Run(const CLI::App& app, const Command& c) {
+int Run(const CLI::App& app, Command& c, distckpt::Communicator& comm) {
   const std::string name = app.get_subcommands().front()->get_name();
+  if (name == "export" && c.format == "safetensors") {
+    if (c.model_only && !c.prefix_given) c.safetensors.prefix = "model_state_dict/";
+    return ExportSafetensors(c.dir, c.out, c.safetensors, comm);
+  }
+  if (comm.rank() != 0) return 0;  // the other commands run once, on rank 0
   if (name == "ls") return List(c.root);
   if (name == "inspect") return Inspect(c.dir, c.json);
   if (name == "verify") return Verify(c.dir);
-  if (name == "export") return Export(c.dir, c.out, c.model_only);
+  if (name == "export" && c.format == "pt") return ExportPt(c.dir, c.out, c.model_only);
   if (name == "import") return Import(c.pt, c.root, c.step);
   if (name == "gc") return Gc(c.root, c.policy);
   if (name == "diff") return Diff(c.dir, c.other, c.diff, c.json);
@@ -342,5 +386,16 @@ int main(int argc, char** argv) {
     return 2;
   }
   const int rc = distckpt::tools::ParseCommandLine(app, argc, argv);
-  return rc >= 0 ? rc : Run(app, command);
+  if (rc >= 0) return rc;
+  // Started by mpirun (or srun): a parallel safetensors export; other commands run on rank 0.
+  const bool launched =
+      std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE") || std::getenv("PMIX_RANK");
+  if (launched) MPI_Init(&argc, &argv);
+  int result = 0;
+  {
+    auto comm = distckpt::MakeDefaultCommunicator();
+    result = Run(app, command, *comm);
+  }
+  if (launched) MPI_Finalize();
+  return result;
 }

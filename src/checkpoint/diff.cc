@@ -29,18 +29,9 @@ std::string Describe(const TensorRecord& t) {
   return DtypeName(t.dtype) + " " + ShapeString(t.global_shape);
 }
 
-// Elements [begin, begin + count) of the flattened tensor into `out`, from every shard that
-// holds some of them.
 Status ReadRange(Side& side, const TensorRecord& t, int64_t begin, int64_t count, char* out) {
-  const int64_t esize = c10::elementSize(t.dtype);
-  for (const ShardRecord& s : t.shards) {
-    const int64_t lo = std::max(begin, s.flat_start);
-    const int64_t hi = std::min(begin + count, s.flat_start + s.flat_count);
-    if (lo >= hi) continue;
-    Status st = side.reader->Read(t, s, lo - s.flat_start, hi - lo, out + (lo - begin) * esize);
-    if (!st.ok()) return st.Annotate("in checkpoint " + side.dir);
-  }
-  return Status::Ok();
+  Status st = side.reader->ReadElements(t, begin, count, out);
+  return st.ok() ? st : st.Annotate("in checkpoint " + side.dir);
 }
 
 // Adds one chunk's counts to `d`: a and b hold the same elements of the two sides.

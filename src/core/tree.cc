@@ -73,11 +73,16 @@ struct DtypeNameEntry {
   const char* name;
 };
 constexpr DtypeNameEntry kDtypeNames[] = {
-    {at::ScalarType::Float, "float32"}, {at::ScalarType::Double, "float64"},
-    {at::ScalarType::Half, "float16"},  {at::ScalarType::BFloat16, "bfloat16"},
-    {at::ScalarType::Char, "int8"},     {at::ScalarType::Short, "int16"},
-    {at::ScalarType::Int, "int32"},     {at::ScalarType::Long, "int64"},
-    {at::ScalarType::Byte, "uint8"},    {at::ScalarType::Bool, "bool"},
+    {at::ScalarType::Float, "float32"},
+    {at::ScalarType::Double, "float64"},
+    {at::ScalarType::Half, "float16"},
+    {at::ScalarType::BFloat16, "bfloat16"},
+    {at::ScalarType::Char, "int8"},
+    {at::ScalarType::Short, "int16"},
+    {at::ScalarType::Int, "int32"},
+    {at::ScalarType::Long, "int64"},
+    {at::ScalarType::Byte, "uint8"},
+    {at::ScalarType::Bool, "bool"},
     {at::ScalarType::Float8_e4m3fn, "float8_e4m3fn"},
     {at::ScalarType::Float8_e5m2, "float8_e5m2"},
 };

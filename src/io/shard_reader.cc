@@ -63,6 +63,19 @@ void ShardReader::CollectDataRanges() {
   }
 }
 
+Status ShardReader::ReadElements(const TensorRecord& tensor, int64_t begin, int64_t count,
+                                 void* dest) {
+  const int64_t esize = c10::elementSize(tensor.dtype);
+  char* out = static_cast<char*>(dest);
+  for (const ShardRecord& s : tensor.shards) {
+    const int64_t lo = std::max(begin, s.flat_start);
+    const int64_t hi = std::min(begin + count, s.flat_start + s.flat_count);
+    if (lo >= hi) continue;
+    RETURN_IF_ERROR(Read(tensor, s, lo - s.flat_start, hi - lo, out + (lo - begin) * esize));
+  }
+  return Status::Ok();
+}
+
 Status ShardReader::CheckFile(const std::string& name) {
   auto file = File(name);
   return file.ok() ? Status::Ok() : file.status().Annotate("rank " + std::to_string(rank_));

@@ -33,6 +33,10 @@ class ShardReader {
   Status Read(const TensorRecord& tensor, const ShardRecord& shard, int64_t elem_begin,
               int64_t count, void* dest);
 
+  // Elements [begin, begin + count) of the flattened tensor into `dest`, from whichever of its
+  // shards hold them.
+  Status ReadElements(const TensorRecord& tensor, int64_t begin, int64_t count, void* dest);
+
   const LoadStats& stats() const { return stats_; }
 
  private:

@@ -65,4 +65,10 @@ std::string PackDatasetName(const std::string& dtype_name) {
   return "_distckpt/pack/" + dtype_name;
 }
 
+std::string DirName(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
 }  // namespace distckpt

@@ -37,5 +37,7 @@ std::string PackDatasetName(const std::string& dtype_name);
 std::string JoinPath(const std::string& a, const std::string& b);
 // The last component of a path.
 std::string BaseName(const std::string& path);
+// Everything before the last component ("." for a bare name).
+std::string DirName(const std::string& path);
 
 }  // namespace distckpt

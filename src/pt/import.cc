@@ -9,6 +9,7 @@
 
 #include "distckpt/checkpoint.h"
 #include "distckpt/export.h"
+#include "pt/commit.h"
 #include "pt/pickle.h"
 
 namespace distckpt {
@@ -229,9 +230,14 @@ Result<std::string> ImportPt(const std::string& pt_path, const std::string& root
       }
     }
   }
+  return CommitImport(tree, root, step, options.env);
+}
+
+Result<std::string> CommitImport(const StateTree& tree, const std::string& root, int64_t step,
+                                 Env* env) {
   auto comm = MakeLocalCommunicator();
   CheckpointerOptions ckpt_options;
-  ckpt_options.env = options.env;
+  ckpt_options.env = env;
   Checkpointer ckpt(root, *comm, ckpt_options);
   std::string dir;
   RETURN_IF_ERROR(ckpt.SaveStatus(tree, step, &dir));

@@ -1,0 +1,17 @@
+// The last step of every import: a tree read from another format committed as a checkpoint.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "distckpt/env.h"
+#include "distckpt/status.h"
+#include "distckpt/tree.h"
+
+namespace distckpt {
+
+// Saves `tree` as checkpoint `step` under `root` from this one process; returns its directory.
+Result<std::string> CommitImport(const StateTree& tree, const std::string& root, int64_t step,
+                                 Env* env);
+
+}  // namespace distckpt
