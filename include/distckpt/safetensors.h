@@ -27,7 +27,7 @@ struct SafetensorsExportOptions {
   int64_t max_shard_bytes = 5'000'000'000;
   // Collective when set: the bytes are split among the ranks, each writes its part.
   Communicator* comm = nullptr;
-  ProgressFn progress;  // this rank's bytes written, of its share
+  ProgressFn progress;  // this rank's bytes written so far (the total is passed as -1)
 };
 
 struct SafetensorsExportStats {
@@ -46,6 +46,13 @@ struct SafetensorsExportStats {
 Result<SafetensorsExportStats> ExportSafetensors(const std::string& ckpt_dir,
                                                  const std::string& out,
                                                  const SafetensorsExportOptions& options = {});
+
+// Collective. The same files from a live tree: every rank writes what it holds of sharded
+// tensors and its share of the replicated ones (CUDA tensors are copied to the host in 64 MiB
+// rounds); `step` and the tree's epoch and loss go into the metadata.
+Result<SafetensorsExportStats> ExportTreeSafetensors(Communicator& comm, const StateTree& tree,
+                                                     int64_t step, const std::string& out,
+                                                     const SafetensorsExportOptions& options = {});
 
 // `path`: a .safetensors file, or a directory holding model.safetensors.index.json (and its
 // shards) or model.safetensors. Every header is checked before anything is written: dtype,

@@ -14,12 +14,15 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 
 #include "distckpt/checkpoint.h"
 #include "distckpt/manifest_io.h"
+#include "distckpt/plan.h"
 #include "io/file_util.h"
 #include "io/shard_reader.h"
 #include "layout/filename.h"
@@ -104,11 +107,11 @@ std::string DoubleText(double d) {
   return buf;
 }
 
-json Metadata(const Manifest& m) {
-  json meta = {{"format", "pt"}, {"step", std::to_string(m.step)}};
+json Metadata(int64_t step, const std::map<std::string, ScalarValue>& scalars) {
+  json meta = {{"format", "pt"}, {"step", std::to_string(step)}};
   for (const char* key : {"epoch", "loss"}) {
-    auto it = m.scalars.find(key);
-    if (it == m.scalars.end()) continue;
+    auto it = scalars.find(key);
+    if (it == scalars.end()) continue;
     if (auto* i = std::get_if<int64_t>(&it->second)) meta[key] = std::to_string(*i);
     if (auto* d = std::get_if<double>(&it->second)) meta[key] = DoubleText(*d);
   }
@@ -131,10 +134,11 @@ std::string HeaderBytes(const Layout& layout, int file, const json& metadata) {
 }
 
 // Shards as transformers cuts them: in order, a new file when the next tensor would overflow.
-Result<Layout> PlanLayout(const Manifest& m, const SafetensorsExportOptions& options, bool single) {
+Result<Layout> PlanLayout(const std::vector<TensorRecord>& records, const json& metadata,
+                          const SafetensorsExportOptions& options, bool single) {
   Layout layout;
   int64_t in_file = 0;
-  for (const TensorRecord& r : m.tensors) {
+  for (const TensorRecord& r : records) {
     if (r.path.compare(0, options.prefix.size(), options.prefix) != 0) continue;
     if (!CodeOf(r.dtype)) {
       return InvalidArgument("tensor '" + r.path + "': dtype " + DtypeName(r.dtype) +
@@ -161,7 +165,6 @@ Result<Layout> PlanLayout(const Manifest& m, const SafetensorsExportOptions& opt
     return NotFound("no tensor under '" + options.prefix + "' in the checkpoint");
   }
   const int k = static_cast<int>(layout.files.size());
-  const json metadata = Metadata(m);
   for (int f = 0; f < k; ++f) {
     char name[64];
     std::snprintf(name, sizeof(name), "model-%05d-of-%05d.safetensors", f + 1, k);
@@ -191,20 +194,36 @@ Status CreateFiles(const Output& o, const Layout& layout) {
   return Status::Ok();
 }
 
-// This rank's byte range of the concatenated data, cut at element boundaries of each tensor.
-Status WriteShare(const Output& o, const Layout& layout, ShardReader& reader, int rank, int world,
-                  const ProgressFn& progress, int64_t* written) {
+// Which elements [first, second) of a tensor this rank writes, and where their bytes come from.
+using RangeFn = std::function<std::pair<int64_t, int64_t>(const OutTensor&)>;
+using SourceFn = std::function<Status(const OutTensor&, int64_t first, int64_t count, char* out)>;
+
+// This rank's share of the concatenated data: bytes [T*r/N, T*(r+1)/N), cut at element
+// boundaries of each tensor.
+std::pair<int64_t, int64_t> ByteShare(const Layout& layout, const OutTensor& t, int rank,
+                                      int world) {
   const int64_t lo = layout.total * rank / world, hi = layout.total * (rank + 1) / world;
+  const int64_t esize = c10::elementSize(t.record->dtype);
+  auto element = [&](int64_t byte) {
+    return std::clamp<int64_t>((byte - t.global + esize - 1) / esize, 0, t.nbytes / esize);
+  };
+  return {element(lo), element(hi)};
+}
+
+// The first element of the flattened global tensor that a sharded entry holds.
+int64_t FirstHeldElement(const TensorEntry& e) {
+  return e.placement == PlacementKind::kShardedRows ? e.offset * RowElements(e.global_shape)
+                                                    : e.offset;
+}
+
+Status WritePieces(const Output& o, const Layout& layout, const RangeFn& range,
+                   const SourceFn& source, const ProgressFn& progress, int64_t* written) {
   std::map<int, std::unique_ptr<WritableFile>> open;
   std::vector<char> buffer;
   for (const OutTensor& t : layout.tensors) {
-    if (t.global + t.nbytes <= lo || t.global >= hi || t.nbytes == 0) continue;
+    const auto [e0, e1] = range(t);
+    if (e0 >= e1) continue;
     const int64_t esize = c10::elementSize(t.record->dtype);
-    const int64_t numel = t.nbytes / esize;
-    auto element = [&](int64_t byte) {
-      return std::clamp<int64_t>((byte - t.global + esize - 1) / esize, 0, numel);
-    };
-    const int64_t e0 = element(lo), e1 = element(hi);
     const OutFile& f = layout.files[t.file];
     if (!open[t.file]) {
       ASSIGN_OR_RETURN(open[t.file], o.env->OpenWritable(o.Tmp(f)));
@@ -213,12 +232,12 @@ Status WriteShare(const Output& o, const Layout& layout, ShardReader& reader, in
     for (int64_t e = e0; e < e1; e += per_round) {
       const int64_t count = std::min(per_round, e1 - e);
       buffer.resize(static_cast<size_t>(count * esize));
-      RETURN_IF_ERROR(reader.ReadElements(*t.record, e, count, buffer.data())
-                          .Annotate("tensor '" + t.record->path + "'"));
+      RETURN_IF_ERROR(
+          source(t, e, count, buffer.data()).Annotate("tensor '" + t.record->path + "'"));
       const uint64_t at = f.prefix.size() + t.offset + e * esize;
       RETURN_IF_ERROR(open[t.file]->PWrite(at, buffer.data(), buffer.size()));
       *written += static_cast<int64_t>(buffer.size());
-      if (progress) progress(*written, hi - lo);
+      if (progress) progress(*written, -1);
     }
   }
   for (auto& [index, file] : open) {
@@ -251,39 +270,85 @@ Status Publish(const Output& o, const Layout& layout, SafetensorsExportStats* st
 
 }  // namespace
 
-Result<SafetensorsExportStats> ExportSafetensors(const std::string& ckpt_dir,
-                                                 const std::string& out,
-                                                 const SafetensorsExportOptions& options) {
-  Env* env = options.env ? options.env : Env::Default();
-  std::unique_ptr<Communicator> local;
-  Communicator* comm = options.comm;
-  if (!comm) {
-    local = MakeLocalCommunicator();
-    comm = local.get();
-  }
-  const int rank = comm->rank(), world = comm->size();
-  Output o{env, EndsWith(out, ".safetensors"), out};
-  if (options.max_shard_bytes <= 0) return InvalidArgument("max_shard_bytes must be positive");
-  auto manifest = ReadManifest(ckpt_dir, env);
-  Status status = manifest.status();
-  Result<Layout> layout = status.ok() ? PlanLayout(*manifest, options, o.single) : status;
-  status = layout.status();
-  if (status.ok() && rank == 0) status = CreateFiles(o, *layout);
-  RETURN_IF_ERROR(AgreeOnStatus(*comm, status));
+namespace {
 
+// Every rank: the files created by rank 0, this rank's pieces written, the files published.
+Result<SafetensorsExportStats> RunExport(Communicator& comm, const Output& o,
+                                         const Result<Layout>& layout, const RangeFn& range,
+                                         const SourceFn& source, const ProgressFn& progress) {
+  Status status = layout.status();
+  if (status.ok() && comm.rank() == 0) status = CreateFiles(o, *layout);
+  RETURN_IF_ERROR(AgreeOnStatus(comm, status));
   SafetensorsExportStats stats;
-  ShardReader reader(env, ckpt_dir, &manifest.value(), rank);
-  status = WriteShare(o, *layout, reader, rank, world, options.progress, &stats.bytes_written_here);
-  status = AgreeOnStatus(*comm, status);
-  if (status.ok() && rank == 0) status = Publish(o, *layout, &stats);
-  if (world > 1) status = AgreeOnStatus(*comm, status);
-  if (!status.ok() && rank == 0) {
-    for (const OutFile& f : layout->files) (void)env->RemoveAll(o.Tmp(f));  // best effort
+  status = WritePieces(o, *layout, range, source, progress, &stats.bytes_written_here);
+  status = AgreeOnStatus(comm, status);
+  if (status.ok() && comm.rank() == 0) status = Publish(o, *layout, &stats);
+  if (comm.size() > 1) status = AgreeOnStatus(comm, status);
+  if (!status.ok() && comm.rank() == 0) {
+    for (const OutFile& f : layout->files) (void)o.env->RemoveAll(o.Tmp(f));  // best effort
   }
   RETURN_IF_ERROR(status);
   stats.tensors = static_cast<int>(layout->tensors.size());
   stats.tensor_bytes = layout->total;
   return stats;
+}
+
+}  // namespace
+
+Result<SafetensorsExportStats> ExportSafetensors(const std::string& ckpt_dir,
+                                                 const std::string& out,
+                                                 const SafetensorsExportOptions& options) {
+  if (options.max_shard_bytes <= 0) return InvalidArgument("max_shard_bytes must be positive");
+  std::unique_ptr<Communicator> local = options.comm ? nullptr : MakeLocalCommunicator();
+  Communicator& comm = options.comm ? *options.comm : *local;
+  Output o{options.env ? options.env : Env::Default(), EndsWith(out, ".safetensors"), out};
+  auto manifest = ReadManifest(ckpt_dir, o.env);
+  Result<Layout> layout = manifest.status();
+  std::unique_ptr<ShardReader> reader;
+  if (manifest.ok()) {
+    layout = PlanLayout(manifest->tensors, Metadata(manifest->step, manifest->scalars), options,
+                        o.single);
+    reader = std::make_unique<ShardReader>(o.env, ckpt_dir, &*manifest, comm.rank());
+  }
+  auto range = [&](const OutTensor& t) { return ByteShare(*layout, t, comm.rank(), comm.size()); };
+  auto source = [&](const OutTensor& t, int64_t first, int64_t count, char* buf) {
+    return reader->ReadElements(*t.record, first, count, buf);
+  };
+  return RunExport(comm, o, layout, range, source, options.progress);
+}
+
+Result<SafetensorsExportStats> ExportTreeSafetensors(Communicator& comm, const StateTree& tree,
+                                                     int64_t step, const std::string& out,
+                                                     const SafetensorsExportOptions& options) {
+  if (options.max_shard_bytes <= 0) return InvalidArgument("max_shard_bytes must be positive");
+  Output o{options.env ? options.env : Env::Default(), EndsWith(out, ".safetensors"), out};
+  std::vector<TensorRecord> records;  // the tree's tensors, whole, in path order
+  for (const auto& [path, e] : tree.tensors()) {
+    TensorRecord r;
+    r.path = path;
+    r.dtype = e.tensor.scalar_type();
+    r.global_shape = e.global_shape;
+    records.push_back(std::move(r));
+  }
+  Result<Layout> layout = PlanLayout(records, Metadata(step, tree.scalars()), options, o.single);
+  // Replicated tensors: the rank's byte share; sharded ones: what the rank holds.
+  auto range = [&](const OutTensor& t) -> std::pair<int64_t, int64_t> {
+    const TensorEntry& e = tree.tensor(t.record->path);
+    if (e.placement == PlacementKind::kReplicated) {
+      return ByteShare(*layout, t, comm.rank(), comm.size());
+    }
+    const int64_t first = FirstHeldElement(e);
+    return {first, first + e.tensor.numel()};
+  };
+  auto source = [&](const OutTensor& t, int64_t first, int64_t count, char* buf) {
+    const TensorEntry& e = tree.tensor(t.record->path);
+    const int64_t local =
+        e.placement == PlacementKind::kReplicated ? first : first - FirstHeldElement(e);
+    at::Tensor part = e.tensor.reshape({-1}).narrow(0, local, count).to(at::kCPU).contiguous();
+    std::memcpy(buf, part.data_ptr(), part.nbytes());
+    return Status::Ok();
+  };
+  return RunExport(comm, o, layout, range, source, options.progress);
 }
 
 // ---- Import -----------------------------------------------------------------------------
