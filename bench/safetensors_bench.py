@@ -5,7 +5,9 @@ consolidate_safetensors_files), interleaved round by round, median of the rounds
 The state is bench/transformer_shapes.py's GPT-2-small with its AdamW state (592 float32
 tensors, 1.49 GB). distckpt exports its checkpoint of the state (imported once from a
 safetensors file); DCP consolidates the files its ranks wrote. Before every run the inputs are
-dropped from the page cache. Reported per run: wall time (distckpt: the whole `distckpt export`
+dropped from the page cache. distckpt runs twice per rank count: reading through a memory
+mapping (the default; the mapped file pages count in the resident size although they are page
+cache) and with DISTCKPT_MMAP=0 (pread into the process's own 64 MiB rounds). Reported per run: wall time (distckpt: the whole `distckpt export`
 process, startup included; DCP: the consolidate_safetensors_files call), throughput over the
 tensor bytes, and peak resident memory per process (GNU time's maximum RSS; for DCP also minus
 the same interpreter's RSS after its imports).
@@ -14,6 +16,7 @@ Writes bench/results/safetensors.json and prints a Markdown table.
 """
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -57,7 +60,8 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "idle_rss_kib": idle}))
 
 
 def run(args, **kw):
-    r = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, **kw)
+    kw.setdefault("env", env)
+    r = subprocess.run([str(a) for a in args], capture_output=True, text=True, **kw)
     if r.returncode != 0:
         raise RuntimeError(f"{args[:4]}... failed: {r.stdout[-2000:]} {r.stderr[-2000:]}")
     return r
@@ -65,7 +69,9 @@ def run(args, **kw):
 
 def peak_rss(stderr):
     """GNU time -f 'RSS %M' lines (one per process) -> the largest, in MiB."""
-    values = [int(line.split()[1]) for line in stderr.splitlines() if line.startswith("RSS ")]
+    values = [int(v) for v in re.findall(r"RSS (\d+)", stderr)]
+    if not values:
+        raise RuntimeError("no peak RSS reported: " + stderr[-2000:])
     return max(values) / 1024
 
 
@@ -85,15 +91,17 @@ def prepare():
     return state_file, names, os.path.join(root, "step-00000001")
 
 
-def distckpt_export(ckpt, np):
+def distckpt_export(ckpt, np, mmap=True):
     out = os.path.join(work, f"out-distckpt-{np}")
     shutil.rmtree(out, ignore_errors=True)
     evict(ckpt)
     timer = ["/usr/bin/time", "-f", "RSS %M"]
     args = [cli, "export", ckpt, out, "--format", "safetensors"]
     launch = [mpirun, "-np", np, "--oversubscribe"] + timer if np > 1 else timer
+    if not mmap:  # reads with pread: resident memory is the process's own buffers only
+        launch = launch[:1] + ["-x", "DISTCKPT_MMAP=0"] + launch[1:] if np > 1 else launch
     t0 = time.perf_counter()
-    r = run(launch + args)
+    r = run(launch + args, env=dict(env, DISTCKPT_MMAP="1" if mmap else "0"))
     seconds = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
     return {"seconds": seconds, "rss_mib": peak_rss(r.stderr)}
@@ -127,6 +135,8 @@ def main():
     for rep in range(reps):
         for np in [1] + ranks:
             runs.setdefault(f"distckpt, {np} rank(s)", []).append(distckpt_export(ckpt, np))
+            runs.setdefault(f"distckpt, {np} rank(s), DISTCKPT_MMAP=0", []).append(
+                distckpt_export(ckpt, np, mmap=False))
         for np in ranks:
             runs.setdefault(f"DCP consolidation of {np} ranks' files", []).append(
                 dcp_consolidate(state_file, names, np))

@@ -6,7 +6,7 @@ BUILD_DIR=${BUILD_DIR:-$DISTCKPT_ROOT/build}
 PYTHON=${PYTHON:-python3}
 APT_PACKAGES=(g++ cmake ninja-build ccache python3 python3-pip openmpi-bin libopenmpi-dev
   libhdf5-openmpi-dev hdf5-tools libgtest-dev libxxhash-dev nlohmann-json3-dev libcli11-dev clang
-  libclang-rt-14-dev iproute2 util-linux)
+  libclang-rt-14-dev iproute2 util-linux python3-dev)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -39,6 +39,7 @@ install_python_packages() {
   "$PYTHON" -c 'import xxhash' 2>/dev/null || need+=(xxhash)
   "$PYTHON" -c 'import safetensors' 2>/dev/null || need+=(safetensors)
   "$PYTHON" -c 'import transformers' 2>/dev/null || need+=(transformers)
+  "$PYTHON" -c 'import pytest' 2>/dev/null || need+=(pytest)
   [ ${#need[@]} -eq 0 ] && return 0
   say "installing Python packages from PyPI: ${need[*]} (the torch wheel is several GB)"
   pip_install "${need[@]}"

@@ -97,7 +97,7 @@ Status ShardReader::Read(const TensorRecord& tensor, const ShardRecord& shard, i
   auto file_or = File(shard.file);
   if (!file_or.ok()) return file_or.status().Annotate(where);
   ReadableFile* file = file_or.value();
-  const ReadableFile::Mapping map = file->Map();
+  const ReadableFile::Mapping map = mapped_ ? file->Map() : ReadableFile::Mapping{};
   if (map.data) {
     if (shard.byte_offset + static_cast<uint64_t>(range.shard_bytes) > map.size) {
       return Corrupt(where + ": the shard lies beyond the end of the file");

@@ -37,6 +37,11 @@ class ShardReader {
   // shards hold them.
   Status ReadElements(const TensorRecord& tensor, int64_t begin, int64_t count, void* dest);
 
+  // Read through memory mappings where the Env offers them (the default: one copy per byte
+  // less). A reader that passes over every byte once, as an export does, reads with pread
+  // instead, so that its resident size stays its own buffers rather than the mapped files.
+  void set_mapped(bool mapped) { mapped_ = mapped; }
+
   const LoadStats& stats() const { return stats_; }
 
  private:
@@ -63,6 +68,7 @@ class ShardReader {
   // Per rank file, the byte ranges of tensor data (everything else is HDF5 metadata).
   std::map<std::string, std::vector<std::pair<uint64_t, uint64_t>>> data_ranges_;
   std::vector<char> scratch_;
+  bool mapped_ = true;
   LoadStats stats_;
 };
 

@@ -128,6 +128,7 @@ Result<ExportStats> ExportCheckpoint(const std::string& ckpt_dir, const std::str
   Env* env = options.env ? options.env : Env::Default();
   ASSIGN_OR_RETURN(Manifest manifest, ReadManifest(ckpt_dir, env));
   ShardReader reader(env, ckpt_dir, &manifest, 0);
+  reader.set_mapped(false);  // each byte once: pread keeps the resident size to the buffers
   std::vector<Leaf> leaves = LeavesOf(manifest);
   TensorSource source = [&](const Leaf& leaf, std::vector<char>* buffer) -> Status {
     const TensorRecord* rec = manifest.FindTensor(leaf.path);

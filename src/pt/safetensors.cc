@@ -309,6 +309,7 @@ Result<SafetensorsExportStats> ExportSafetensors(const std::string& ckpt_dir,
     layout = PlanLayout(manifest->tensors, Metadata(manifest->step, manifest->scalars), options,
                         o.single);
     reader = std::make_unique<ShardReader>(o.env, ckpt_dir, &*manifest, comm.rank());
+    reader->set_mapped(false);  // one pass over every byte: pread keeps the resident size small
   }
   auto range = [&](const OutTensor& t) { return ByteShare(*layout, t, comm.rank(), comm.size()); };
   auto source = [&](const OutTensor& t, int64_t first, int64_t count, char* buf) {

@@ -1,0 +1,260 @@
+"""distckpt for Python: verified, parallel, re-shardable checkpoints of the dict you already save.
+
+    import distckpt
+    ckpt = distckpt.Checkpointer("ckpts", keep_last=3)        # collective under mpirun
+    ckpt.load_newest_good(state)                              # resume, if there is a checkpoint
+    ckpt.save({"epoch": epoch, "model_state_dict": model.state_dict(),
+               "optimizer_state_dict": optimizer.state_dict(), "loss": loss}, step=epoch)
+
+Launched with `mpirun -np N python train.py`, every rank saves its share in parallel and the
+checkpoint loads on any number of ranks, or with `distckpt.load(dir)` in one process.
+"""
+import json
+
+import torch
+
+
+class Error(RuntimeError):
+    """Every failure of distckpt: the same message (naming the tensor, file, rank and host) on
+    every rank. `code` says which kind: "invalid argument", "not found", "corrupt", "I/O error",
+    "mismatch", "aborted" or "internal"."""
+
+    def __init__(self, message, code="internal"):
+        super().__init__(message)
+        self.code = code
+
+
+from . import _C  # noqa: E402  (after Error: the engine raises it)
+
+__version__ = _C.version
+_LAYOUT = "_distckpt/python_layout"  # how to rebuild the Python containers of a saved dict
+_DEVICES = ("cpu", "cuda")
+
+
+class Shard:
+    """This rank's part of a tensor of `global_shape`: rows [offset, offset + len(tensor)) with
+    kind="rows", or elements [offset, offset + numel) of the flattened tensor with kind="flat"
+    (as ZeRO partitions optimizer state). Plain tensors are replicated (every rank holds all)."""
+
+    def __init__(self, tensor, global_shape, offset, kind="rows"):
+        if kind not in ("rows", "flat"):
+            raise Error(f"Shard kind must be 'rows' or 'flat', not {kind!r}", "invalid argument")
+        self.tensor, self.global_shape, self.offset, self.kind = (
+            tensor, [int(d) for d in global_shape], int(offset), kind)
+
+
+def _is_scalar(v):
+    return isinstance(v, (bool, int, float, str))
+
+
+def _scalar_list(v):
+    """A list or tuple of one scalar type (not bool) that the engine stores as one value."""
+    if not isinstance(v, (list, tuple)) or any(isinstance(x, bool) for x in v):
+        return False
+    return all(isinstance(x, int) for x in v) or all(isinstance(x, float) for x in v) or \
+        all(isinstance(x, str) for x in v)
+
+
+def _entry(path, value):
+    if isinstance(value, Shard):
+        t, kind, shape, offset = value.tensor, value.kind, value.global_shape, value.offset
+    else:
+        t, kind, shape, offset = value, "replicated", list(value.shape), 0
+    if t.device.type not in _DEVICES:
+        raise Error(f"tensor '{path}' is on device {t.device}, which distckpt cannot save",
+                    "invalid argument")
+    return (path, t.detach(), kind, shape, offset)
+
+
+def _walk(value, path, entries, scalars, layout):
+    """Flattens `value` at `path`; `layout` records what the flat paths cannot say."""
+    if isinstance(value, dict):
+        layout[path] = {"type": "dict", "int_keys": [k for k in value if isinstance(k, int)]}
+        for key, v in value.items():
+            if isinstance(key, bool) or not isinstance(key, (str, int)):
+                raise Error(f"key {key!r} under '{path}' is not a string or an int",
+                            "invalid argument")
+            if "/" in str(key):
+                raise Error(f"key {key!r} under '{path}' contains '/'", "invalid argument")
+            _walk(v, f"{path}/{key}" if path else str(key), entries, scalars, layout)
+    elif isinstance(value, (torch.Tensor, Shard)):
+        entries.append(_entry(path, value))
+    elif value is None:
+        layout[path] = {"type": "none"}
+    elif _is_scalar(value):
+        scalars[path] = value
+    elif _scalar_list(value):
+        scalars[path] = list(value)
+        if isinstance(value, tuple):
+            layout[path] = {"type": "tuple"}
+    elif isinstance(value, (list, tuple)):
+        layout[path] = {"type": type(value).__name__}
+        for i, v in enumerate(value):
+            _walk(v, f"{path}/{i}", entries, scalars, layout)
+    else:
+        raise Error(f"'{path}': cannot save a {type(value).__name__}", "invalid argument")
+
+
+def _flatten(state):
+    if not isinstance(state, dict):
+        raise Error("the state to save must be a dict", "invalid argument")
+    entries, scalars, layout = [], {}, {}
+    _walk(state, "", entries, scalars, layout)
+    scalars[_LAYOUT] = json.dumps(layout)
+    return entries, scalars
+
+
+def _set_scalars(state, scalars, path=""):
+    """Writes loaded scalars back into the dict the caller passed, where it has them."""
+    items = state.items() if isinstance(state, dict) else enumerate(state)
+    for key, v in list(items):
+        p = f"{path}/{key}" if path else str(key)
+        if isinstance(v, (dict, list)) and not _scalar_list(v):
+            _set_scalars(v, scalars, p)
+        elif p in scalars and (_is_scalar(v) or _scalar_list(v)):
+            new = scalars[p]
+            state[key] = tuple(new) if isinstance(v, tuple) else new
+
+
+def _rebuild(flat, layout):
+    """A nested dict from flat paths: containers as `layout` recorded them (a checkpoint saved
+    from Python), else as the C++ training layout implies (param_groups a list, integer keys
+    under optimizer state, betas a tuple)."""
+    root = {}
+    paths = sorted(set(flat) | {p for p, info in layout.items() if info["type"] == "none"})
+    for path in paths:
+        node, parts = root, path.split("/")
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+        value = None if layout.get(path, {}).get("type") == "none" else flat[path]
+        if layout.get(path, {}).get("type") == "tuple" or (not layout and parts[-1] == "betas"):
+            value = tuple(value)
+        node[parts[-1]] = value
+    return _shape(root, "", layout)
+
+
+def _shape(node, path, layout):
+    if not isinstance(node, dict):
+        return node
+    info = layout.get(path)
+    kind = info["type"] if info else None
+    keys = list(node)
+    if kind in ("list", "tuple") or (not layout and path.endswith("param_groups")):
+        items = [_shape(node[k], f"{path}/{k}", layout) for k in sorted(keys, key=int)]
+        return tuple(items) if kind == "tuple" else items
+    int_keys = {str(k) for k in info["int_keys"]} if info else (
+        set(keys) if path.endswith("/state") and all(k.isdigit() for k in keys) else set())
+    return {(int(k) if k in int_keys else k): _shape(v, f"{path}/{k}" if path else k, layout)
+            for k, v in node.items()}
+
+
+def _tensor_entries(state, path=""):
+    """(path, tensor-or-Shard) for every tensor in the caller's dict."""
+    items = state.items() if isinstance(state, dict) else enumerate(state)
+    for key, v in items:
+        p = f"{path}/{key}" if path else str(key)
+        if isinstance(v, (torch.Tensor, Shard)):
+            yield p, v
+        elif isinstance(v, (dict, list, tuple)):
+            yield from _tensor_entries(v, p)
+
+
+class AsyncSave:
+    """A save running in the background; wait() returns its directory or raises its Error."""
+
+    def __init__(self, owner):
+        self._owner = owner
+
+    def wait(self):
+        return self._owner._engine.wait()
+
+
+class Checkpointer:
+    """Checkpoints under `root`. Collective under mpirun (every rank constructs it and makes
+    the same calls in the same order); one process otherwise. Retention keeps the `keep_last`
+    newest and the `keep_best` best by scalar `metric`; `timeout` bounds how long a rank may be
+    late to a checkpoint step before the job is ended naming it."""
+
+    def __init__(self, root, keep_last=0, keep_best=0, metric="loss", higher_is_better=False,
+                 timeout=600.0, save_timeout=0.0):
+        self.root = str(root)
+        self._engine = _C.Checkpointer(self.root, keep_last, keep_best, metric,
+                                       higher_is_better, float(timeout), float(save_timeout))
+
+    @property
+    def rank(self):
+        return self._engine.rank
+
+    @property
+    def world_size(self):
+        return self._engine.size
+
+    def save(self, state, step):
+        """Saves the nested dict `state` as checkpoint `step`; returns its directory."""
+        entries, scalars = _flatten(state)
+        return self._engine.save(entries, scalars, int(step))
+
+    def save_async(self, state, step):
+        """Snapshots this rank's share of `state` and saves it in the background; the model may
+        change as soon as this returns. One save in flight: the next waits for this one."""
+        entries, scalars = _flatten(state)
+        self._engine.save_async(entries, scalars, int(step))
+        return AsyncSave(self)
+
+    def load(self, state, dir=None):
+        """Fills every tensor of `state` in place from checkpoint `dir` (default: the newest),
+        all or nothing, and writes its scalars back into `state`. Returns the flat scalars."""
+        if dir is None:
+            dir = self._engine.latest()
+            if dir is None:
+                raise Error(f"no committed checkpoint under {self.root}", "not found")
+        entries = [_entry(p, v) for p, v in _tensor_entries(state)]
+        scalars = self._engine.load(str(dir), entries)
+        scalars.pop(_LAYOUT, None)
+        _set_scalars(state, scalars)
+        return scalars
+
+    def load_newest_good(self, state, log=print):
+        """Loads the newest checkpoint that loads, skipping damaged ones (each reported through
+        `log`). Returns its directory, or None when there is none."""
+        for dir in self._engine.committed():
+            try:
+                self.load(state, dir)
+                return dir
+            except Error as e:
+                if e.code not in ("corrupt", "not found", "I/O error"):
+                    raise
+                if self.rank == 0 and log:
+                    log(f"checkpoint {dir} is damaged ({e}); falling back")
+        return None
+
+    def latest(self):
+        return self._engine.latest()
+
+    def barrier(self):
+        self._engine.barrier()
+
+
+def load(dir):
+    """A checkpoint as a fresh nested dict of CPU tensors and values, as torch.load gives it;
+    one process, with or without mpirun."""
+    tensors, scalars, _ = _C.describe(str(dir))
+    layout = json.loads(scalars.pop(_LAYOUT, "{}"))
+    made = {p: torch.empty(shape, dtype=getattr(torch, dtype)) for p, dtype, shape in tensors}
+    _C.load_local(str(dir), [(p, t, "replicated", list(t.shape), 0) for p, t in made.items()])
+    return _rebuild({**scalars, **made}, layout)
+
+
+def export(dir, path, model_only=False, format="pt"):
+    """One .pt file for torch.load, or Hugging Face safetensors (format="safetensors")."""
+    _C.export(str(dir), str(path), bool(model_only), format)
+
+
+def verify(dir):
+    """Reads every byte and checks every checksum; raises Error naming what is damaged."""
+    return _C.verify(str(dir))
+
+
+def ls(root):
+    """Every checkpoint directory under `root`, oldest first, with step, epoch and loss."""
+    return _C.ls(str(root))

@@ -1,0 +1,155 @@
+"""The Python frontend under mpirun -np 1, 2 and 3 (every rank runs every test, in order).
+
+DISTCKPT_PY_TMP: a fresh directory shared by the ranks; TRAIN_BIN: the C++ demo trainer.
+"""
+import os
+
+import pytest
+import torch
+
+import distckpt
+
+TMP = os.environ["DISTCKPT_PY_TMP"]
+
+
+@pytest.fixture
+def root(request):
+    return os.path.join(TMP, request.node.name)
+
+
+def make(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(10, 1)
+    return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+
+def train_step(model, optimizer, epoch, rank, world):
+    torch.manual_seed(1000 + epoch)  # the same global batch whatever the rank count
+    x = torch.randn(12, 10)
+    y = x.sum(1, keepdim=True)
+    optimizer.zero_grad()
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def checkpoint_dict(model, optimizer, epoch, loss):
+    return {"epoch": epoch, "model_state_dict": model.state_dict(),
+            "optimizer_state_dict": optimizer.state_dict(), "loss": loss}
+
+
+def test_the_four_key_dict_saved_every_epoch_loads_back(root):
+    ckpt = distckpt.Checkpointer(root, timeout=60)
+    model, optimizer = make()
+    for epoch in range(1, 4):
+        loss = train_step(model, optimizer, epoch, ckpt.rank, ckpt.world_size)
+        ckpt.save(checkpoint_dict(model, optimizer, epoch, loss), step=epoch)
+    assert [c["step"] for c in distckpt.ls(root)] == [1, 2, 3]
+
+    # As torch.load gives it: a fresh dict, then load_state_dict, then one more identical step.
+    state = distckpt.load(os.path.join(root, "step-00000003"))
+    assert state["epoch"] == 3 and state["loss"] == loss
+    assert sorted(state["optimizer_state_dict"]["state"]) == [0, 1]
+    assert isinstance(state["optimizer_state_dict"]["param_groups"], list)
+    again, again_opt = make(seed=5)
+    again.load_state_dict(state["model_state_dict"])
+    again_opt.load_state_dict(state["optimizer_state_dict"])
+    train_step(model, optimizer, 4, ckpt.rank, ckpt.world_size)
+    train_step(again, again_opt, 4, ckpt.rank, ckpt.world_size)
+    for a, b in zip(model.parameters(), again.parameters()):
+        assert torch.equal(a, b)
+
+    # In place, as DCP does: the tensors of the given dict are filled, the scalars written back.
+    other, other_opt = make(seed=7)
+    train_step(other, other_opt, 9, ckpt.rank, ckpt.world_size)  # creates the momentum buffers
+    target = checkpoint_dict(other, other_opt, 0, 0.0)
+    scalars = ckpt.load(target, os.path.join(root, "step-00000002"))
+    assert target["epoch"] == 2 and scalars["epoch"] == 2
+    saved = distckpt.load(os.path.join(root, "step-00000002"))
+    for name, p in other.named_parameters():
+        assert torch.equal(p.detach(), saved["model_state_dict"][name])
+
+
+def test_shards_save_on_every_rank_and_load_whole(root):
+    ckpt = distckpt.Checkpointer(root, timeout=60)
+    r, n = ckpt.rank, ckpt.world_size
+    whole = torch.arange(60, dtype=torch.float64).reshape(10, 6)
+    lo, hi = 10 * r // n, 10 * (r + 1) // n
+    flat = torch.arange(17, dtype=torch.int32)
+    f0, f1 = 17 * r // n, 17 * (r + 1) // n
+    ckpt.save({"rows": distckpt.Shard(whole[lo:hi].clone(), [10, 6], lo),
+               "flat": distckpt.Shard(flat[f0:f1].clone(), [17], f0, kind="flat"),
+               "betas": (0.9, 0.999), "nothing": None, "names": ["a", "b"]}, step=1)
+    back = distckpt.load(os.path.join(root, "step-00000001"))
+    assert torch.equal(back["rows"], whole) and torch.equal(back["flat"], flat)
+    assert back["betas"] == (0.9, 0.999) and back["nothing"] is None and back["names"] == ["a", "b"]
+
+
+def test_async_save_keeps_the_snapshot(root):
+    ckpt = distckpt.Checkpointer(root, timeout=60)
+    w = torch.randn(256, 64)
+    original = w.clone()
+    handle = ckpt.save_async({"w": w, "epoch": 1}, step=1)
+    w.add_(1.0)  # training goes on at once
+    assert handle.wait().endswith("step-00000001")
+    assert torch.equal(distckpt.load(os.path.join(root, "step-00000001"))["w"], original)
+
+
+def test_bad_input_raises_the_same_error_everywhere_and_touches_nothing(root):
+    ckpt = distckpt.Checkpointer(root, timeout=60)
+    with pytest.raises(distckpt.Error, match="device meta"):
+        ckpt.save({"w": torch.empty(3, device="meta")}, step=1)
+    with pytest.raises(distckpt.Error, match="not a string or an int"):
+        ckpt.save({("a", 1): torch.ones(2)}, step=1)
+    model, optimizer = make()
+    ckpt.save(checkpoint_dict(model, optimizer, 1, 0.5), step=1)
+    wrong = torch.nn.Linear(10, 2)
+    before = [p.detach().clone() for p in wrong.parameters()]
+    with pytest.raises(distckpt.Error) as e:
+        ckpt.load({"model_state_dict": wrong.state_dict()})
+    assert e.value.code == "mismatch" and "tensor 'model_state_dict/bias'" in str(e.value)
+    assert all(torch.equal(a, b) for a, b in zip(before, wrong.parameters()))
+
+
+def test_a_damaged_checkpoint_falls_back(root):
+    ckpt = distckpt.Checkpointer(root, timeout=60)
+    for step in (1, 2):
+        ckpt.save({"w": torch.full((1000,), float(step))}, step=step)
+    ckpt.barrier()
+    if ckpt.rank == 0:
+        newest = os.path.join(root, "step-00000002")
+        rank_file = os.path.join(newest, sorted(f for f in os.listdir(newest) if f.startswith("rank-"))[0])
+        with open(rank_file, "r+b") as f:
+            f.seek(os.path.getsize(rank_file) - 8)
+            f.write(b"\xff" * 8)
+    ckpt.barrier()
+    with pytest.raises(distckpt.Error) as e:
+        distckpt.verify(os.path.join(root, "step-00000002"))
+    assert e.value.code == "corrupt"
+    state = {"w": torch.zeros(1000)}
+    messages = []
+    assert ckpt.load_newest_good(state, log=messages.append).endswith("step-00000001")
+    assert torch.equal(state["w"], torch.ones(1000))
+    if ckpt.rank == 0:
+        assert len(messages) == 1 and "falling back" in messages[0], messages
+    else:
+        assert messages == []
+
+
+def test_export_both_formats(root):
+    ckpt = distckpt.Checkpointer(root, timeout=60)
+    model, optimizer = make()
+    train_step(model, optimizer, 1, ckpt.rank, ckpt.world_size)
+    d = ckpt.save(checkpoint_dict(model, optimizer, 1, 0.25), step=1)
+    ckpt.barrier()
+    if ckpt.rank != 0:
+        return
+    distckpt.export(d, os.path.join(root, "out.pt"))
+    pt = torch.load(os.path.join(root, "out.pt"))
+    assert torch.equal(pt["model_state_dict"]["weight"], model.weight.detach())
+    distckpt.export(d, os.path.join(root, "model.safetensors"), model_only=True,
+                    format="safetensors")
+    from safetensors.torch import load_file
+    assert torch.equal(load_file(os.path.join(root, "model.safetensors"))["bias"], model.bias.detach())
+    assert distckpt.verify(d)["tensors"] >= 4
