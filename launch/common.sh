@@ -40,6 +40,7 @@ install_python_packages() {
   "$PYTHON" -c 'import safetensors' 2>/dev/null || need+=(safetensors)
   "$PYTHON" -c 'import transformers' 2>/dev/null || need+=(transformers)
   "$PYTHON" -c 'import pytest' 2>/dev/null || need+=(pytest)
+  "$PYTHON" -c 'import scikit_build_core' 2>/dev/null || need+=(scikit-build-core)
   [ ${#need[@]} -eq 0 ] && return 0
   say "installing Python packages from PyPI: ${need[*]} (the torch wheel is several GB)"
   pip_install "${need[@]}"
