@@ -55,7 +55,25 @@ def _scalar_list(v):
         all(isinstance(x, str) for x in v)
 
 
+def _dtensor_entry(path, t):
+    """A DTensor on a 1-D mesh: Replicate() is replicated, Shard(0) a row shard."""
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor import Shard as DShard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    placement = t.placements[0] if len(t.placements) == 1 else None
+    local = t._local_tensor.detach()  # the storage itself, so that a load fills it in place
+    if isinstance(placement, Replicate):
+        return (path, local, "replicated", list(t.shape), 0)
+    if isinstance(placement, DShard) and placement.dim == 0:
+        _, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+        return (path, local, "rows", list(t.shape), int(offset[0]) if len(offset) else 0)
+    raise Error(f"tensor '{path}': DTensor placements {t.placements} are not supported "
+                "(Shard(0) or Replicate() on a 1-D mesh)", "invalid argument")
+
+
 def _entry(path, value):
+    if type(value).__name__ == "DTensor":
+        return _dtensor_entry(path, value)
     if isinstance(value, Shard):
         t, kind, shape, offset = value.tensor, value.kind, value.global_shape, value.offset
     else:

@@ -137,6 +137,31 @@ def test_a_damaged_checkpoint_falls_back(root):
         assert messages == []
 
 
+def test_dtensors_shard0_and_replicate(root):
+    import zlib
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    ckpt = distckpt.Checkpointer(root, timeout=60)
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ["MASTER_PORT"] = str(20000 + zlib.crc32(TMP.encode()) % 20000)
+        dist.init_process_group("gloo", rank=ckpt.rank, world_size=ckpt.world_size)
+    mesh = init_device_mesh("cpu", (ckpt.world_size,))
+    whole = torch.arange(70.0).reshape(7, 10)
+    bias = torch.tensor([1.0, 2.0, 3.0])
+    d = ckpt.save({"w": distribute_tensor(whole, mesh, [Shard(0)]),
+                   "b": distribute_tensor(bias, mesh, [Replicate()])}, step=1)
+    back = distckpt.load(d)
+    assert torch.equal(back["w"], whole) and torch.equal(back["b"], bias)
+    w = distribute_tensor(torch.zeros(7, 10), mesh, [Shard(0)])
+    b = distribute_tensor(torch.zeros(3), mesh, [Replicate()])
+    ckpt.load({"w": w, "b": b}, d)
+    assert torch.equal(w.full_tensor(), whole) and torch.equal(b.to_local(), bias)
+    with pytest.raises(distckpt.Error, match="not supported"):
+        ckpt.save({"w": distribute_tensor(whole, mesh, [Shard(1)])}, step=2)
+
+
 def test_export_both_formats(root):
     ckpt = distckpt.Checkpointer(root, timeout=60)
     model, optimizer = make()
