@@ -89,7 +89,8 @@ StateTree Tree(const Communicator& comm, bool zeros) {
 bool SameBits(const at::Tensor& a, const at::Tensor& b) {
   if (a.scalar_type() != b.scalar_type() || !a.sizes().equals(b.sizes())) return false;
   const at::Tensor x = a.contiguous(), y = b.contiguous();
-  return std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0;
+  // An empty tensor may have no storage: memcmp must not see its null pointer.
+  return x.nbytes() == 0 || std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0;
 }
 
 int Check(Communicator& comm, const std::string& dir) {
