@@ -4,6 +4,8 @@
 set -uo pipefail
 train=$1; cli=$2; mpirun=$3
 shim=${DISTCKPT_KILL_SHIM:?the kill shim (tests/kill_shim.c) is built by CMake}
+# A sanitized build needs its runtime loaded before the shim (launch/sanitize.sh says which).
+preload=${DISTCKPT_PRELOAD_FIRST:+$DISTCKPT_PRELOAD_FIRST:}$shim
 tmp=$(mktemp -d "${DISTCKPT_TEST_TMP:-/tmp}/fault.XXXXXX" 2>/dev/null || mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail=0
@@ -16,7 +18,7 @@ run_with() { local np=$1; shift; timeout -k 10 120 "$mpirun" -np "$np" --oversub
 
 # 1. Rank 1 of 3 dies by SIGKILL after 4 KiB of tensor data of the step-4 checkpoint (the shim
 #    wraps pwrite from outside the trainer).
-run_with 3 -x LD_PRELOAD="$shim" -x KILL_RANK=1 -x KILL_PATH_PART=.tmp-step-00000004 \
+run_with 3 -x LD_PRELOAD="$preload" -x KILL_RANK=1 -x KILL_PATH_PART=.tmp-step-00000004 \
   -x KILL_AFTER_BYTES=4096 "$train" --ckpt-dir "$tmp/k" --steps 6 --save-every 2 >"$tmp/k.out" 2>&1
 rc=$?
 check "a rank killed mid-save ends the job (exit $rc), no hang" "[ $rc -ne 0 ] && [ $rc -ne 124 ]"
@@ -32,7 +34,7 @@ check "the next save removed the leftover" "! ls -a '$tmp/k' | grep -q '^.tmp-'"
 # 1b. Rank 1 of 3 stops (SIGSTOP) in the middle of writing step 4: with a 5 s collective
 #     deadline, the other ranks name it and its host and end the job instead of waiting forever.
 start=$(date +%s.%N)
-run_with 3 -x LD_PRELOAD="$shim" -x KILL_RANK=1 -x KILL_SIGNAL=STOP \
+run_with 3 -x LD_PRELOAD="$preload" -x KILL_RANK=1 -x KILL_SIGNAL=STOP \
   -x KILL_PATH_PART=.tmp-step-00000004 -x KILL_AFTER_BYTES=4096 "$train" --ckpt-dir "$tmp/s" \
   --steps 6 --save-every 2 --collective-timeout 5 >"$tmp/s.out" 2>&1
 rc=$?
@@ -52,7 +54,7 @@ check "resume on 2 ranks after the stopped rank continues exactly" \
 # 1c. Rank 1's storage stalls: blocked forever inside pwrite, then inside fsync, of step 4.
 for mode in HANG HANG_FSYNC; do
   start=$(date +%s.%N)
-  run_with 3 -x LD_PRELOAD="$shim" -x KILL_RANK=1 -x KILL_SIGNAL=$mode \
+  run_with 3 -x LD_PRELOAD="$preload" -x KILL_RANK=1 -x KILL_SIGNAL=$mode \
     -x KILL_PATH_PART=.tmp-step-00000004 -x KILL_AFTER_BYTES=4096 "$train" \
     --ckpt-dir "$tmp/h-$mode" --steps 6 --save-every 2 --collective-timeout 5 >"$tmp/h.out" 2>&1
   rc=$?

@@ -17,6 +17,8 @@
 # usage: multinode_test.sh TRAIN COORDINATOR_TEST CLUSTER_SH KILL_SHIM EXPORT_TEST ASYNC_TEST
 set -euo pipefail
 train=$1; coordinator=$2; cluster=$3; shim=$4; export_test=$5; async_test=$6
+# A sanitized build needs its runtime loaded before the shim (launch/sanitize.sh says which).
+preload=${DISTCKPT_PRELOAD_FIRST:+$DISTCKPT_PRELOAD_FIRST:}$shim
 tmp=$(mktemp -d "${DISTCKPT_TEST_TMP:-/tmp}/multinode.XXXXXX")
 set +e
 "$cluster" up 3 >"$tmp/up.log" 2>&1
@@ -102,7 +104,7 @@ strike() {
   shift
   rm -f "$tmp/mark"
   set +e
-  on --host h1:1,h2:1,h3:1 -np 3 -x LD_PRELOAD="$shim" -x KILL_RANK=1 -x KILL_MARK="$tmp/mark" \
+  on --host h1:1,h2:1,h3:1 -np 3 -x LD_PRELOAD="$preload" -x KILL_RANK=1 -x KILL_MARK="$tmp/mark" \
     "${envs[@]}" "$train" "$@" >"$tmp/strike.out" 2>&1 &
   local job=$!
   for _ in $(seq 1200); do [ -e "$tmp/mark" ] || ! kill -0 $job 2>/dev/null && break; sleep 0.1; done
