@@ -203,52 +203,32 @@ class Writer {
           Op(kSetItems);
         }
         break;
-      case K::kTensor: {
-        const PyTensorRef& t = v.tensor;
-        if (StorageClassName(t.dtype).empty()) {
-          WriteTensorV3(t);
-          break;
-        }
-        Global("torch._utils", "_rebuild_tensor_v2");
-        Op(kMark);
-        Op(kMark);  // persistent id ('storage', torch.XStorage, key, 'cpu', numel)
-        Str("storage");
-        Global("torch", StorageClassName(t.dtype).c_str());
-        Str(t.storage_key);
-        Str("cpu");
-        Int(t.storage_numel);
-        Op(kTupleOp);
-        Op(kBinPersId);
-        Int(t.offset);
-        Op(kMark);
-        for (int64_t s : t.size) Int(s);
-        Op(kTupleOp);
-        Op(kMark);
-        for (int64_t s : t.stride) Int(s);
-        Op(kTupleOp);
-        Op(kNewFalse);  // requires_grad
-        Global("collections", "OrderedDict");
-        Op(kEmptyTuple);
-        Op(kReduce);
-        Op(kTupleOp);
-        Op(kReduce);
+      case K::kTensor:
+        WriteTensor(v.tensor);
         break;
-      }
       default:
         break;
     }
   }
-  // Dtypes without a typed storage class (float8), as torch.save writes them:
-  // _rebuild_tensor_v3(UntypedStorage of bytes, offset, size, stride, False, {}, torch.<dtype>).
-  void WriteTensorV3(const PyTensorRef& t) {
-    Global("torch._utils", "_rebuild_tensor_v3");
+  // _rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict()) with a typed storage
+  // ('storage', torch.XStorage, key, 'cpu', numel). Dtypes without a typed storage class
+  // (float8) as torch.save writes them: _rebuild_tensor_v3 with an UntypedStorage counted in
+  // bytes and the dtype (torch.float8_e4m3fn) as a seventh argument.
+  void WriteTensor(const PyTensorRef& t) {
+    const std::string typed = StorageClassName(t.dtype);
+    const bool v3 = typed.empty();
+    Global("torch._utils", v3 ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2");
     Op(kMark);
-    Op(kMark);
+    Op(kMark);  // the persistent id
     Str("storage");
-    Global("torch.storage", "UntypedStorage");
+    if (v3) {
+      Global("torch.storage", "UntypedStorage");
+    } else {
+      Global("torch", typed.c_str());
+    }
     Str(t.storage_key);
     Str("cpu");
-    Int(t.storage_numel * static_cast<int64_t>(c10::elementSize(t.dtype)));
+    Int(v3 ? t.storage_numel * static_cast<int64_t>(c10::elementSize(t.dtype)) : t.storage_numel);
     Op(kTupleOp);
     Op(kBinPersId);
     Int(t.offset);
@@ -258,11 +238,11 @@ class Writer {
     Op(kMark);
     for (int64_t s : t.stride) Int(s);
     Op(kTupleOp);
-    Op(kNewFalse);
+    Op(kNewFalse);  // requires_grad
     Global("collections", "OrderedDict");
     Op(kEmptyTuple);
     Op(kReduce);
-    Global("torch", DtypeName(t.dtype).c_str());
+    if (v3) Global("torch", DtypeName(t.dtype).c_str());
     Op(kTupleOp);
     Op(kReduce);
   }
