@@ -18,9 +18,9 @@ LAYERS = {
     "gpu": 5, "checkpoint": 6, "torch": 7, "pt": 7, "tools": 8, "examples": 9,
 }
 PUBLIC = {
-    "status.h": "core", "tree.h": "core", "options.h": "core", "host_copier.h": "core",
+    "status.h": "core", "tree.h": "core", "options.h": "core",
     "version.h": "core", "plan.h": "plan", "manifest.h": "manifest", "env.h": "io",
-    "comm.h": "comm", "nccl.h": "gpu", "checkpoint.h": "checkpoint", "async.h": "checkpoint",
+    "comm.h": "comm", "nccl.h": "gpu", "copy_engine.h": "gpu", "checkpoint.h": "checkpoint", "async.h": "checkpoint",
     "manifest_io.h": "checkpoint", "diff.h": "checkpoint", "state_dict.h": "torch",
     "export.h": "pt", "safetensors.h": "pt",
 }

@@ -1,7 +1,9 @@
 // AsyncCheckpointer: saves that block training only for a snapshot to host memory.
 //
 // SaveAsync copies every tensor of the tree into host buffers that are kept and reused from
-// one save to the next (pinned memory for CUDA tensors), then returns: training may modify the
+// one save to the next (page-locked memory for CUDA tensors, copied on a side stream that first
+// waits for the work queued on the current stream, through options.device_staging's engine, the
+// built-in one by default), then returns: training may modify the
 // model at once. A background thread per rank writes the HDF5 files, fsyncs and takes part in
 // the commit vote over its own duplicate of the MPI world communicator, so it never collides
 // with the training's collectives. At most one save is in flight: SaveAsync first waits for the
@@ -23,17 +25,14 @@
 #include <vector>
 
 #include "distckpt/checkpoint.h"
-#include "distckpt/host_copier.h"
+#include "distckpt/copy_engine.h"
 
 namespace distckpt {
 
 class AsyncCheckpointer {
  public:
   // Collective: duplicates the MPI world communicator (or uses a local one without MPI).
-  // `copier` (optional, not owned) snapshots CUDA tensors; without one they are copied on the
-  // current stream.
-  explicit AsyncCheckpointer(std::string root, CheckpointerOptions options = {},
-                             HostCopier* copier = nullptr);
+  explicit AsyncCheckpointer(std::string root, CheckpointerOptions options = {});
   // Waits for the save in flight; its error, if any, is dropped (call Wait() to see it).
   ~AsyncCheckpointer();
 
@@ -50,10 +49,14 @@ class AsyncCheckpointer {
 
  private:
   void Snapshot(const StateTree& tree);
+  Result<at::Tensor> SnapshotBuffer(const at::Tensor& src, bool on_device);
+  Status CopyFromDevices(const std::vector<at::Tensor>& sources,
+                         const std::vector<at::Tensor>& buffers);
 
   std::string root_;
   CheckpointerOptions options_;
-  HostCopier* copier_;
+  std::unique_ptr<CopyEngine> built_in_engine_;
+  CopyEngine* engine_;  // snapshots device tensors
   std::unique_ptr<Communicator> comm_;
   std::map<std::string, at::Tensor> buffers_;  // path -> reusable host snapshot
   std::unique_ptr<Checkpointer> planner_;      // keeps the last plan for the next save

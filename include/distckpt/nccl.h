@@ -13,7 +13,6 @@
 #include <vector>
 
 #include "distckpt/comm.h"
-#include "distckpt/host_copier.h"
 #include "distckpt/status.h"
 
 namespace distckpt {
@@ -35,9 +34,5 @@ int CudaDeviceCount();
 int LocalCudaDevice(const Communicator& comm);
 // Collective over `comm`.
 Result<std::unique_ptr<DeviceGatherer>> MakeNcclGatherer(Communicator& comm);
-// Snapshots CUDA tensors for AsyncCheckpointer on a side stream that first waits for the work
-// already queued on the current stream, so the copies see what training computed and training's
-// own stream is not held up by them. Fails without the CUDA path.
-Result<std::unique_ptr<HostCopier>> MakeCudaHostCopier();
 
 }  // namespace distckpt

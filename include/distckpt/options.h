@@ -11,6 +11,7 @@
 namespace distckpt {
 
 class Env;
+class CopyEngine;
 
 // Long operations report bytes done and bytes in total through this, after each tensor.
 using ProgressFn = std::function<void(int64_t done, int64_t total)>;
@@ -22,6 +23,18 @@ struct RetentionPolicy {
   bool lower_is_better = true;
   // Checkpoints kept by either rule survive (a union); the newest committed one always does.
   bool active() const { return keep_last > 0 || keep_best > 0; }
+};
+
+// How tensors the CPU cannot address (CUDA memory) travel to and from storage: through `buffers`
+// host buffers of budget_bytes / buffers each (page-locked, kept for the duration of the call).
+// A load reads and verifies a piece into a free buffer and queues its copy to the device while
+// it reads the next; a save copies ahead into every free buffer while it hashes and writes the
+// last. Host memory for device tensors stays within budget_bytes whatever their size (a buffer
+// holds at least one checksum piece, CheckpointerOptions::piece_bytes).
+struct DeviceStaging {
+  CopyEngine* engine = nullptr;  // nullptr: the built-in CUDA engine (MakeDeviceCopyEngine)
+  int64_t budget_bytes = 256 << 20;
+  int buffers = 4;
 };
 
 struct CheckpointerOptions {
@@ -40,6 +53,8 @@ struct CheckpointerOptions {
   // does not arrive (stopped, its storage stalled, its host gone) is named with its host by
   // every other rank, and the job is ended. 0: wait forever.
   double collective_timeout_seconds = 600;
+  // Saves of device tensors (and the snapshots of AsyncCheckpointer) copy through this.
+  DeviceStaging device_staging;
 };
 
 enum class ReadOnce { kAuto, kOn, kOff };
@@ -62,6 +77,13 @@ struct LoadOptions {
   // span several machines; on one machine the page cache already shares the reads, and per-rank
   // reads were faster in every measurement (docs/benchmarks.md).
   ReadOnce read_once = ReadOnce::kAuto;
+  // Loads into device tensors: verified first (as above, without staging memory), then read
+  // again piece by piece through these buffers and copied to the device. Tensors read once
+  // (read_once) are exchanged in host memory and staged whole.
+  DeviceStaging device_staging;
+  // A load whose reads and device copies have not finished after this many seconds gives up
+  // with an error on every rank (0: no limit). Checked between pieces and while copies run.
+  double timeout_seconds = 0;
 };
 
 // Where this rank's time went in the last save, in seconds. Coordination is everything but
@@ -74,7 +96,8 @@ struct SaveStats {
   double write_seconds = 0;   // write the tensor bytes and fsync the rank file
   double commit_seconds = 0;  // votes, exchange of shard tables, manifest (rank 0) and renames
   bool plan_reused = false;
-  int64_t bytes_written = 0;  // tensor bytes this rank wrote
+  int64_t bytes_written = 0;         // tensor bytes this rank wrote
+  int64_t device_staging_bytes = 0;  // host memory of the staging buffers for device tensors
   double coordination_seconds() const { return total_seconds - write_seconds; }
 };
 
@@ -83,6 +106,7 @@ struct LoadStats {
   int64_t bytes_reread = 0;    // of those, read a second time into place after verification
   int64_t bytes_verified = 0;  // bytes hashed and compared
   int files_opened = 0;
+  int64_t device_staging_bytes = 0;  // host memory of the staging buffers for device tensors
 };
 
 }  // namespace distckpt

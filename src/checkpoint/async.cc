@@ -9,6 +9,8 @@
 #include <chrono>
 #include <cstring>
 
+#include "core/guarded.h"
+
 namespace distckpt {
 namespace {
 
@@ -48,9 +50,11 @@ void ParallelCopy(const std::vector<HostCopy>& copies, int ranks_here) {
 
 }  // namespace
 
-AsyncCheckpointer::AsyncCheckpointer(std::string root, CheckpointerOptions options,
-                                     HostCopier* copier)
-    : root_(std::move(root)), options_(options), copier_(copier) {
+AsyncCheckpointer::AsyncCheckpointer(std::string root, CheckpointerOptions options)
+    : root_(std::move(root)),
+      options_(options),
+      engine_(options.device_staging.engine ? options.device_staging.engine
+                                            : (built_in_engine_ = MakeDeviceCopyEngine()).get()) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (initialized) {
@@ -108,21 +112,27 @@ void AsyncCheckpointer::Snapshot(const StateTree& tree) {
   snapshot_ = StateTree();
   std::vector<at::Tensor> device_sources, device_buffers;
   std::vector<HostCopy> host_copies;
+  Status local;
   for (WriteItem& item : plan_.per_rank[comm_->rank()]) {
     const TensorEntry& entry = tree.tensor(item.path);
     at::Tensor src =
         entry.tensor.detach().reshape({-1}).narrow(0, item.local_start, item.flat_count);
     item.local_start = 0;
+    const bool on_device = engine_->Handles(src);
     at::Tensor& buffer = buffers_[item.path];
     if (!buffer.defined() || buffer.sizes() != src.sizes() ||
         buffer.scalar_type() != src.scalar_type()) {
-      buffer = at::empty(src.sizes(),
-                         at::TensorOptions().dtype(src.scalar_type()).pinned_memory(src.is_cuda()));
+      auto made = SnapshotBuffer(src, on_device);
+      if (!made.ok()) {
+        local = made.status().Annotate("tensor '" + item.path + "'");
+        break;
+      }
+      buffer = std::move(made).value();
     }
-    if (src.is_cuda() && copier_) {
-      device_sources.push_back(src);
+    if (on_device) {
+      device_sources.push_back(src.contiguous());
       device_buffers.push_back(buffer);
-    } else if (!src.is_cuda() && src.is_contiguous()) {
+    } else if (src.device().is_cpu() && src.is_contiguous()) {
       host_copies.push_back({buffer.data_ptr(), src.data_ptr(), src.nbytes()});
     } else {
       buffer.copy_(src);
@@ -133,13 +143,30 @@ void AsyncCheckpointer::Snapshot(const StateTree& tree) {
   }
   // Synchronous: the snapshot must be complete before the caller may change the model.
   ParallelCopy(host_copies, comm_->local_size());
-  if (copier_) {
-    // Pinned buffers make the device-to-host copies run at full PCIe speed; a failed copy
-    // must fail on every rank, before any rank starts writing.
-    Status copied;
-    if (!device_sources.empty()) copied = copier_->CopyToHost(device_sources, device_buffers);
-    ThrowIfError(AgreeOnStatus(*comm_, copied));
-  }
+  if (local.ok() && !device_sources.empty())
+    local = CopyFromDevices(device_sources, device_buffers);
+  // A failed copy must fail on every rank, before any rank starts writing.
+  ThrowIfError(AgreeOnStatus(*comm_, local));
+}
+
+// A host buffer for `src`'s bytes: page-locked from the engine for device tensors.
+Result<at::Tensor> AsyncCheckpointer::SnapshotBuffer(const at::Tensor& src, bool on_device) {
+  if (!on_device) return at::empty(src.sizes(), at::TensorOptions().dtype(src.scalar_type()));
+  ASSIGN_OR_RETURN(at::Tensor bytes, engine_->AllocateHost(static_cast<int64_t>(src.nbytes())));
+  return bytes.view(src.scalar_type());
+}
+
+Status AsyncCheckpointer::CopyFromDevices(const std::vector<at::Tensor>& sources,
+                                          const std::vector<at::Tensor>& buffers) {
+  const double deadline =
+      options_.save_timeout_seconds > 0 ? MonotonicSeconds() + options_.save_timeout_seconds : 0;
+  return Guarded("snapshotting device tensors on rank " + std::to_string(comm_->rank()), [&] {
+    RETURN_IF_ERROR(engine_->Start());
+    for (size_t i = 0; i < sources.size(); ++i) {
+      RETURN_IF_ERROR(engine_->CopyToHost(sources[i], buffers[i], 0));
+    }
+    return engine_->Finish(deadline);
+  });
 }
 
 }  // namespace distckpt

@@ -6,7 +6,8 @@
 //                wants whole are read 1/M per rank.
 //   (all ranks)  VerifyOrStage: read and check every piece (into staging, or verify only for
 //                CPU destinations that are read into place later); vote.
-//   (all ranks)  ExchangeShared, PlaceVerified (second, checked read into place); vote.
+//   (all ranks)  ExchangeShared, PlaceVerified (second, checked read into place; device
+//                tensors through the staging ring, gpu/staging.h); vote.
 //   (all ranks)  CopyStaged: copy staged tensors into the caller's and set the scalars.
 // Nothing of the caller's is overwritten before the vote that follows VerifyOrStage.
 #include <ATen/ATen.h>
@@ -17,6 +18,7 @@
 #include "core/bytes.h"
 #include "core/guarded.h"
 #include "distckpt/checkpoint.h"
+#include "gpu/staging.h"
 #include "io/shard_reader.h"
 #include "manifest/fragment.h"
 
@@ -30,6 +32,7 @@ struct Pending {
   at::Tensor staging;
   bool verify_then_place = false;  // verified now, read into the destination afterwards
   bool shared = false;             // read 1/M per rank and exchanged
+  bool on_device = false;          // placed through the staging ring (a device destination)
 };
 
 // Validates the caller's tensor against the stored record; sets the wanted flat range.
@@ -69,7 +72,9 @@ class LoadRun {
       : comm_(comm),
         manifest_(manifest),
         options_(options),
-        reader_(env, dir, &manifest, comm.rank()) {}
+        reader_(env, dir, &manifest, comm.rank()),
+        engine_(EngineFor(options.device_staging, &built_in_engine_)),
+        deadline_(options.timeout_seconds > 0 ? MonotonicSeconds() + options.timeout_seconds : 0) {}
 
   Status Match(StateTree& tree) {
     pending_.reserve(tree.tensors().size());
@@ -119,6 +124,12 @@ class LoadRun {
     for (Pending& p : pending_) {
       const at::Tensor& target = p.entry->tensor;
       const bool cpu_contiguous = target.device().is_cpu() && target.is_contiguous();
+      if (engine_->Handles(target) && !p.shared) {
+        // Verified now without staging memory; read again through the ring into place.
+        p.on_device = true;
+        if (!options_.in_place) RETURN_IF_ERROR(ReadRange(p, 0, p.count, nullptr));
+        continue;
+      }
       int64_t begin = 0, end = p.count;
       if (p.shared) {
         begin = p.count * rank / world;
@@ -157,9 +168,9 @@ class LoadRun {
     return Status::Ok();
   }
 
-  // The second, again checked, read straight into the caller's tensors. Only a checkpoint that
-  // changes, or storage that fails, between the two reads makes it fail; the error then says
-  // which destination tensors were already overwritten.
+  // The second, again checked, read straight into the caller's tensors (device tensors through
+  // the staging ring). Only a checkpoint that changes, or storage that fails, between the two
+  // reads makes it fail; the error then says which destination tensors were already overwritten.
   Status PlaceVerified() {
     int placed = 0;
     for (const Pending& p : pending_) {
@@ -172,6 +183,49 @@ class LoadRun {
             p.record->path + "' and the " + std::to_string(placed) + " tensor(s) before it)");
       }
       ++placed;
+    }
+    return PlaceOnDevices(placed);
+  }
+
+  // Verified device destinations, piece by piece: read and checked into a host buffer while the
+  // previous piece is copied to the device. A destination that is not contiguous is filled
+  // through a contiguous tensor on its device.
+  Status PlaceOnDevices(int placed_on_host) {
+    std::vector<const Pending*> on_device;
+    std::vector<RingSpan> spans;
+    for (const Pending& p : pending_) {
+      if (!p.on_device) continue;
+      const at::Tensor& target = p.entry->tensor;
+      at::Tensor flat;
+      if (target.is_contiguous()) {
+        flat = target.view({-1});
+      } else {
+        ASSIGN_OR_RETURN(flat, engine_->AllocateDevice(target, p.count));
+      }
+      on_device.push_back(&p);
+      spans.push_back({flat, true, &p.record->path});
+    }
+    StagingRing ring(engine_, options_.device_staging);
+    Status placed = ring.ToDevice(
+        spans,
+        [&](size_t span, int64_t begin, int64_t count, void* host) {
+          return ReadRange(*on_device[span], begin, begin + count, static_cast<char*>(host));
+        },
+        deadline_);
+    staging_bytes_ = ring.host_bytes();
+    if (!placed.ok() && ring.copies_queued() == 0 && placed_on_host == 0) return placed;
+    if (!placed.ok()) {
+      return placed.Annotate(
+          std::string(options_.in_place ? "reading in place"
+                                        : "the checkpoint could not be read again after it was "
+                                          "verified") +
+          "; destination tensors are partly overwritten (" + std::to_string(placed_on_host) +
+          " in host memory and the device tensors before the one named)");
+    }
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < spans.size(); ++i) {
+      at::Tensor& target = on_device[i]->entry->tensor;
+      if (!target.is_contiguous()) target.copy_(spans[i].flat.view(target.sizes()));
     }
     return Status::Ok();
   }
@@ -189,10 +243,16 @@ class LoadRun {
   }
 
   const LoadStats& stats() const { return reader_.stats(); }
+  int64_t staging_bytes() const { return staging_bytes_; }
 
  private:
   // Reads elements [begin, end) of p's range into dest (nullptr: verify only).
   Status ReadRange(const Pending& p, int64_t begin, int64_t end, char* dest) {
+    if (deadline_ > 0 && MonotonicSeconds() > deadline_) {
+      return Status(Code::kAborted, "tensor '" + p.record->path + "', rank " +
+                                        std::to_string(comm_.rank()) +
+                                        ": the load did not finish within its time limit");
+    }
     std::vector<StoredRange> ranges;
     ranges.reserve(p.record->shards.size());
     for (const ShardRecord& s : p.record->shards) ranges.push_back({s.flat_start, s.flat_count});
@@ -210,6 +270,10 @@ class LoadRun {
   const Manifest& manifest_;
   const LoadOptions& options_;
   ShardReader reader_;
+  std::unique_ptr<CopyEngine> built_in_engine_;
+  CopyEngine* engine_;
+  double deadline_;
+  int64_t staging_bytes_ = 0;
   std::vector<Pending> pending_;
 };
 
@@ -273,6 +337,7 @@ Status Checkpointer::LoadLocked(const std::string& dir, const Manifest& manifest
                   [&] { return run.PlaceVerified(); });
   load_stats_.bytes_reread = run.stats().bytes_read - load_stats_.bytes_read;
   load_stats_.bytes_verified = run.stats().bytes_verified;
+  load_stats_.device_staging_bytes = run.staging_bytes();
   RETURN_IF_ERROR(AgreeOnStatus(comm_, local).Annotate(where));
   return Guarded("copying into destination tensors", [&] { return run.CopyStaged(tree); });
 }

@@ -7,6 +7,7 @@
 
 #include "core/checksum.h"
 #include "core/guarded.h"
+#include "gpu/staging.h"
 #include "hdf5/rank_file.h"
 #include "layout/filename.h"
 
@@ -25,10 +26,13 @@ std::vector<int64_t> StoredShape(const TensorEntry& entry, const WriteItem& item
   return shape;
 }
 
-// The contiguous CPU bytes of one planned write.
-at::Tensor SourceOf(const TensorEntry& entry, const WriteItem& item) {
+// The contiguous bytes of one planned write: on the device where the engine copies them out
+// piece by piece, else in host memory.
+at::Tensor SourceOf(CopyEngine* engine, const TensorEntry& entry, const WriteItem& item,
+                    bool* staged) {
   at::Tensor local = entry.tensor.detach();
-  if (!local.device().is_cpu()) local = local.to(at::kCPU);
+  *staged = engine->Handles(local);
+  if (!*staged && !local.device().is_cpu()) local = local.to(at::kCPU);
   return local.contiguous().reshape({-1}).narrow(0, item.local_start, item.flat_count);
 }
 
@@ -70,7 +74,9 @@ Result<FileRecord> RecordFile(Env* env, const std::string& path,
 // Where one planned write goes: its own dataset, or a range of its dtype's pack.
 struct Placement {
   at::Tensor source;
-  DatasetRequest request;  // of its own dataset; unused when packed
+  bool staged = false;              // on the device: copied out through the staging ring
+  std::vector<uint64_t> checksums;  // of the pieces written so far
+  DatasetRequest request;           // of its own dataset; unused when packed
   bool packed = false;
   size_t pack = 0;         // index into the pack requests
   int64_t pack_start = 0;  // elements into the pack
@@ -78,15 +84,15 @@ struct Placement {
 };
 
 // Decides every write's dataset; returns the dataset requests, own datasets first.
-std::vector<DatasetRequest> LayOut(const RankFileJob& job, const StateTree& tree,
-                                   const std::vector<WriteItem>& items,
+std::vector<DatasetRequest> LayOut(const RankFileJob& job, CopyEngine* engine,
+                                   const StateTree& tree, const std::vector<WriteItem>& items,
                                    std::vector<Placement>* placements) {
   std::vector<DatasetRequest> own, packs;
   std::map<at::ScalarType, size_t> pack_of;
   for (const WriteItem& item : items) {
     const TensorEntry& entry = tree.tensor(item.path);
     Placement p;
-    p.source = SourceOf(entry, item);
+    p.source = SourceOf(engine, entry, item, &p.staged);
     p.request = {item.path, p.source.scalar_type(), StoredShape(entry, item)};
     p.packed = static_cast<int64_t>(p.source.nbytes()) < job.pack_below_bytes;
     if (p.packed) {
@@ -125,8 +131,7 @@ class PackWriter {
   PackWriter(const RankFileJob& job, WritableFile* file) : job_(job), file_(file) {}
 
   // `path` must outlive the writer (it names the tensors of a failed write).
-  Status Add(const std::string* path, uint64_t offset, const at::Tensor& src) {
-    const size_t n = src.nbytes();
+  Status Add(const std::string* path, uint64_t offset, const char* data, size_t n) {
     if (!buffer_.empty() &&
         (offset != start_ + buffer_.size() || buffer_.size() + n > kWritePiece)) {
       RETURN_IF_ERROR(Flush());
@@ -135,7 +140,6 @@ class PackWriter {
       start_ = offset;
       first_ = path;
     }
-    const char* data = static_cast<const char*>(src.data_ptr());
     buffer_.insert(buffer_.end(), data, data + n);
     last_ = path;
     return Status::Ok();
@@ -170,9 +174,37 @@ ShardRecord RecordShard(const RankFileJob& job, const WriteItem& item, const Pla
   shard.flat_count = item.flat_count;
   shard.stored_shape = p.packed ? std::vector<int64_t>{item.flat_count} : p.request.shape;
   shard.byte_offset = p.byte_offset;
-  shard.checksums =
-      PieceHashes(p.source.data_ptr(), p.source.nbytes(), static_cast<size_t>(job.piece_bytes));
+  shard.checksums = p.checksums;
   return shard;
+}
+
+// Hashes and writes every source in `order`; device sources come through the staging ring, whose
+// copies of the next pieces run while this one is hashed and written. Pieces are whole checksum
+// pieces, so their hashes are the shard's.
+Status WriteInOrder(const RankFileJob& job, CopyEngine* engine, const std::vector<WriteItem>& items,
+                    const std::vector<size_t>& order, WritableFile* file,
+                    std::vector<Placement>* placements, SaveStats* stats) {
+  std::vector<RingSpan> spans;
+  for (size_t i : order)
+    spans.push_back({(*placements)[i].source, (*placements)[i].staged, &items[i].path});
+  PackWriter packs(job, file);
+  const std::string rank_tag = ", rank " + std::to_string(job.rank);
+  auto write = [&](size_t span, int64_t byte_begin, const void* data, int64_t nbytes) {
+    const size_t i = order[span];
+    Placement& p = (*placements)[i];
+    const auto hashes = PieceHashes(data, nbytes, static_cast<size_t>(job.piece_bytes));
+    p.checksums.insert(p.checksums.end(), hashes.begin(), hashes.end());
+    stats->bytes_written += nbytes;
+    const char* bytes = static_cast<const char*>(data);
+    if (p.packed) return packs.Add(&items[i].path, p.byte_offset + byte_begin, bytes, nbytes);
+    return WriteBytes(job, file, "tensor '" + items[i].path + "'" + rank_tag,
+                      p.byte_offset + byte_begin, bytes, nbytes);
+  };
+  StagingRing ring(engine, job.staging, job.piece_bytes);
+  Status written = ring.FromDevice(spans, write, job.deadline);
+  stats->device_staging_bytes = ring.host_bytes();
+  RETURN_IF_ERROR(written);
+  return packs.Flush();
 }
 
 }  // namespace
@@ -183,9 +215,10 @@ Status WriteRankFile(const RankFileJob& job, const StateTree& tree, const SavePl
   const std::vector<WriteItem>& items = plan.per_rank[job.rank];
   if (items.empty()) return Status::Ok();
   const std::string path = JoinPath(job.dir, RankFileName(job.rank));
-  const std::string rank_tag = ", rank " + std::to_string(job.rank);
+  std::unique_ptr<CopyEngine> built_in;
+  CopyEngine* engine = EngineFor(job.staging, &built_in);
   std::vector<Placement> placements;
-  const std::vector<DatasetRequest> requests = LayOut(job, tree, items, &placements);
+  const std::vector<DatasetRequest> requests = LayOut(job, engine, tree, items, &placements);
   size_t own_count = 0;
   for (const Placement& p : placements) own_count += p.packed ? 0 : 1;
   double t0 = MonotonicSeconds();
@@ -202,19 +235,7 @@ Status WriteRankFile(const RankFileJob& job, const StateTree& tree, const SavePl
     const Placement& pb = placements[b];
     return std::make_pair(pa.packed, pa.pack) < std::make_pair(pb.packed, pb.pack);
   });
-  PackWriter packs(job, file.get());
-  for (size_t i : order) {
-    const Placement& p = placements[i];
-    stats->bytes_written += static_cast<int64_t>(p.source.nbytes());
-    if (p.packed) {
-      RETURN_IF_ERROR(packs.Add(&items[i].path, p.byte_offset, p.source));
-    } else {
-      const std::string where = "tensor '" + items[i].path + "'" + rank_tag;
-      RETURN_IF_ERROR(WriteBytes(job, file.get(), where, p.byte_offset,
-                                 static_cast<const char*>(p.source.data_ptr()), p.source.nbytes()));
-    }
-  }
-  RETURN_IF_ERROR(packs.Flush());
+  RETURN_IF_ERROR(WriteInOrder(job, engine, items, order, file.get(), &placements, stats));
   RETURN_IF_ERROR(file->Sync().Annotate("rank " + std::to_string(job.rank)));
   RETURN_IF_ERROR(file->Close());
   stats->write_seconds += MonotonicSeconds() - t0;

@@ -19,6 +19,10 @@ struct RankFileJob {
   int64_t piece_bytes = 1 << 20;
   int64_t pack_below_bytes = 64 << 10;  // CheckpointerOptions::pack_below_bytes
   double deadline = 0;                  // MonotonicSeconds() after which writing gives up; 0: none
+  // Tensors its engine handles (CUDA tensors) are copied out through a ring of host buffers
+  // (gpu/staging.h) while earlier pieces are hashed and written. A tensor on a device no engine
+  // handles is copied to the host whole.
+  DeviceStaging staging;
 };
 
 // Writes plan.per_rank[job.rank] of `tree` into the rank file (HDF5 creates the structure; the

@@ -198,8 +198,13 @@ Status Checkpointer::SavePlanned(const StateTree& tree, const SavePlan& plan, in
 
   std::vector<TensorRecord> written;
   std::vector<FileRecord> written_files;
-  const RankFileJob job{env_,    tmp_dir, rank, options_.piece_bytes, options_.pack_below_bytes,
-                        deadline};
+  const RankFileJob job{env_,
+                        tmp_dir,
+                        rank,
+                        options_.piece_bytes,
+                        options_.pack_below_bytes,
+                        deadline,
+                        options_.device_staging};
   local = Guarded("writing rank " + std::to_string(rank), [&] {
     return WriteRankFile(job, tree, plan, &written, &written_files, &save_stats_);
   });

@@ -113,67 +113,7 @@ class NcclGatherer : public DeviceGatherer {
   ncclComm_t nccl_ = nullptr;
 };
 
-class CudaHostCopier : public HostCopier {
- public:
-  ~CudaHostCopier() override {
-    for (auto& [device, event] : ready_) cudaEventDestroy(event);
-  }
-
-  Status CopyToHost(const std::vector<at::Tensor>& device,
-                    const std::vector<at::Tensor>& host) override {
-    if (device.size() != host.size()) return Internal("CopyToHost: mismatched tensor lists");
-    std::map<int, c10::cuda::CUDAStream> side;  // one side stream per device used
-    std::vector<at::Tensor> sources;            // keeps temporary contiguous copies alive
-    for (size_t i = 0; i < device.size(); ++i) {
-      const at::Tensor& src = device[i];
-      if (!src.is_cuda()) return InvalidArgument("CopyToHost of a tensor that is not on a GPU");
-      if (src.nbytes() != host[i].nbytes() || !host[i].is_contiguous()) {
-        return Internal("CopyToHost: host buffer does not match the device tensor");
-      }
-      sources.push_back(src.contiguous());
-      const int index = src.get_device();
-      if (side.count(index)) continue;
-      // The side stream waits for everything queued so far on the current stream.
-      auto current = c10::cuda::getCurrentCUDAStream(index);
-      auto stream = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, index);
-      cudaEvent_t& event = ready_[index];
-      RETURN_IF_ERROR(Check(cudaSetDevice(index), "cudaSetDevice"));
-      if (!event) {
-        RETURN_IF_ERROR(
-            Check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreate"));
-      }
-      RETURN_IF_ERROR(Check(cudaEventRecord(event, current.stream()), "cudaEventRecord"));
-      RETURN_IF_ERROR(Check(cudaStreamWaitEvent(stream.stream(), event, 0), "cudaStreamWaitEvent"));
-      side.emplace(index, stream);
-    }
-    for (size_t i = 0; i < sources.size(); ++i) {
-      const auto& stream = side.at(sources[i].get_device());
-      RETURN_IF_ERROR(
-          Check(cudaMemcpyAsync(host[i].data_ptr(), sources[i].data_ptr(), sources[i].nbytes(),
-                                cudaMemcpyDeviceToHost, stream.stream()),
-                "cudaMemcpyAsync"));
-    }
-    for (auto& [index, stream] : side) {
-      RETURN_IF_ERROR(Check(cudaStreamSynchronize(stream.stream()), "cudaStreamSynchronize"));
-    }
-    return Status::Ok();
-  }
-
- private:
-  static Status Check(cudaError_t rc, const char* what) {
-    if (rc == cudaSuccess) return Status::Ok();
-    return Status(Code::kAborted, std::string(what) + " failed while snapshotting to host: " +
-                                      cudaGetErrorString(rc));
-  }
-  std::map<int, cudaEvent_t> ready_;
-};
-
 }  // namespace
-
-Result<std::unique_ptr<HostCopier>> MakeCudaHostCopier() {
-  if (CudaDeviceCount() == 0) return NotFound("no CUDA device for the host snapshot copier");
-  return std::unique_ptr<HostCopier>(std::make_unique<CudaHostCopier>());
-}
 
 Result<std::unique_ptr<DeviceGatherer>> MakeNcclGatherer(Communicator& comm) {
   Status local;
@@ -196,9 +136,6 @@ Result<std::unique_ptr<DeviceGatherer>> MakeNcclGatherer(Communicator& comm) {
 
 bool NcclCompiledIn() { return false; }
 int CudaDeviceCount() { return 0; }
-Result<std::unique_ptr<HostCopier>> MakeCudaHostCopier() {
-  return InvalidArgument("distckpt was built without CUDA (DISTCKPT_WITH_NCCL=OFF or no CUDA)");
-}
 Result<std::unique_ptr<DeviceGatherer>> MakeNcclGatherer(Communicator&) {
   return InvalidArgument(
       "distckpt was built without NCCL (DISTCKPT_WITH_NCCL=OFF or no CUDA/NCCL)");
