@@ -9,6 +9,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -49,6 +52,29 @@ inline void EvictTree(const std::string& dir) {
   for (auto& e : std::filesystem::recursive_directory_iterator(dir, ec)) {
     if (e.is_regular_file()) EvictFromPageCache(e.path());
   }
+}
+
+// Resident memory now, and its peak since the last ResetPeakRss (Linux /proc/self/status).
+inline double StatusMiB(const char* field) {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  double kib = -1;
+  const size_t n = std::strlen(field);
+  while (std::fgets(line, sizeof line, f)) {
+    if (std::strncmp(line, field, n) == 0 && line[n] == ':') kib = std::atof(line + n + 1);
+  }
+  std::fclose(f);
+  return kib / 1024.0;
+}
+inline double RssMiB() { return StatusMiB("VmRSS"); }
+inline double HighWaterMiB() { return StatusMiB("VmHWM"); }
+// Makes the peak start again from the current resident size; false where the kernel refuses.
+inline bool ResetPeakRss() {
+  FILE* f = std::fopen("/proc/self/clear_refs", "w");
+  if (!f) return false;
+  const bool ok = std::fputs("5", f) >= 0;
+  return std::fclose(f) == 0 && ok;
 }
 
 inline double PeakRssMiB() {

@@ -53,6 +53,7 @@ class FakeDevice : public CopyEngine {
   int hang_at = -1;       // the k-th copy never completes
   bool fail_allocate = false;
   std::chrono::microseconds delay{200};  // how long each copy takes
+  bool check_host_buffers = true;        // hash host buffers around copies to the device
 
   // What the ring did.
   int64_t allocated_bytes = 0;
@@ -165,7 +166,7 @@ class FakeDevice : public CopyEngine {
           ticket,
           to_device,
           index == hang_at,
-          to_device ? HashBytes(host.data_ptr(), host.nbytes()) : 0};
+          to_device && check_host_buffers ? HashBytes(host.data_ptr(), host.nbytes()) : 0};
     if (!to_device) std::memset(op.dst, 0xAB, op.bytes);  // not there until the copy completes
     ops_.push_back(op);
     ++outstanding_[ticket];
@@ -183,8 +184,8 @@ class FakeDevice : public CopyEngine {
       Op op = ops_.front();
       ops_.pop_front();
       lock.unlock();
-      std::this_thread::sleep_for(delay);
-      if (op.to_device && HashBytes(op.src, op.bytes) != op.host_hash) {
+      if (delay.count() > 0) std::this_thread::sleep_for(delay);
+      if (op.to_device && check_host_buffers && HashBytes(op.src, op.bytes) != op.host_hash) {
         std::lock_guard<std::mutex> relock(mu_);
         worker_violations_.push_back("host buffer changed while its copy to the device ran");
       }

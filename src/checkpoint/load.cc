@@ -127,7 +127,7 @@ class LoadRun {
       if (engine_->Handles(target) && !p.shared) {
         // Verified now without staging memory; read again through the ring into place.
         p.on_device = true;
-        if (!options_.in_place) RETURN_IF_ERROR(ReadRange(p, 0, p.count, nullptr));
+        if (!options_.in_place) RETURN_IF_ERROR(ReadUnmapped(p, 0, p.count, nullptr));
         continue;
       }
       int64_t begin = 0, end = p.count;
@@ -209,7 +209,7 @@ class LoadRun {
     Status placed = ring.ToDevice(
         spans,
         [&](size_t span, int64_t begin, int64_t count, void* host) {
-          return ReadRange(*on_device[span], begin, begin + count, static_cast<char*>(host));
+          return ReadUnmapped(*on_device[span], begin, begin + count, static_cast<char*>(host));
         },
         deadline_);
     staging_bytes_ = ring.host_bytes();
@@ -264,6 +264,15 @@ class LoadRun {
                                    item.count, dest ? dest + item.dest_elem * esize : nullptr));
     }
     return Status::Ok();
+  }
+
+  // ReadRange through pread: pages of a mapped file would count in this process's resident
+  // memory, which for device destinations must stay within the staging budget.
+  Status ReadUnmapped(const Pending& p, int64_t begin, int64_t end, char* dest) {
+    reader_.set_mapped(false);
+    Status s = ReadRange(p, begin, end, dest);
+    reader_.set_mapped(true);
+    return s;
   }
 
   Communicator& comm_;
