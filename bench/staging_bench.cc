@@ -99,6 +99,10 @@ std::pair<double, double> LinkCopies(CopyEngine* engine, const std::vector<at::T
 int Run(const Args& args) {
   std::unique_ptr<CopyEngine> engine;
   testing::FakeDevice* fake = nullptr;
+  if (args.device == "cuda" && !at::hasCUDA()) {
+    std::fprintf(stderr, "staging_bench: --device cuda: no CUDA device on this machine\n");
+    return 1;
+  }
   if (args.device != "fake") {
     engine = MakeDeviceCopyEngine();
   } else {

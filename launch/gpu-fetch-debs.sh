@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 rm -rf .debs && mkdir -p .debs
 grep -qx '/.debs/' .git/info/exclude 2>/dev/null || echo '/.debs/' >> .git/info/exclude
 dev="openmpi-bin openmpi-common libopenmpi-dev libhdf5-openmpi-dev libgtest-dev libxxhash-dev
-  nlohmann-json3-dev libevent-dev libhwloc-dev libpmix-dev"
+  nlohmann-json3-dev libcli11-dev libevent-dev libhwloc-dev libpmix-dev"
 arch=$(gcc -dumpmachine)
 objects="/usr/bin/orterun /usr/bin/orted /usr/lib/$arch/openmpi/lib/openmpi3/*.so
   /usr/lib/$arch/pmix2/lib/pmix/*.so /usr/lib/$arch/hdf5/openmpi/libhdf5.so /usr/lib/$arch/libxxhash.so.0"

@@ -191,13 +191,19 @@ class Checkpointer:
     """Checkpoints under `root`. Collective under mpirun (every rank constructs it and makes
     the same calls in the same order); one process otherwise. Retention keeps the `keep_last`
     newest and the `keep_best` best by scalar `metric`; `timeout` bounds how long a rank may be
-    late to a checkpoint step before the job is ended naming it."""
+    late to a checkpoint step before the job is ended naming it. CUDA tensors are saved and
+    loaded through `staging_budget` bytes of page-locked host memory per rank, whatever their
+    size."""
 
     def __init__(self, root, keep_last=0, keep_best=0, metric="loss", higher_is_better=False,
-                 timeout=600.0, save_timeout=0.0):
+                 timeout=600.0, save_timeout=0.0, staging_budget=256 << 20):
+        if int(staging_budget) <= 0:
+            raise ValueError(f"staging_budget must be a positive number of bytes, "
+                             f"not {staging_budget}")
         self.root = str(root)
         self._engine = _C.Checkpointer(self.root, keep_last, keep_best, metric,
-                                       higher_is_better, float(timeout), float(save_timeout))
+                                       higher_is_better, float(timeout), float(save_timeout),
+                                       int(staging_budget))
 
     @property
     def rank(self):

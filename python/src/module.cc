@@ -87,8 +87,10 @@ py::dict ScalarsOf(const StateTree& tree) {
 }
 
 distckpt::CheckpointerOptions Options(int keep_last, int keep_best, const std::string& metric,
-                                      bool higher, double timeout, double save_timeout) {
+                                      bool higher, double timeout, double save_timeout,
+                                      int64_t staging_budget) {
   distckpt::CheckpointerOptions o;
+  o.device_staging.budget_bytes = staging_budget;
   o.retention.keep_last = keep_last;
   o.retention.keep_best = keep_best;
   o.retention.metric = metric;
@@ -115,7 +117,9 @@ class Checkpointer {
     StateTree tree = MakeTree(entries, py::dict());
     {
       py::gil_scoped_release unlocked;
-      ckpt_->Load(dir, tree);
+      distckpt::LoadOptions load;
+      load.device_staging = options_.device_staging;
+      ckpt_->Load(dir, tree, load);
     }
     return ScalarsOf(tree);
   }
@@ -232,14 +236,15 @@ PYBIND11_MODULE(_C, m) {
     }
   });
   py::class_<Checkpointer>(m, "Checkpointer")
-      .def(
-          py::init([](const std::string& root, int keep_last, int keep_best,
-                      const std::string& metric, bool higher, double timeout, double save_timeout) {
-            return new Checkpointer(
-                root, Options(keep_last, keep_best, metric, higher, timeout, save_timeout));
-          }),
-          py::arg("root"), py::arg("keep_last"), py::arg("keep_best"), py::arg("metric"),
-          py::arg("higher"), py::arg("timeout"), py::arg("save_timeout"))
+      .def(py::init([](const std::string& root, int keep_last, int keep_best,
+                       const std::string& metric, bool higher, double timeout, double save_timeout,
+                       int64_t staging_budget) {
+             return new Checkpointer(root, Options(keep_last, keep_best, metric, higher, timeout,
+                                                   save_timeout, staging_budget));
+           }),
+           py::arg("root"), py::arg("keep_last"), py::arg("keep_best"), py::arg("metric"),
+           py::arg("higher"), py::arg("timeout"), py::arg("save_timeout"),
+           py::arg("staging_budget"))
       .def("save", &Checkpointer::Save)
       .def("load", &Checkpointer::Load)
       .def("latest", &Checkpointer::Latest)

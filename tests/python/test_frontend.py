@@ -110,6 +110,21 @@ def test_bad_input_raises_the_same_error_everywhere_and_touches_nothing(root):
         ckpt.load({"model_state_dict": wrong.state_dict()})
     assert e.value.code == "mismatch" and "tensor 'model_state_dict/bias'" in str(e.value)
     assert all(torch.equal(a, b) for a, b in zip(before, wrong.parameters()))
+    with pytest.raises(ValueError, match="staging_budget"):
+        distckpt.Checkpointer(root, staging_budget=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_tensors_through_a_small_staging_budget(root):
+    device = torch.device("cuda", distckpt.Checkpointer(root).rank % torch.cuda.device_count())
+    ckpt = distckpt.Checkpointer(root, staging_budget=4 << 20)
+    torch.manual_seed(3)
+    w = torch.randn(3072, 4096, device=device)  # 48 MiB: a dozen pieces of the 4 MiB budget
+    ckpt.save({"model_state_dict": {"w": w}, "epoch": 2}, step=1)
+    back = {"model_state_dict": {"w": torch.zeros_like(w)}, "epoch": 0}
+    ckpt.load(back)
+    assert back["epoch"] == 2 and back["model_state_dict"]["w"].is_cuda
+    assert torch.equal(back["model_state_dict"]["w"], w)
 
 
 def test_a_damaged_checkpoint_falls_back(root):
