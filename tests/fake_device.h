@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
@@ -52,8 +53,9 @@ class FakeDevice : public CopyEngine {
   int fail_wait_at = -1;  // the k-th wait returns an error
   int hang_at = -1;       // the k-th copy never completes
   bool fail_allocate = false;
-  std::chrono::microseconds delay{200};  // how long each copy takes
-  bool check_host_buffers = true;        // hash host buffers around copies to the device
+  std::function<void()> before_first_copy;  // runs once, as the first copy is queued
+  std::chrono::microseconds delay{200};     // how long each copy takes
+  bool check_host_buffers = true;           // hash host buffers around copies to the device
 
   // What the ring did.
   int64_t allocated_bytes = 0;
@@ -143,6 +145,7 @@ class FakeDevice : public CopyEngine {
 
   Status Queue(const at::Tensor& src, const at::Tensor& dst, int ticket, bool to_device) {
     const int index = copies++;
+    if (index == 0 && before_first_copy) before_first_copy();
     if (!in_batch_) violations.push_back("copy outside Start/Finish");
     if (src.nbytes() != dst.nbytes() || !src.is_contiguous() || !dst.is_contiguous()) {
       violations.push_back("copy between tensors of different sizes or not contiguous");

@@ -193,6 +193,34 @@ TEST(Staging, CorruptPieceFailsBeforeAnyCopyToTheDevice) {
   EXPECT_TRUE(device.Violations().empty());
 }
 
+TEST(Staging, BytesChangedAfterVerificationAreCaughtMidPipelineAndSaid) {
+  const std::string root = testing::ScratchDir("staging-changed");
+  Checkpointer ckpt(root, Comm());
+  const std::string dir = ckpt.Save(CpuModel(), 1);
+  const Manifest m = ckpt.ReadManifest(dir);
+  const ShardRecord& shard = m.FindTensor("model/half")->shards.back();
+  ASSERT_TRUE(Comm().Barrier().ok());
+  FakeDevice device;
+  // Verification has passed on every rank once copies start: the damage lands between the
+  // passes, after "model/big" is on its way to the device and before "model/half" is read again.
+  device.before_first_copy = [&] {
+    if (Comm().rank() == 0) testing::FlipBit(dir + "/" + shard.file, shard.byte_offset + 1000);
+  };
+  StateTree back = DeviceZeros(device);
+  LoadOptions options;
+  options.device_staging = Staging(device);
+  const std::string message = MessageOf([&] { ckpt.Load(dir, back, options); });
+  if (Comm().rank() == 0) {
+    EXPECT_NE(message.find("checksum mismatch"), std::string::npos) << message;
+    EXPECT_NE(message.find("could not be read again after it was verified"), std::string::npos)
+        << message;
+  }
+  EXPECT_NE(message.find("partly overwritten"), std::string::npos) << message;
+  EXPECT_NE(message.find("model/half"), std::string::npos) << message;
+  EXPECT_TRUE(BitEqual(back.tensor("model/big").tensor, Contents()["model/big"]))
+      << "the tensor before the damaged one was placed";
+}
+
 TEST(Staging, FailedCopyToTheDeviceIsAgreedOnAndNamed) {
   const std::string root = testing::ScratchDir("staging-copyfail");
   Checkpointer ckpt(root, Comm());
