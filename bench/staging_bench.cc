@@ -96,55 +96,86 @@ std::pair<double, double> LinkCopies(CopyEngine* engine, const std::vector<at::T
   return {run(true), d2h};
 }
 
+// Seconds `fn` took, and the peak resident MiB above the resident size just before it.
+template <typename Fn>
+std::pair<double, double> Measured(Fn&& fn) {
+  const double base = bench::RssMiB();
+  bench::ResetPeakRss();
+  const double t0 = bench::Now();
+  fn();
+  return {bench::Now() - t0, bench::HighWaterMiB() - base};
+}
+
+struct Figures {
+  double gb, save_s, save_peak, load_s, load_peak, raw_write_s, raw_read_s, h2d_s, d2h_s;
+};
+
+void Report(const Args& args, const Figures& f) {
+  const bool staged = args.device != "cpu";  // no link copies to time for plain CPU tensors
+  const double d2h = staged ? f.gb / f.d2h_s : 0, h2d = staged ? f.gb / f.h2d_s : 0;
+  const double gib = f.gb * 1e9 / double(1 << 30);
+  std::printf(
+      "%s %.2f GiB budget %lld MiB: save %.2f GB/s (raw write %.2f, device->host %.2f), load "
+      "%.2f GB/s (raw read %.2f, host->device %.2f); peak host memory above baseline: save "
+      "%.0f MiB, load %.0f MiB\n",
+      args.device.c_str(), gib, static_cast<long long>(args.budget_mib), f.gb / f.save_s,
+      f.gb / f.raw_write_s, d2h, f.gb / f.load_s, f.gb / f.raw_read_s, h2d, f.save_peak,
+      f.load_peak);
+  if (args.csv.empty()) return;
+  const bool fresh = !std::filesystem::exists(args.csv);
+  std::ofstream out(args.csv, std::ios::app);
+  if (fresh) {
+    out << "device,gib,budget_mib,save_gbps,load_gbps,raw_write_gbps,raw_read_gbps,"
+           "d2h_gbps,h2d_gbps,save_peak_mib,load_peak_mib\n";
+  }
+  out << args.device << "," << gib << "," << args.budget_mib << "," << f.gb / f.save_s << ","
+      << f.gb / f.load_s << "," << f.gb / f.raw_write_s << "," << f.gb / f.raw_read_s << "," << d2h
+      << "," << h2d << "," << f.save_peak << "," << f.load_peak << "\n";
+}
+
+std::unique_ptr<CopyEngine> MakeEngine(const Args& args, testing::FakeDevice** fake) {
+  if (args.device != "fake") return MakeDeviceCopyEngine();
+  auto owned = std::make_unique<testing::FakeDevice>();
+  owned->delay = std::chrono::microseconds(0);
+  owned->check_host_buffers = false;
+  *fake = owned.get();
+  return owned;
+}
+
 int Run(const Args& args) {
-  std::unique_ptr<CopyEngine> engine;
-  testing::FakeDevice* fake = nullptr;
   if (args.device == "cuda" && !at::hasCUDA()) {
     std::fprintf(stderr, "staging_bench: --device cuda: no CUDA device on this machine\n");
     return 1;
   }
-  if (args.device != "fake") {
-    engine = MakeDeviceCopyEngine();
-  } else {
-    auto owned = std::make_unique<testing::FakeDevice>();
-    owned->delay = std::chrono::microseconds(0);
-    owned->check_host_buffers = false;
-    fake = owned.get();
-    engine = std::move(owned);
+  if (!bench::ResetPeakRss()) {
+    std::fprintf(stderr, "staging_bench: /proc/self/clear_refs refused: peaks are whole-process\n");
   }
+  testing::FakeDevice* fake = nullptr;
+  std::unique_ptr<CopyEngine> engine = MakeEngine(args, &fake);
   const at::Device where = args.device == "cuda" ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
   auto place = [&](const at::Tensor& t) { return fake ? fake->NewTensor(t) : t.to(where); };
   const int64_t count = std::max<int64_t>(1, static_cast<int64_t>(args.gib * 4 + 0.5));
-  const int64_t bytes = count * kTensorElems * 4;
+  Figures f{};
+  f.gb = static_cast<double>(count * kTensorElems * 4) / 1e9;
   StateTree state, back;
   std::vector<at::Tensor> originals;
   for (int64_t i = 0; i < count; ++i) {
     const std::string name = "model_state_dict/layer" + std::to_string(i);
-    at::Tensor t = place(at::rand({kTensorElems}));
-    state.SetTensor(name, t);
+    originals.push_back(place(at::rand({kTensorElems})));
+    state.SetTensor(name, originals.back());
     back.SetTensor(name, place(at::zeros({kTensorElems})));
-    originals.push_back(t);
   }
   std::filesystem::remove_all(args.dir);
   auto comm = MakeDefaultCommunicator();
   CheckpointerOptions options;
   options.device_staging = {engine.get(), args.budget_mib << 20, 4};
   Checkpointer ckpt(args.dir, *comm, options);
-  double base = bench::RssMiB();
-  const bool peak_ok = bench::ResetPeakRss();
-  double t0 = bench::Now();
-  const std::string dir = ckpt.Save(state, 1);
-  const double save_s = bench::Now() - t0;
-  const double save_peak = bench::HighWaterMiB() - base;
+  std::string dir;
+  std::tie(f.save_s, f.save_peak) = Measured([&] { dir = ckpt.Save(state, 1); });
   bench::EvictTree(dir);
   LoadOptions load;
   load.device_staging = options.device_staging;
-  base = bench::RssMiB();
-  bench::ResetPeakRss();
-  t0 = bench::Now();
-  ckpt.Load(dir, back, load);
-  const double load_s = bench::Now() - t0;
-  const double load_peak = bench::HighWaterMiB() - base;
+  std::tie(f.load_s, f.load_peak) = Measured([&] { ckpt.Load(dir, back, load); });
   for (const auto& [name, entry] : back.tensors()) {
     if (!at::equal(entry.tensor, state.tensor(name).tensor)) {
       std::fprintf(stderr, "MISMATCH after load: %s\n", name.c_str());
@@ -153,31 +184,12 @@ int Run(const Args& args) {
   }
   std::filesystem::remove_all(args.dir);
   std::filesystem::create_directories(args.dir);
-  const auto [raw_write_s, raw_read_s] = RawWriteRead(args.dir + "/raw.bin", bytes);
-  const auto [h2d_s, d2h_s] =
-      args.device == "cpu" ? std::pair<double, double>(0, 0)
-                           : LinkCopies(engine.get(), originals, (args.budget_mib << 20) / 4);
-  const double gb = static_cast<double>(bytes) / 1e9;
-  const bool staged = args.device != "cpu";  // no link copies to time for plain CPU tensors
-  const double d2h = staged ? gb / d2h_s : 0, h2d = staged ? gb / h2d_s : 0;
-  std::printf(
-      "%s %.2f GiB budget %lld MiB: save %.2f GB/s (raw write %.2f, device->host %.2f), load "
-      "%.2f GB/s (raw read %.2f, host->device %.2f); peak host memory above baseline: save "
-      "%.0f MiB, load %.0f MiB%s\n",
-      args.device.c_str(), bytes / double(1 << 30), static_cast<long long>(args.budget_mib),
-      gb / save_s, gb / raw_write_s, d2h, gb / load_s, gb / raw_read_s, h2d, save_peak, load_peak,
-      peak_ok ? "" : " (peak not resettable: whole-process peaks)");
-  if (!args.csv.empty()) {
-    const bool fresh = !std::filesystem::exists(args.csv);
-    std::ofstream out(args.csv, std::ios::app);
-    if (fresh) {
-      out << "device,gib,budget_mib,save_gbps,load_gbps,raw_write_gbps,raw_read_gbps,"
-             "d2h_gbps,h2d_gbps,save_peak_mib,load_peak_mib\n";
-    }
-    out << args.device << "," << bytes / double(1 << 30) << "," << args.budget_mib << ","
-        << gb / save_s << "," << gb / load_s << "," << gb / raw_write_s << "," << gb / raw_read_s
-        << "," << d2h << "," << h2d << "," << save_peak << "," << load_peak << "\n";
+  std::tie(f.raw_write_s, f.raw_read_s) =
+      RawWriteRead(args.dir + "/raw.bin", count * kTensorElems * 4);
+  if (args.device != "cpu") {
+    std::tie(f.h2d_s, f.d2h_s) = LinkCopies(engine.get(), originals, (args.budget_mib << 20) / 4);
   }
+  Report(args, f);
   return 0;
 }
 
