@@ -13,12 +13,14 @@ flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recov
   -DOMPI_SKIP_MPICXX=1 -D_GLIBCXX_USE_CXX11_ABI=1 -I"$src/include" -I"$src/src"
   -isystem "$torch/include" -isystem "$torch/include/torch/csrc/api/include"
   -I/usr/include/hdf5/openmpi -I/usr/lib/x86_64-linux-gnu/openmpi/include)
-# The readers and what the fixture's save needs (not the GPU, LibTorch-adapter, load or async code).
+# The readers and what the fixture's save needs (not the NCCL, LibTorch-adapter, load or async
+# code; the save writes through the staging ring, which needs the copy engine).
 sources=()
 for d in core layout plan manifest io hdf5; do
   for f in "$src"/src/$d/*.cc; do sources+=("${f#$src/}"); done
 done
-sources+=(src/comm/communicator.cc src/checkpoint/rank_writer.cc src/checkpoint/manifest_store.cc
+sources+=(src/comm/communicator.cc src/gpu/staging.cc src/gpu/device_copy_engine.cc
+  src/checkpoint/rank_writer.cc src/checkpoint/manifest_store.cc
   src/checkpoint/save.cc src/checkpoint/catalog.cc src/checkpoint/retention.cc src/pt/pickle.cc
   tests/fuzz/parsers_fuzz.cc)
 # ccache (when present) keeps rebuilds of a fresh clone cheap; paths relative to the source.
