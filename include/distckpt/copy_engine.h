@@ -29,7 +29,9 @@ class CopyEngine {
   virtual bool Handles(const at::Tensor& tensor) const = 0;
 
   // `bytes` of host memory that copies run from and to at full speed (page-locked for CUDA),
-  // as a 1-D uint8 tensor. Called once per buffer; the ring keeps the buffers between runs.
+  // as a 1-D uint8 tensor. Called once per buffer; the ring keeps the buffers between runs. The
+  // ring may drop a buffer whose copy missed its deadline: its memory must outlive the copy
+  // (LibTorch's page-locked allocator holds a block until the copies recorded on it end).
   virtual Result<at::Tensor> AllocateHost(int64_t bytes) = 0;
 
   // A contiguous tensor of `numel` elements on `like`'s device and of its dtype: where a load
