@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a machine with GPUs, in one call: builds distckpt against the local Python torch (CUDA), then
 #  1. runs the GPU tests (tests/gpu_test.cc) on 1 and 2 ranks, and on one rank per GPU where there
-#     are more; each test skips on its own, with its reason, where it cannot run;
+#     are more, and the Python frontend's tests (CUDA tensors through a small staging budget among
+#     them) on 1 rank; each test skips on its own, with its reason, where it cannot run;
 #  2. measures save and load of CUDA tensors through the staging ring (bench/staging_bench) at
 #     DISTCKPT_GPU_SIZES GiB (default "1 4 16"), each next to a raw write/read of the same bytes
 #     and page-locked host<->device copies in the same process, with peak host memory against the
@@ -32,10 +33,10 @@ gen=Ninja keep_going="-k 0"  # build what compiles, so one broken target does no
 command -v ninja >/dev/null || { gen="Unix Makefiles"; keep_going="-k"; }
 if [ ! -f "$build/CMakeCache.txt" ]; then
   cmake -S . -B "$build" -G "$gen" -DCMAKE_BUILD_TYPE=Release -DDISTCKPT_BUILD_BENCH=ON \
-    -DDISTCKPT_BUILD_PYTHON=OFF -DPython3_EXECUTABLE="$(command -v python3)" > build-gpu.log 2>&1 ||
+    -DDISTCKPT_BUILD_PYTHON=ON -DPython3_EXECUTABLE="$(command -v python3)" > build-gpu.log 2>&1 ||
     tail -n 40 build-gpu.log
 fi
-cmake --build "$build" -j "$(nproc)" --target gpu_test staging_bench async_bench -- $keep_going \
+cmake --build "$build" -j "$(nproc)" --target gpu_test staging_bench async_bench distckpt_python -- $keep_going \
   >> build-gpu.log 2>&1 || grep -E -A5 'error|Error' build-gpu.log | head -n 60
 echo "== built in $((SECONDS - start)) s"
 
@@ -46,11 +47,18 @@ ranks="1 2"
 for np in $ranks; do
   out=$(timeout 300 mpirun -np "$np" "$build/tests/gpu_test" 2>&1); rc=$?
   echo "$out" | grep -E '^\[ *(OK|SKIPPED|FAILED) *\]|Failure|error' | head -n 40
-  passed=$(grep -c '\[       OK \]' <<<"$out"); skipped=$(grep -c '\[  SKIPPED \]' <<<"$out")
+  passed=$(grep -c '\[       OK \]' <<<"$out"); skipped=$(grep -c '\[  SKIPPED \].*ms)' <<<"$out")
   table+=("| $np | $passed | $skipped | $([ $rc -eq 0 ] || [ $rc -eq 77 ] && echo ok || echo "FAILED ($rc)") |")
 done
 echo; echo "| ranks | passed | skipped | result |"; echo "|---|---|---|---|"
 printf '%s\n' "${table[@]}"
+if ls "$build"/python/distckpt/_C*.so >/dev/null 2>&1; then
+  echo "== Python frontend tests (1 rank)"
+  timeout 300 bash tests/python/run.sh 1 mpirun python3 "$build/python" \
+    tests/python/test_frontend.py 2>&1 | tail -n 8
+else
+  echo "== Python frontend tests NOT RUN: the package did not build (see build-gpu.log)"
+fi
 
 echo "== staging: distckpt and DCP, interleaved per size"
 scratch=${TMPDIR:-/tmp}/distckpt-gpu-staging
