@@ -24,6 +24,11 @@ constexpr int64_t kBudget = 1 << 20;
 constexpr int64_t kRows = 600;
 
 DeviceStaging Staging(FakeDevice& device) { return {&device, kBudget, 4}; }
+LoadOptions Through(FakeDevice& device) {
+  LoadOptions options;
+  options.device_staging = Staging(device);
+  return options;
+}
 
 // name -> full contents; "rows" is sharded by rows across the ranks, the rest replicated.
 std::map<std::string, at::Tensor> Contents() {
@@ -130,8 +135,7 @@ TEST(Staging, LoadIntoDeviceTensorsThroughBoundedBuffers) {
   // A destination that is not contiguous is filled through a contiguous device tensor.
   at::Tensor transposed = device.NewTensor(at::zeros({1024, 1024})).t();
   back.SetTensor("model/big", transposed);
-  LoadOptions options;
-  options.device_staging = Staging(device);
+  LoadOptions options = Through(device);
   ckpt.Load(dir, back, options);
   back.SetTensor("model/big", transposed.contiguous());
   ExpectModel(back);
@@ -178,8 +182,7 @@ TEST(Staging, CorruptPieceFailsBeforeAnyCopyToTheDevice) {
   ASSERT_TRUE(Comm().Barrier().ok());
   FakeDevice device;
   StateTree back = DeviceZeros(device);
-  LoadOptions options;
-  options.device_staging = Staging(device);
+  LoadOptions options = Through(device);
   const std::string message = MessageOf([&] { ckpt.Load(dir, back, options); });
   EXPECT_NE(message.find("model/half"), std::string::npos) << message;
   EXPECT_EQ(device.copies, 0);
@@ -207,8 +210,7 @@ TEST(Staging, BytesChangedAfterVerificationAreCaughtMidPipelineAndSaid) {
     if (Comm().rank() == 0) testing::FlipBit(dir + "/" + shard.file, shard.byte_offset + 1000);
   };
   StateTree back = DeviceZeros(device);
-  LoadOptions options;
-  options.device_staging = Staging(device);
+  LoadOptions options = Through(device);
   const std::string message = MessageOf([&] { ckpt.Load(dir, back, options); });
   if (Comm().rank() == 0) {
     EXPECT_NE(message.find("checksum mismatch"), std::string::npos) << message;
@@ -229,8 +231,7 @@ TEST(Staging, FailedCopyToTheDeviceIsAgreedOnAndNamed) {
   const int last = Comm().size() - 1;
   if (Comm().rank() == last) device.fail_copy_at = 2;
   StateTree back = DeviceZeros(device);
-  LoadOptions options;
-  options.device_staging = Staging(device);
+  LoadOptions options = Through(device);
   const std::string message = MessageOf([&] { ckpt.Load(dir, back, options); });
   EXPECT_NE(message.find("injected fault: copy refused"), std::string::npos) << message;
   EXPECT_NE(message.find("tensor 'model/"), std::string::npos) << message;
@@ -255,8 +256,7 @@ TEST(Staging, StalledCopyEndsTheLoadAtItsDeadline) {
   FakeDevice device;
   device.hang_at = 3;
   StateTree back = DeviceZeros(device);
-  LoadOptions options;
-  options.device_staging = Staging(device);
+  LoadOptions options = Through(device);
   options.timeout_seconds = 1;
   const double t0 = MonotonicSeconds();
   const std::string message = MessageOf([&] { ckpt.Load(dir, back, options); });
@@ -297,8 +297,7 @@ TEST(Staging, AllocationFailureLeavesTheDestinationsAlone) {
   FakeDevice device;
   device.fail_allocate = true;
   StateTree back = DeviceZeros(device);
-  LoadOptions options;
-  options.device_staging = Staging(device);
+  LoadOptions options = Through(device);
   const std::string message = MessageOf([&] { ckpt.Load(dir, back, options); });
   EXPECT_NE(message.find("cannot allocate page-locked memory"), std::string::npos) << message;
   EXPECT_EQ(message.find("partly overwritten"), std::string::npos) << message;
