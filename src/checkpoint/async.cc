@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "core/guarded.h"
+#include "gpu/staging.h"
 
 namespace distckpt {
 namespace {
@@ -53,8 +54,7 @@ void ParallelCopy(const std::vector<HostCopy>& copies, int ranks_here) {
 AsyncCheckpointer::AsyncCheckpointer(std::string root, CheckpointerOptions options)
     : root_(std::move(root)),
       options_(options),
-      engine_(options.device_staging.engine ? options.device_staging.engine
-                                            : (built_in_engine_ = MakeDeviceCopyEngine()).get()) {
+      engine_(EngineFor(options.device_staging, &built_in_engine_)) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (initialized) {
