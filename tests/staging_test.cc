@@ -89,6 +89,11 @@ int64_t TotalBytes(const StateTree& tree) {
   return total;
 }
 
+// Where the last shard of `tensor` lies in checkpoint `dir` (to damage it).
+ShardRecord LastShardOf(Checkpointer& ckpt, const std::string& dir, const std::string& tensor) {
+  return ckpt.ReadManifest(dir).FindTensor(tensor)->shards.back();
+}
+
 std::string MessageOf(const std::function<void()>& fn) {
   try {
     fn();
@@ -173,11 +178,9 @@ TEST(Staging, SaveFromDeviceTensorsThroughBoundedBuffers) {
 }
 
 TEST(Staging, CorruptPieceFailsBeforeAnyCopyToTheDevice) {
-  const std::string root = testing::ScratchDir("staging-corrupt");
-  Checkpointer ckpt(root, Comm());
+  Checkpointer ckpt(testing::ScratchDir("staging-corrupt"), Comm());
   const std::string dir = ckpt.Save(CpuModel(), 1);
-  const Manifest m = ckpt.ReadManifest(dir);
-  const ShardRecord& shard = m.FindTensor("model/half")->shards.back();
+  const ShardRecord shard = LastShardOf(ckpt, dir, "model/half");
   if (Comm().rank() == 0) testing::FlipBit(dir + "/" + shard.file, shard.byte_offset + 1000);
   ASSERT_TRUE(Comm().Barrier().ok());
   FakeDevice device;
@@ -197,11 +200,9 @@ TEST(Staging, CorruptPieceFailsBeforeAnyCopyToTheDevice) {
 }
 
 TEST(Staging, BytesChangedAfterVerificationAreCaughtMidPipelineAndSaid) {
-  const std::string root = testing::ScratchDir("staging-changed");
-  Checkpointer ckpt(root, Comm());
+  Checkpointer ckpt(testing::ScratchDir("staging-changed"), Comm());
   const std::string dir = ckpt.Save(CpuModel(), 1);
-  const Manifest m = ckpt.ReadManifest(dir);
-  const ShardRecord& shard = m.FindTensor("model/half")->shards.back();
+  const ShardRecord shard = LastShardOf(ckpt, dir, "model/half");
   ASSERT_TRUE(Comm().Barrier().ok());
   FakeDevice device;
   // Verification has passed on every rank once copies start: the damage lands between the
