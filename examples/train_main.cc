@@ -74,9 +74,9 @@ void AddOptions(CLI::App& app, Args* a) {
   app.add_option("--keep-last", a->keep_last, "keep the K newest checkpoints (0: all)")
       ->check(distckpt::tools::NonNegativeInt());
   app.add_flag("--async", a->async, "save in the background");
-  app.add_option(
-         "--collective-timeout", a->collective_timeout,
-         "seconds a rank may be late to a checkpoint step before the job ends (0: no limit)")
+  app.add_option("--collective-timeout", a->collective_timeout,
+                 "seconds a rank may be late to any collective (gradients, checkpoints) before the "
+                 "job ends (0: no limit)")
       ->check(CLI::NonNegativeNumber);
 }
 
@@ -252,6 +252,8 @@ class Trainer {
  public:
   Trainer(const Args& a, distckpt::Communicator& comm)
       : a_(a), comm_(comm), rank_(comm.rank()), world_(comm.size()) {
+    // The gradient exchange waits no longer than the checkpoint's collectives.
+    comm_.set_collective_timeout(a.collective_timeout);
     torch::manual_seed(a.seed);
     model_ = std::make_shared<Model>();
     in_features_ = model_->parameters()[0].size(1);

@@ -40,12 +40,15 @@ class Communicator {
   // Element-wise sum of `count` doubles across ranks, in place.
   virtual Status AllReduceSum(double* values, size_t count) = 0;
   virtual std::string name() const = 0;
-  // A deadline on every collective (0: none). Before each collective the ranks report their
-  // arrival to rank 0; a rank that has not arrived within `seconds` is named (rank and host) on
-  // stderr by every rank that waits, and the job is ended with MPI_Abort: MPI cannot cancel a
-  // collective, and a stopped rank would otherwise hold every other rank forever. A stall inside
-  // a collective that every rank entered is not covered.
+  // A deadline on every collective (0: none). Each collective runs as nonblocking MPI polled
+  // against the deadline; when one has not completed `seconds` after this rank entered it, the
+  // ranks that are still alive agree (point to point, on a private duplicate communicator) on
+  // which ranks never answered, every one of them prints that verdict (rank and host) on
+  // stderr, and the job is ended with MPI_Abort: MPI cannot cancel a collective, and a stopped
+  // rank would otherwise hold every other rank forever. docs/design.md has the protocol.
   virtual void set_collective_timeout(double seconds) { (void)seconds; }
+  // The deadline set above (0: none); transports layered on this one (NCCL) wait no longer.
+  virtual double collective_timeout() const { return 0; }
 };
 
 std::unique_ptr<Communicator> MakeLocalCommunicator();

@@ -2,15 +2,11 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <climits>
-#include <cstdio>
-#include <cstdlib>
-#include <thread>
 #include <vector>
 
+#include "comm/deadline_watch.h"
 #include "core/bytes.h"
-#include "core/guarded.h"
 #include "distckpt/comm.h"
 
 namespace distckpt {
@@ -63,9 +59,12 @@ class MpiCommunicator : public Communicator {
     std::vector<char> names(static_cast<size_t>(size_) * MPI_MAX_PROCESSOR_NAME);
     MPI_Allgather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, names.data(), MPI_MAX_PROCESSOR_NAME,
                   MPI_CHAR, comm_);
-    for (int r = 0; r < size_; ++r) hosts_.emplace_back(names.data() + r * MPI_MAX_PROCESSOR_NAME);
+    std::vector<std::string> hosts;
+    for (int r = 0; r < size_; ++r) hosts.emplace_back(names.data() + r * MPI_MAX_PROCESSOR_NAME);
+    watch_ = std::make_unique<DeadlineWatch>(comm_, std::move(hosts));
   }
   ~MpiCommunicator() override {
+    watch_.reset();
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (!finalized) MPI_Comm_free(&comm_);
@@ -75,20 +74,24 @@ class MpiCommunicator : public Communicator {
   int node_count() const override { return node_count_; }
   int local_rank() const override { return local_rank_; }
   int local_size() const override { return local_size_; }
-  void set_collective_timeout(double seconds) override { timeout_ = seconds; }
+  void set_collective_timeout(double seconds) override { watch_->set_timeout(seconds); }
+  double collective_timeout() const override { return watch_->timeout(); }
   Status Barrier() override {
-    Arrive("barrier");
-    return Check(MPI_Barrier(comm_), "barrier");
+    MPI_Request request;
+    RETURN_IF_ERROR(Check(MPI_Ibarrier(comm_, &request), "barrier"));
+    return watch_->Complete(&request, "barrier");
   }
   Status AllGather(const std::string& mine, std::vector<std::string>* all) override {
-    Arrive("all-gather");
     if (mine.size() > static_cast<size_t>(INT32_MAX)) {
       return InvalidArgument("all-gather of more than 2 GiB from one rank");
     }
     int my_size = static_cast<int>(mine.size());
     std::vector<int> sizes(size_), displs(size_);
-    RETURN_IF_ERROR(Check(MPI_Allgather(&my_size, 1, MPI_INT, sizes.data(), 1, MPI_INT, comm_),
-                          "all-gather of sizes"));
+    MPI_Request request;
+    RETURN_IF_ERROR(
+        Check(MPI_Iallgather(&my_size, 1, MPI_INT, sizes.data(), 1, MPI_INT, comm_, &request),
+              "all-gather of sizes"));
+    RETURN_IF_ERROR(watch_->Complete(&request, "all-gather of sizes"));
     int64_t total = 0;
     for (int r = 0; r < size_; ++r) {
       displs[r] = static_cast<int>(total);
@@ -96,22 +99,25 @@ class MpiCommunicator : public Communicator {
     }
     if (total > INT32_MAX) return InvalidArgument("all-gather of more than 2 GiB in total");
     std::string buffer(static_cast<size_t>(total), '\0');
-    RETURN_IF_ERROR(Check(MPI_Allgatherv(mine.data(), my_size, MPI_BYTE, buffer.data(),
-                                         sizes.data(), displs.data(), MPI_BYTE, comm_),
+    RETURN_IF_ERROR(Check(MPI_Iallgatherv(mine.data(), my_size, MPI_BYTE, buffer.data(),
+                                          sizes.data(), displs.data(), MPI_BYTE, comm_, &request),
                           "all-gather"));
+    RETURN_IF_ERROR(watch_->Complete(&request, "all-gather"));
     all->resize(size_);
     for (int r = 0; r < size_; ++r) (*all)[r] = buffer.substr(displs[r], sizes[r]);
     return Status::Ok();
   }
   Status Gather(const std::string& mine, std::vector<std::string>* all, int root) override {
-    Arrive("gather");
     if (mine.size() > static_cast<size_t>(INT32_MAX)) {
       return InvalidArgument("gather of more than 2 GiB from one rank");
     }
     int my_size = static_cast<int>(mine.size());
     std::vector<int> sizes(size_), displs(size_);
-    RETURN_IF_ERROR(Check(MPI_Gather(&my_size, 1, MPI_INT, sizes.data(), 1, MPI_INT, root, comm_),
-                          "gather of sizes"));
+    MPI_Request request;
+    RETURN_IF_ERROR(
+        Check(MPI_Igather(&my_size, 1, MPI_INT, sizes.data(), 1, MPI_INT, root, comm_, &request),
+              "gather of sizes"));
+    RETURN_IF_ERROR(watch_->Complete(&request, "gather of sizes"));
     int64_t total = 0;
     for (int r = 0; r < size_; ++r) {
       displs[r] = static_cast<int>(total);
@@ -121,9 +127,10 @@ class MpiCommunicator : public Communicator {
       return InvalidArgument("gather of more than 2 GiB in total");
     }
     std::string buffer(rank_ == root ? static_cast<size_t>(total) : 0, '\0');
-    RETURN_IF_ERROR(Check(MPI_Gatherv(mine.data(), my_size, MPI_BYTE, buffer.data(), sizes.data(),
-                                      displs.data(), MPI_BYTE, root, comm_),
+    RETURN_IF_ERROR(Check(MPI_Igatherv(mine.data(), my_size, MPI_BYTE, buffer.data(), sizes.data(),
+                                       displs.data(), MPI_BYTE, root, comm_, &request),
                           "gather"));
+    RETURN_IF_ERROR(watch_->Complete(&request, "gather"));
     all->clear();
     if (rank_ != root) return Status::Ok();
     all->resize(size_);
@@ -131,16 +138,20 @@ class MpiCommunicator : public Communicator {
     return Status::Ok();
   }
   Status Broadcast(std::string* bytes, int root) override {
-    Arrive("broadcast");
     int64_t n = static_cast<int64_t>(bytes->size());
-    RETURN_IF_ERROR(Check(MPI_Bcast(&n, 1, MPI_INT64_T, root, comm_), "broadcast of size"));
+    MPI_Request request;
+    RETURN_IF_ERROR(
+        Check(MPI_Ibcast(&n, 1, MPI_INT64_T, root, comm_, &request), "broadcast of size"));
+    RETURN_IF_ERROR(watch_->Complete(&request, "broadcast of size"));
     if (n > INT32_MAX) return InvalidArgument("broadcast of more than 2 GiB");
     bytes->resize(static_cast<size_t>(n));
-    return Check(MPI_Bcast(bytes->data(), static_cast<int>(n), MPI_BYTE, root, comm_), "broadcast");
+    RETURN_IF_ERROR(
+        Check(MPI_Ibcast(bytes->data(), static_cast<int>(n), MPI_BYTE, root, comm_, &request),
+              "broadcast"));
+    return watch_->Complete(&request, "broadcast");
   }
   Status AllGatherInPlace(void* buffer, const std::vector<int64_t>& offsets,
                           const std::vector<int64_t>& sizes) override {
-    Arrive("exchange of tensor bytes");
     // Rounds of at most kRound bytes per rank keep MPI's int counts in range.
     constexpr int64_t kRound = 256 << 20;
     int64_t longest = 0;
@@ -158,17 +169,21 @@ class MpiCommunicator : public Communicator {
         if (displ > INT32_MAX) return InvalidArgument("all-gather segments too far apart");
         displs[r] = static_cast<int>(displ);
       }
-      RETURN_IF_ERROR(Check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, base + low,
-                                           counts.data(), displs.data(), MPI_BYTE, comm_),
-                            "all-gather in place"));
+      MPI_Request request;
+      RETURN_IF_ERROR(
+          Check(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, base + low, counts.data(),
+                                displs.data(), MPI_BYTE, comm_, &request),
+                "exchange of tensor bytes"));
+      RETURN_IF_ERROR(watch_->Complete(&request, "exchange of tensor bytes"));
     }
     return Status::Ok();
   }
   Status AllReduceSum(double* values, size_t count) override {
-    Arrive("all-reduce");
-    return Check(
-        MPI_Allreduce(MPI_IN_PLACE, values, static_cast<int>(count), MPI_DOUBLE, MPI_SUM, comm_),
-        "all-reduce");
+    MPI_Request request;
+    RETURN_IF_ERROR(Check(MPI_Iallreduce(MPI_IN_PLACE, values, static_cast<int>(count), MPI_DOUBLE,
+                                         MPI_SUM, comm_, &request),
+                          "all-reduce"));
+    return watch_->Complete(&request, "all-reduce");
   }
   std::string name() const override { return "mpi"; }
 
@@ -182,72 +197,7 @@ class MpiCommunicator : public Communicator {
                                       std::to_string(rank_) + ": " + std::string(text, len));
   }
 
-  // The arrival check before a collective (see Communicator::set_collective_timeout).
-  void Arrive(const char* what) {
-    if (timeout_ <= 0 || size_ == 1) return;
-    const double deadline = MonotonicSeconds() + timeout_;
-    std::vector<int64_t> verdict(static_cast<size_t>(size_) + 1, 0);  // count, missing ranks
-    if (rank_ == 0) {
-      CollectArrivals(deadline, &verdict);
-    } else {
-      int64_t arrived = ++sequence_;
-      MPI_Send(&arrived, 1, MPI_INT64_T, 0, kArriveTag, comm_);
-      MPI_Request request;
-      MPI_Irecv(verdict.data(), size_ + 1, MPI_INT64_T, 0, kVerdictTag, comm_, &request);
-      // Rank 0 gives its verdict at the deadline; wait a little longer for it.
-      if (!WaitFor(&request, deadline + std::max(5.0, timeout_ / 10))) verdict = {1, 0};
-    }
-    if (verdict[0] > 0) EndJob(verdict, what);
-  }
-
-  void CollectArrivals(double deadline, std::vector<int64_t>* verdict) {
-    ++sequence_;
-    std::vector<int64_t> arrived(static_cast<size_t>(size_));
-    std::vector<MPI_Request> requests(static_cast<size_t>(size_), MPI_REQUEST_NULL);
-    for (int r = 1; r < size_; ++r) {
-      MPI_Irecv(&arrived[r], 1, MPI_INT64_T, r, kArriveTag, comm_, &requests[r]);
-    }
-    for (int r = 1; r < size_; ++r) {
-      if (!WaitFor(&requests[r], deadline)) (*verdict)[1 + (*verdict)[0]++] = r;
-    }
-    for (int r = 1; r < size_; ++r) {
-      MPI_Send(verdict->data(), size_ + 1, MPI_INT64_T, r, kVerdictTag, comm_);
-    }
-  }
-
-  // Polls `request` until it completes (true) or `deadline` passes (false).
-  static bool WaitFor(MPI_Request* request, double deadline) {
-    for (int done = 0;;) {
-      MPI_Test(request, &done, MPI_STATUS_IGNORE);
-      if (done) return true;
-      if (MonotonicSeconds() > deadline) return false;
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-  }
-
-  [[noreturn]] void EndJob(const std::vector<int64_t>& verdict, const char* what) {
-    std::string ranks;
-    for (int64_t i = 1; i <= verdict[0]; ++i) {
-      const int r = static_cast<int>(verdict[i]);
-      ranks += (i > 1 ? ", " : "") + std::string("rank ") + std::to_string(r) + " (host " +
-               hosts_[r] + ")";
-    }
-    char seconds[32];
-    std::snprintf(seconds, sizeof(seconds), "%g", timeout_);
-    std::fprintf(stderr,
-                 "distckpt: rank %d (host %s): %s did not arrive at the next collective step "
-                 "(%s) within %s s; ending the job (nothing of this step is committed)\n",
-                 rank_, hosts_[rank_].c_str(), ranks.c_str(), what, seconds);
-    std::fflush(stderr);
-    MPI_Abort(comm_, 3);
-    std::abort();
-  }
-
-  static constexpr int kArriveTag = 7301;
-  static constexpr int kVerdictTag = 7302;
-  double timeout_ = 0;
-  int64_t sequence_ = 0;
-  std::vector<std::string> hosts_;
+  std::unique_ptr<DeadlineWatch> watch_;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0;
   int size_ = 1;

@@ -1,6 +1,8 @@
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <string>
+#include <thread>
 
 #include "distckpt/nccl.h"
 
@@ -31,6 +33,10 @@ int CudaDeviceCount() {
 
 namespace {
 
+double MonotonicSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 class NcclGatherer : public DeviceGatherer {
  public:
   NcclGatherer(Communicator& comm, int device) : comm_(comm), device_(device) {}
@@ -52,11 +58,19 @@ class NcclGatherer : public DeviceGatherer {
     RETURN_IF_ERROR(comm_.Broadcast(&bytes, 0));
     if (bytes.size() != sizeof(id)) return Internal("malformed ncclUniqueId broadcast");
     std::memcpy(&id, bytes.data(), sizeof(id));
-    return Nccl(ncclCommInitRank(&nccl_, comm_.size(), id, comm_.rank()), "ncclCommInitRank");
+    // Nonblocking: a rank that never joins cannot hold the others past the deadline.
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    const double deadline = Deadline();
+    const ncclResult_t rc = ncclCommInitRankConfig(&nccl_, comm_.size(), id, comm_.rank(), &config);
+    if (rc != ncclSuccess && rc != ncclInProgress) return Nccl(rc, "ncclCommInitRank");
+    return WaitForNccl(deadline, "ncclCommInitRank");
   }
 
   Status Gather(const at::Tensor& local, int root, std::vector<at::Tensor>* parts) override {
     if (!local.is_cuda()) return InvalidArgument("NCCL gather of a tensor that is not on a GPU");
+    if (!nccl_)
+      return Status(Code::kAborted, "the NCCL communicator was aborted after a missed deadline");
     at::Tensor src = local.contiguous();
     const size_t esize = src.element_size();
     // Sizes first (over MPI), so the root can allocate each part.
@@ -89,13 +103,60 @@ class NcclGatherer : public DeviceGatherer {
           Nccl(ncclSend(src.data_ptr(), src.numel() * esize, ncclUint8, root, nccl_, stream_),
                "ncclSend"));
     }
-    RETURN_IF_ERROR(Nccl(ncclGroupEnd(), "ncclGroupEnd"));
-    return Cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    const double deadline = Deadline();
+    const ncclResult_t rc = ncclGroupEnd();
+    if (rc != ncclSuccess && rc != ncclInProgress) return Nccl(rc, "ncclGroupEnd");
+    RETURN_IF_ERROR(WaitForNccl(deadline, "ncclGroupEnd"));
+    return WaitForStream(deadline);
   }
 
   int device() const override { return device_; }
 
  private:
+  // The communicator's collective deadline, as a point on the monotonic clock (0: none).
+  double Deadline() const {
+    const double timeout = comm_.collective_timeout();
+    return timeout > 0 ? MonotonicSeconds() + timeout : 0;
+  }
+  bool Late(double deadline) const { return deadline > 0 && MonotonicSeconds() > deadline; }
+
+  // A communicator that misses the deadline is aborted (NCCL's only way out of a stuck
+  // operation); the caller's status vote then names the rank that is missing.
+  Status Abort(const char* what) {
+    ncclCommAbort(nccl_);
+    nccl_ = nullptr;
+    return Status(Code::kAborted, std::string(what) + " on rank " + std::to_string(comm_.rank()) +
+                                      " did not complete within the collective deadline of " +
+                                      std::to_string(comm_.collective_timeout()) +
+                                      " s (NCCL aborted)");
+  }
+
+  // Polls the communicator's asynchronous state until its pending operation is issued.
+  Status WaitForNccl(double deadline, const char* what) {
+    for (;;) {
+      ncclResult_t state = ncclSuccess;
+      RETURN_IF_ERROR(Nccl(ncclCommGetAsyncError(nccl_, &state), "ncclCommGetAsyncError"));
+      if (state == ncclSuccess) return Status::Ok();
+      if (state != ncclInProgress) return Nccl(state, what);
+      if (Late(deadline)) return Abort(what);
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+  }
+
+  // Polls the stream (and NCCL's asynchronous errors) instead of a synchronize without end.
+  Status WaitForStream(double deadline) {
+    for (;;) {
+      const cudaError_t rc = cudaStreamQuery(stream_);
+      if (rc == cudaSuccess) return Status::Ok();
+      if (rc != cudaErrorNotReady) return Cuda(rc, "cudaStreamQuery");
+      ncclResult_t state = ncclSuccess;
+      ncclCommGetAsyncError(nccl_, &state);
+      if (state != ncclSuccess && state != ncclInProgress) return Nccl(state, "NCCL gather");
+      if (Late(deadline)) return Abort("NCCL gather");
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+  }
+
   Status Cuda(cudaError_t rc, const char* what) const {
     if (rc == cudaSuccess) return Status::Ok();
     return Status(Code::kAborted, std::string(what) + " failed on rank " +
