@@ -7,6 +7,9 @@
 //   HANG_FSYNC      writes on, then blocks forever in the first fsync of such a file
 //   PAUSE           sleeps KILL_PAUSE_SECONDS (default 3) and goes on, leaving the test time
 //                   to strike from outside (cut the host's link, kill the host)
+// With KILL_AT_CALL=N the shim strikes instead before the N-th file call (open, pread, pwrite,
+// fsync, rename) that touches such a path, and KILL_COUNT_FILE, when set, receives at exit how
+// many such calls the rank made: a sweep counts once, then strikes at points spread over them.
 // With KILL_MARK set, the file KILL_MARK is created when the shim strikes, so that a test can
 // act at that moment. Fault injection from outside: the programs under test carry no hooks.
 #define _GNU_SOURCE
@@ -22,6 +25,7 @@
 #include <unistd.h>
 
 static long long written;
+static long long calls;
 static int struck;
 
 static int Is(const char* name, const char* value) {
@@ -29,30 +33,46 @@ static int Is(const char* name, const char* value) {
   return v && strcmp(v, value) == 0;
 }
 
-static int ArmedPath(const char* path) {
+static int IsVictim(void) {
   const char* rank = getenv("OMPI_COMM_WORLD_RANK");
   const char* kill_rank = getenv("KILL_RANK");
+  return rank && kill_rank && strcmp(rank, kill_rank) == 0;
+}
+
+static int ArmedPath(const char* path) {
   const char* part = getenv("KILL_PATH_PART");
-  if (!rank || !kill_rank || !part || strcmp(rank, kill_rank) != 0) return 0;
-  return strstr(path, part) != NULL;
+  return IsVictim() && part && strstr(path, part) != NULL;
+}
+
+// The path of `fd` into `path` (PATH_MAX bytes); 0 if unknown.
+static int FdPath(int fd, char* path) {
+  char link[64];
+  snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(link, path, PATH_MAX - 1);
+  if (n <= 0) return 0;
+  path[n] = '\0';
+  return 1;
 }
 
 static int Armed(int fd) {
-  char link[64], path[PATH_MAX];
-  snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
-  ssize_t n = readlink(link, path, sizeof(path) - 1);
-  if (n <= 0) return 0;
-  path[n] = '\0';
-  return ArmedPath(path);
+  char path[PATH_MAX];
+  return FdPath(fd, path) && ArmedPath(path);
 }
+
+// What the shim struck at ("rename /path"), written into KILL_MARK.
+static char struck_at[PATH_MAX + 32];
 
 static void Mark(void) {
   const char* mark = getenv("KILL_MARK");
   if (!mark) return;
   static int (*real_open)(const char*, int, ...);
   if (!real_open) real_open = (int (*)(const char*, int, ...))dlsym(RTLD_NEXT, "open");
-  int fd = real_open(mark, O_CREAT | O_WRONLY, 0644);
-  if (fd >= 0) close(fd);
+  int fd = real_open(mark, O_CREAT | O_WRONLY | O_TRUNC, 0644);
+  if (fd < 0) return;
+  size_t n = strlen(struck_at);
+  if (n && write(fd, struck_at, n) != (ssize_t)n) {
+  }
+  close(fd);
 }
 
 // Strikes once; returns so that the call goes on (PAUSE, or HANG_FSYNC before its fsync).
@@ -72,9 +92,64 @@ static void Strike(void) {
   raise(Is("KILL_SIGNAL", "STOP") ? SIGSTOP : SIGKILL);
 }
 
+static long long StrikeCall(void) {
+  const char* at = getenv("KILL_AT_CALL");
+  return at ? atoll(at) : 0;
+}
+
+// Counts one file call on an armed path; strikes when it is the chosen one.
+static void CountCall(const char* what, const char* path) {
+  ++calls;
+  if (calls != StrikeCall()) return;
+  snprintf(struck_at, sizeof(struck_at), "%s %s\n", what, path);
+  Strike();
+}
+
+// The same for a call on a file descriptor.
+static void CountFdCall(const char* what, int fd) {
+  char path[PATH_MAX];
+  if (FdPath(fd, path) && ArmedPath(path)) CountCall(what, path);
+}
+
+__attribute__((destructor)) static void WriteCount(void) {
+  const char* out = getenv("KILL_COUNT_FILE");
+  if (!out || !IsVictim()) return;
+  static int (*real_open)(const char*, int, ...);
+  if (!real_open) real_open = (int (*)(const char*, int, ...))dlsym(RTLD_NEXT, "open");
+  int fd = real_open(out, O_CREAT | O_WRONLY | O_TRUNC, 0644);
+  if (fd < 0) return;
+  char text[32];
+  int n = snprintf(text, sizeof(text), "%lld\n", calls);
+  if (write(fd, text, (size_t)n) != n) {
+  }
+  close(fd);
+}
+
+ssize_t pread(int fd, void* buf, size_t count, off_t offset) {
+  static ssize_t (*real)(int, void*, size_t, off_t);
+  if (!real) real = (ssize_t(*)(int, void*, size_t, off_t))dlsym(RTLD_NEXT, "pread");
+  if (getenv("KILL_AT_CALL")) CountFdCall("pread", fd);
+  return real(fd, buf, count, offset);
+}
+
+ssize_t pread64(int fd, void* buf, size_t count, off_t offset) {
+  return pread(fd, buf, count, offset);
+}
+
+int rename(const char* from, const char* to) {
+  static int (*real)(const char*, const char*);
+  if (!real) real = (int (*)(const char*, const char*))dlsym(RTLD_NEXT, "rename");
+  if (getenv("KILL_AT_CALL") && (ArmedPath(from) || ArmedPath(to))) CountCall("rename", from);
+  return real(from, to);
+}
+
 ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset) {
   static ssize_t (*real)(int, const void*, size_t, off_t);
   if (!real) real = (ssize_t(*)(int, const void*, size_t, off_t))dlsym(RTLD_NEXT, "pwrite");
+  if (getenv("KILL_AT_CALL")) {
+    CountFdCall("pwrite", fd);
+    return real(fd, buf, count, offset);
+  }
   if (!struck && !Is("KILL_ON_OPEN", "1") && Armed(fd)) {
     const char* after = getenv("KILL_AFTER_BYTES");
     long long budget = after ? atoll(after) : 4096;
@@ -94,6 +169,7 @@ ssize_t pwrite64(int fd, const void* buf, size_t count, off_t offset) {
 int fsync(int fd) {
   static int (*real)(int);
   if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+  if (getenv("KILL_AT_CALL")) CountFdCall("fsync", fd);
   if (Is("KILL_SIGNAL", "HANG_FSYNC") && Armed(fd)) {
     for (;;) pause();
   }
@@ -102,7 +178,11 @@ int fsync(int fd) {
 
 // at: the openat form, with dirfd.
 static int OpenAt(const char* symbol, int at, int dirfd, const char* path, int flags, mode_t mode) {
-  if (Is("KILL_ON_OPEN", "1") && ArmedPath(path)) Strike();
+  if (getenv("KILL_AT_CALL")) {
+    if (ArmedPath(path)) CountCall("open", path);
+  } else if (Is("KILL_ON_OPEN", "1") && ArmedPath(path)) {
+    Strike();
+  }
   if (!at) {
     int (*real)(const char*, int, ...) = (int (*)(const char*, int, ...))dlsym(RTLD_NEXT, symbol);
     return real(path, flags, mode);

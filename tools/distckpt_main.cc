@@ -284,6 +284,7 @@ struct Command {
   bool prefix_given = false;
   bool json = false, model_only = false, verified = false;
   int64_t step = -1;
+  double collective_timeout = 0;  // seconds; 0: the library's default
   distckpt::RetentionPolicy policy;
 };
 
@@ -315,6 +316,10 @@ void AddCommands(CLI::App& app, Command& c) {
   exp->add_option("--prefix", c.safetensors.prefix,
                   "safetensors: only tensors under PREFIX, named without it")
       ->each([&c](const std::string&) { c.prefix_given = true; });
+  exp->add_option("--collective-timeout", c.collective_timeout,
+                  "safetensors under mpirun: seconds a rank waits for the others before the "
+                  "job ends naming the late rank")
+      ->check(CLI::PositiveNumber);
   auto* imp = app.add_subcommand(
       "import", "commit a torch.save file, a .safetensors file or a safetensors model directory");
   imp->add_option("IN", c.pt, "the .pt or .safetensors file, or a model directory")
@@ -394,6 +399,7 @@ int main(int argc, char** argv) {
   int result = 0;
   {
     auto comm = distckpt::MakeDefaultCommunicator();
+    if (command.collective_timeout > 0) comm->set_collective_timeout(command.collective_timeout);
     result = Run(app, command, *comm);
   }
   if (launched) MPI_Finalize();

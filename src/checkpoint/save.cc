@@ -80,14 +80,23 @@ Status Commit(Env* env, const std::string& root, const std::string& tmp_dir,
               const std::string& final_dir, const Manifest& manifest) {
   RETURN_IF_ERROR(WriteManifest(env, tmp_dir, manifest));
   RETURN_IF_ERROR(env->SyncDir(tmp_dir));
+  // A move that cannot be made durable (the fsync of root fails) is undone, so that a failed
+  // commit never leaves the step in place.
   if (env->Exists(final_dir)) {
     // Re-saving a step: swap atomically, then drop the old copy (a leftover is removed later).
     RETURN_IF_ERROR(env->Exchange(tmp_dir, final_dir));
+    Status synced = env->SyncDir(root);
+    if (!synced.ok()) {
+      (void)env->Exchange(tmp_dir, final_dir);
+      return synced;
+    }
     (void)env->RemoveAll(tmp_dir);
-  } else {
-    RETURN_IF_ERROR(env->Rename(tmp_dir, final_dir));
+    return Status::Ok();
   }
-  return env->SyncDir(root);
+  RETURN_IF_ERROR(env->Rename(tmp_dir, final_dir));
+  Status synced = env->SyncDir(root);
+  if (!synced.ok()) (void)env->Rename(final_dir, tmp_dir);
+  return synced;
 }
 
 }  // namespace

@@ -20,6 +20,10 @@ struct EnvFile {
   std::unique_ptr<ReadableFile> reader;
   haddr_t eoa = 0;
   haddr_t eof = 0;
+  // After a failed write the file is lost: the caller reports the first error (EnvDriverErrors)
+  // and removes the file. HDF5 is not told: a write that fails inside H5Fclose leaves HDF5 1.10
+  // with a half-closed file that it closes again at MPI_Finalize, through an Env gone by then.
+  bool lost = false;
 };
 
 EnvFile* Cast(H5FD_t* f) { return reinterpret_cast<EnvFile*>(f); }
@@ -29,6 +33,13 @@ const EnvFile* Cast(const H5FD_t* f) { return reinterpret_cast<const EnvFile*>(f
 herr_t Fail(const DriverInfo& info, const Status& status) {
   if (info.errors && info.errors->first.ok()) info.errors->first = status;
   return -1;
+}
+
+// A failed write or truncate: the file is lost from here on (see EnvFile::lost).
+herr_t Lose(EnvFile* file, const Status& status) {
+  file->lost = true;
+  Fail(file->info, status);
+  return 0;
 }
 
 Status OpenFiles(EnvFile* file, unsigned flags) {
@@ -59,10 +70,13 @@ H5FD_t* Open(const char* name, unsigned flags, hid_t fapl, haddr_t /*maxaddr*/) 
   return &file.release()->pub;
 }
 
+// Always succeeds for HDF5 (the file is freed either way); a failed close is reported through
+// EnvDriverErrors.
 herr_t Close(H5FD_t* f) {
   std::unique_ptr<EnvFile> file(Cast(f));
   Status st = file->writer ? file->writer->Close() : Status::Ok();
-  return st.ok() ? 0 : Fail(file->info, st);
+  if (!st.ok()) Fail(file->info, st);
+  return 0;
 }
 
 herr_t Query(const H5FD_t*, unsigned long* flags) {
@@ -96,8 +110,9 @@ herr_t Read(H5FD_t* f, H5FD_mem_t, hid_t, haddr_t addr, size_t size, void* buf) 
 herr_t Write(H5FD_t* f, H5FD_mem_t, hid_t, haddr_t addr, size_t size, const void* buf) {
   EnvFile* file = Cast(f);
   if (!file->writer) return Fail(file->info, IoError("'" + file->path + "' is open read-only"));
+  if (file->lost) return 0;
   Status st = file->writer->PWrite(addr, buf, size);
-  if (!st.ok()) return Fail(file->info, st);
+  if (!st.ok()) return Lose(file, st);
   file->eof = std::max<haddr_t>(file->eof, addr + size);
   return 0;
 }
@@ -105,9 +120,9 @@ herr_t Write(H5FD_t* f, H5FD_mem_t, hid_t, haddr_t addr, size_t size, const void
 // Makes the file's size its end of allocated space (early-allocated datasets not yet written).
 herr_t Truncate(H5FD_t* f, hid_t, hbool_t) {
   EnvFile* file = Cast(f);
-  if (!file->writer || file->eoa == file->eof) return 0;
+  if (!file->writer || file->lost || file->eoa == file->eof) return 0;
   Status st = file->writer->Truncate(file->eoa);
-  if (!st.ok()) return Fail(file->info, st);
+  if (!st.ok()) return Lose(file, st);
   file->eof = file->eoa;
   return 0;
 }

@@ -18,7 +18,8 @@ struct EnvDriverErrors {
 };
 
 // A file access property list (the caller closes it) whose files are opened, read, written,
-// sized and closed through `env`. `errors` (optional) must outlive the files.
+// sized and closed through `env`. `errors` receives the first error (a failed close is reported
+// only there) and must outlive the files.
 hid_t MakeEnvFapl(Env* env, EnvDriverErrors* errors);
 
 }  // namespace distckpt

@@ -19,7 +19,7 @@ sources=()
 for d in core layout plan manifest io hdf5; do
   for f in "$src"/src/$d/*.cc; do sources+=("${f#$src/}"); done
 done
-sources+=(src/comm/communicator.cc src/gpu/staging.cc src/gpu/device_copy_engine.cc
+sources+=(src/comm/communicator.cc src/comm/deadline_watch.cc src/gpu/staging.cc src/gpu/device_copy_engine.cc
   src/checkpoint/rank_writer.cc src/checkpoint/manifest_store.cc
   src/checkpoint/save.cc src/checkpoint/catalog.cc src/checkpoint/retention.cc src/pt/pickle.cc
   tests/fuzz/parsers_fuzz.cc)
