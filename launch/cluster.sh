@@ -24,9 +24,25 @@ die() { echo "cluster.sh: $*" >&2; exit "${2:-1}"; }
 
 hosts() { ip netns list 2>/dev/null | awk '/^h[0-9]+( |$)/ {print $1}' | sort -V; }
 
+# The host ends of the hosts' links (dckv1, dckv2, ...).
+host_links() { ip -o link show 2>/dev/null | awk -F': ' '{sub(/@.*/, "", $2)} $2 ~ /^dckv[0-9]+$/ {print $2}'; }
+
 down() {
-  for h in $(hosts); do ip netns delete "$h" 2>/dev/null || true; done
+  # A namespace lives on while a process is in it (a job's leftover, a stopped rank), and with it
+  # its link: kill them first. The kernel then removes namespaces and links asynchronously, so
+  # wait until the links are gone; "up" right after an earlier cluster would else find them.
+  for h in $(hosts); do
+    local pids
+    pids=$(ip netns pids "$h" 2>/dev/null || true)
+    [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
+    ip netns delete "$h" 2>/dev/null || true
+  done
+  for l in $(host_links); do ip link delete "$l" 2>/dev/null || true; done
   ip link delete "$BRIDGE" 2>/dev/null || true
+  for _ in $(seq 100); do
+    [ -z "$(host_links)" ] && ! ip link show "$BRIDGE" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
   if grep -q "$MARK" /etc/hosts 2>/dev/null; then
     grep -v "$MARK" /etc/hosts >/etc/hosts.distckpt && cat /etc/hosts.distckpt >/etc/hosts
     rm -f /etc/hosts.distckpt

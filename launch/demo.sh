@@ -41,5 +41,8 @@ print("   epoch", ck["epoch"], "loss", round(ck["loss"], 6), "| fc1.weight", tup
       "| Adam step", ck["optimizer_state_dict"]["state"][0]["step"].item())
 PY
 
-say "Done. Checkpoints are in $CKPT. Every tensor is also readable with h5py, whole:"
-echo "   python3 -c \"import h5py; print(h5py.File('$CKPT/step-00000030/manifest.h5')['model_state_dict/fc1.weight'][...].shape)\""
+say "7. Any tensor, packed or not, with h5py and numpy alone (tools/read_distckpt.py)"
+"$PYTHON" "$DISTCKPT_ROOT/tools/read_distckpt.py" "$CKPT/step-00000030" model_state_dict/fc1.weight
+
+say "Done. Checkpoints are in $CKPT. Read any tensor with h5py and numpy alone:"
+echo "   python3 $DISTCKPT_ROOT/tools/read_distckpt.py $CKPT/step-00000030 model_state_dict/fc1.weight"

@@ -25,6 +25,7 @@
 
 #include "core/checksum.h"
 #include "core/guarded.h"
+#include "core/status_macros.h"
 #include "distckpt/copy_engine.h"
 
 namespace distckpt::testing {

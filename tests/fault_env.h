@@ -5,6 +5,7 @@
 #include <atomic>
 #include <string>
 
+#include "core/status_macros.h"
 #include "distckpt/env.h"
 
 namespace distckpt::testing {

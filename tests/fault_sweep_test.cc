@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <hdf5.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <functional>
 
@@ -175,11 +176,22 @@ TEST(FaultSweep, Retention) {
       [](const std::string& root, Env* env) {
         RetentionPolicy keep_one;
         keep_one.keep_last = 1;
-        CollectGarbage(root, keep_one, env);
+        const std::vector<std::string> removed = CollectGarbage(root, keep_one, env);
+        // What it says it removed is gone, and it is never the newest; with no fault it is
+        // step 1 and the leftover.
+        for (const std::string& dir : removed) {
+          if (fs::exists(dir)) return Internal("reported removed but still there: " + dir);
+          if (dir == root + "/" + CheckpointDirName(2)) return Internal("removed the newest");
+        }
+        const bool step1_gone = !fs::exists(root + "/" + CheckpointDirName(1));
+        const bool listed = std::find(removed.begin(), removed.end(),
+                                      root + "/" + CheckpointDirName(1)) != removed.end();
+        if (step1_gone != listed) return Internal("step 1 removed but not reported, or reverse");
         return Status::Ok();
       },
-      [](int k, const std::string& root, const Status&, const CountingEnv& env) {
+      [](int k, const std::string& root, const Status& st, const CountingEnv& env) {
         const std::string ctx = "gc, call " + std::to_string(k) + " (" + env.failed + ")";
+        EXPECT_TRUE(st.ok()) << ctx << ": " << st.ToString();
         ExpectLoads(root, 2, 2, ctx);  // the newest always stays
         ExpectCommittedVerify(root, ctx);
       });

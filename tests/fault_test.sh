@@ -19,8 +19,10 @@ run_with() { local np=$1; shift; timeout -k 10 120 "$mpirun" -np "$np" --oversub
 # 1. Rank 1 of 3 dies by SIGKILL after 4 KiB of tensor data of the step-4 checkpoint (the shim
 #    wraps pwrite from outside the trainer).
 run_with 3 -x LD_PRELOAD="$preload" -x KILL_RANK=1 -x KILL_PATH_PART=.tmp-step-00000004 \
-  -x KILL_AFTER_BYTES=4096 "$train" --ckpt-dir "$tmp/k" --steps 6 --save-every 2 >"$tmp/k.out" 2>&1
+  -x KILL_AFTER_BYTES=4096 -x KILL_MARK="$tmp/k.mark" "$train" --ckpt-dir "$tmp/k" --steps 6 \
+  --save-every 2 >"$tmp/k.out" 2>&1
 rc=$?
+check "the shim struck rank 1" "[ -e '$tmp/k.mark' ]"
 check "a rank killed mid-save ends the job (exit $rc), no hang" "[ $rc -ne 0 ] && [ $rc -ne 124 ]"
 "$cli" ls "$tmp/k" >"$tmp/ls"; cat "$tmp/ls"
 check "the half-written step 4 is not listed as committed" "! grep -Eq '^4 .* yes ' '$tmp/ls'"
@@ -35,9 +37,10 @@ check "the next save removed the leftover" "! ls -a '$tmp/k' | grep -q '^.tmp-'"
 #     deadline, the other ranks name it and its host and end the job instead of waiting forever.
 start=$(date +%s.%N)
 run_with 3 -x LD_PRELOAD="$preload" -x KILL_RANK=1 -x KILL_SIGNAL=STOP \
-  -x KILL_PATH_PART=.tmp-step-00000004 -x KILL_AFTER_BYTES=4096 "$train" --ckpt-dir "$tmp/s" \
-  --steps 6 --save-every 2 --collective-timeout 5 >"$tmp/s.out" 2>&1
+  -x KILL_PATH_PART=.tmp-step-00000004 -x KILL_AFTER_BYTES=4096 -x KILL_MARK="$tmp/s.mark" \
+  "$train" --ckpt-dir "$tmp/s" --steps 6 --save-every 2 --collective-timeout 5 >"$tmp/s.out" 2>&1
 rc=$?
+check "the shim stopped rank 1" "[ -e '$tmp/s.mark' ]"
 took=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
 grep 'did not arrive' "$tmp/s.out" | head -n 2
 echo "     the job ended ${took} s after it started (the stop came at the step-4 save)"
@@ -55,9 +58,11 @@ check "resume on 2 ranks after the stopped rank continues exactly" \
 for mode in HANG HANG_FSYNC; do
   start=$(date +%s.%N)
   run_with 3 -x LD_PRELOAD="$preload" -x KILL_RANK=1 -x KILL_SIGNAL=$mode \
-    -x KILL_PATH_PART=.tmp-step-00000004 -x KILL_AFTER_BYTES=4096 "$train" \
-    --ckpt-dir "$tmp/h-$mode" --steps 6 --save-every 2 --collective-timeout 5 >"$tmp/h.out" 2>&1
+    -x KILL_PATH_PART=.tmp-step-00000004 -x KILL_AFTER_BYTES=4096 -x KILL_MARK="$tmp/h-$mode.mark" \
+    "$train" --ckpt-dir "$tmp/h-$mode" --steps 6 --save-every 2 --collective-timeout 5 \
+    >"$tmp/h.out" 2>&1
   rc=$?
+  check "the shim stalled rank 1 ($mode)" "[ -e '$tmp/h-$mode.mark' ]"
   took=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
   check "storage stalled in $(echo ${mode#HANG} | tr -d _ | tr A-Z a-z | sed 's/^$/pwrite/') on rank 1: the job ends after ${took} s (exit $rc), naming it" \
     "[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q 'rank 1 (host $(hostname)) did not arrive' '$tmp/h.out' && awk -v t=$took 'BEGIN {exit !(t < 40)}'"

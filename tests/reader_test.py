@@ -77,6 +77,19 @@ for ckpt in ckpts:
     check(f"{name}: every scalar equal", not bad,
           str([(p, exported[p], ours[p]) for p in bad]))
 
+    # The command line on one tensor of each kind (packed and not), as the demo's last line.
+    index = read_distckpt.read_index(ckpt)
+    for packed in (True, False):
+        record = next((t for t in index["tensors"] if t["shards"] and
+                       ("pack_start" in t["shards"][0]) == packed), None)
+        if record is None:
+            continue
+        r = subprocess.run([sys.executable, read_distckpt.__file__, ckpt, record["path"]],
+                           capture_output=True, text=True)
+        want = f"{record['path']}  {ours[record['path']].dtype} {list(record['shape'])}"
+        check(f"{name}: read_distckpt.py CKPT {record['path']} ({'packed' if packed else 'own dataset'})",
+              r.returncode == 0 and r.stdout.splitlines()[0] == want, r.stdout + r.stderr)
+
     damaged = os.path.join(work, name + "-damaged")
     shutil.copytree(ckpt, damaged)
     index = read_distckpt.read_index(damaged)

@@ -78,6 +78,11 @@ int main(int argc, char** argv) {
   if (distckpt::testing::Comm().rank() != 0)
     delete listeners.Release(listeners.default_result_printer());
   int rc = RUN_ALL_TESTS();
+  // A --gtest_filter that matches nothing (a renamed test) is a failure, not a pass.
+  if (::testing::UnitTest::GetInstance()->test_to_run_count() == 0) {
+    std::fprintf(stderr, "no test matched; was one renamed?\n");
+    rc = 1;
+  }
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (initialized) {

@@ -8,7 +8,8 @@ With the `xxhash` package installed it also checks every piece checksum (verify=
     from read_distckpt import read_checkpoint
     state = read_checkpoint("ckpts/step-00000042")   # {"model_state_dict/fc1.weight": array, ...}
 
-    python3 tools/read_distckpt.py CKPT    # prints every tensor and scalar
+    python3 tools/read_distckpt.py CKPT          # prints every tensor and scalar
+    python3 tools/read_distckpt.py CKPT TENSOR   # one tensor, packed or not: dtype, shape, values
 """
 import json
 import os
@@ -152,11 +153,25 @@ def read_checkpoint(ckpt_dir, verify=False):
     return out
 
 
+def read_one(ckpt_dir, path):
+    """The tensor `path` (packed or not) as a numpy array."""
+    index = read_index(ckpt_dir)
+    record = next((t for t in index["tensors"] if t["path"] == path), None)
+    if record is None:
+        raise KeyError(f"no tensor '{path}' in {ckpt_dir}")
+    return read_tensor(ckpt_dir, record, index["piece_bytes"], None)
+
+
 def main(argv):
-    if len(argv) != 2 or argv[1].startswith("-"):
-        print("usage: read_distckpt.py CKPT", file=sys.stderr)
+    if len(argv) not in (2, 3) or any(a.startswith("-") for a in argv[1:]):
+        print("usage: read_distckpt.py CKPT [TENSOR]", file=sys.stderr)
         return 2
     try:
+        if len(argv) == 3:
+            value = read_one(argv[1], argv[2])
+            print(f"{argv[2]}  {value.dtype} {list(value.shape)}")
+            print(np.array2string(value, threshold=12, edgeitems=3))
+            return 0
         state = read_checkpoint(argv[1])
     except (OSError, KeyError, FormatError) as e:
         print(f"read_distckpt: {e}", file=sys.stderr)

@@ -108,20 +108,3 @@ T ValueOrThrow(Result<T> result) {
 }
 
 }  // namespace distckpt
-
-#define DISTCKPT_CONCAT_INNER(a, b) a##b
-#define DISTCKPT_CONCAT(a, b) DISTCKPT_CONCAT_INNER(a, b)
-
-#define RETURN_IF_ERROR(expr)            \
-  do {                                   \
-    ::distckpt::Status _status = (expr); \
-    if (!_status.ok()) return _status;   \
-  } while (0)
-
-#define ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
-  auto tmp = (expr);                          \
-  if (!tmp.ok()) return tmp.status();         \
-  lhs = std::move(tmp).value()
-
-#define ASSIGN_OR_RETURN(lhs, expr) \
-  ASSIGN_OR_RETURN_IMPL(DISTCKPT_CONCAT(_result_, __LINE__), lhs, expr)

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "core/guarded.h"
+#include "core/status_macros.h"
 #include "gpu/staging.h"
 
 namespace distckpt {

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "core/status_macros.h"
 #include "distckpt/checkpoint.h"
 #include "io/shard_reader.h"
 #include "layout/filename.h"

@@ -10,6 +10,7 @@
 #include <limits>
 #include <set>
 
+#include "core/status_macros.h"
 #include "distckpt/manifest.h"
 #include "distckpt/manifest_io.h"
 #include "io/shard_reader.h"

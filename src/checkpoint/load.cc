@@ -17,6 +17,7 @@
 
 #include "core/bytes.h"
 #include "core/guarded.h"
+#include "core/status_macros.h"
 #include "distckpt/checkpoint.h"
 #include "gpu/staging.h"
 #include "io/shard_reader.h"

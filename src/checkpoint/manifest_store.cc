@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "core/checksum.h"
+#include "core/status_macros.h"
 #include "distckpt/manifest_io.h"
 #include "hdf5/manifest_file.h"
 #include "io/file_util.h"

@@ -7,6 +7,7 @@
 
 #include "core/checksum.h"
 #include "core/guarded.h"
+#include "core/status_macros.h"
 #include "gpu/staging.h"
 #include "hdf5/rank_file.h"
 #include "layout/filename.h"

@@ -17,6 +17,7 @@
 #include "checkpoint/rank_writer.h"
 #include "core/checksum.h"
 #include "core/guarded.h"
+#include "core/status_macros.h"
 #include "distckpt/checkpoint.h"
 #include "layout/filename.h"
 #include "manifest/fragment.h"

@@ -7,6 +7,7 @@
 
 #include "comm/deadline_watch.h"
 #include "core/bytes.h"
+#include "core/status_macros.h"
 #include "distckpt/comm.h"
 
 namespace distckpt {

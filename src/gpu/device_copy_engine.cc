@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/guarded.h"
+#include "core/status_macros.h"
 #include "distckpt/copy_engine.h"
 
 namespace distckpt {

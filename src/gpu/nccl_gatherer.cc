@@ -4,6 +4,7 @@
 #include <string>
 #include <thread>
 
+#include "core/status_macros.h"
 #include "distckpt/nccl.h"
 
 #ifdef DISTCKPT_HAVE_NCCL

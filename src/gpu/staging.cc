@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "core/guarded.h"
+#include "core/status_macros.h"
 
 namespace distckpt {
 namespace {

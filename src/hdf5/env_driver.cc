@@ -4,6 +4,8 @@
 #include <cstring>
 #include <memory>
 
+#include "core/status_macros.h"
+
 namespace distckpt {
 namespace {
 

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/checksum.h"
+#include "core/status_macros.h"
 #include "hdf5/rank_file.h"
 
 namespace distckpt {

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "core/status_macros.h"
 #include "distckpt/tree.h"
 #include "hdf5/env_driver.h"
 

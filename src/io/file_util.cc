@@ -1,5 +1,7 @@
 #include "io/file_util.h"
 
+#include "core/status_macros.h"
+
 namespace distckpt {
 
 Status WriteFileDurably(Env* env, const std::string& path, const std::string& bytes) {

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/checksum.h"
+#include "core/status_macros.h"
 #include "layout/filename.h"
 
 namespace distckpt {

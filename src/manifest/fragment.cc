@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/bytes.h"
+#include "core/status_macros.h"
 
 namespace distckpt {
 namespace {

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <type_traits>
 
+#include "core/status_macros.h"
 #include "distckpt/manifest.h"
 #include "manifest/validate.h"
 

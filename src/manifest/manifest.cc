@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "core/status_macros.h"
 #include "distckpt/plan.h"
 #include "manifest/validate.h"
 

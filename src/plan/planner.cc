@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <map>
 
+#include "core/status_macros.h"
 #include "distckpt/plan.h"
 
 namespace distckpt {

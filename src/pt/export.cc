@@ -10,6 +10,7 @@
 #include <map>
 
 #include "core/bytes.h"
+#include "core/status_macros.h"
 #include "distckpt/manifest_io.h"
 #include "distckpt/nccl.h"
 #include "distckpt/plan.h"

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 
+#include "core/status_macros.h"
 #include "distckpt/checkpoint.h"
 #include "distckpt/export.h"
 #include "pt/commit.h"

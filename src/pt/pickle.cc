@@ -4,6 +4,7 @@
 #include <cstring>
 #include <map>
 
+#include "core/status_macros.h"
 #include "distckpt/tree.h"
 
 namespace distckpt {

@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "core/status_macros.h"
 #include "distckpt/checkpoint.h"
 #include "distckpt/manifest_io.h"
 #include "distckpt/plan.h"
