@@ -19,7 +19,7 @@ LAYERS = {
 }
 PUBLIC = {
     "status.h": "core", "tree.h": "core", "options.h": "core",
-    "version.h": "core", "plan.h": "plan", "manifest.h": "manifest", "env.h": "io",
+    "version.h": "core", "manifest.h": "manifest", "env.h": "io",
     "comm.h": "comm", "nccl.h": "gpu", "copy_engine.h": "gpu", "checkpoint.h": "checkpoint", "async.h": "checkpoint",
     "manifest_io.h": "checkpoint", "diff.h": "checkpoint", "state_dict.h": "torch",
     "export.h": "pt", "safetensors.h": "pt",

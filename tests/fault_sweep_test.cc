@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <functional>
 
+#include "checkpoint/access.h"
 #include "distckpt/checkpoint.h"
 #include "distckpt/export.h"
 #include "fault_env.h"
@@ -103,7 +104,7 @@ TEST(FaultSweep, Save) {
         options.env = env;
         Checkpointer ckpt(root, Comm(), options);
         std::string dir;
-        return ckpt.SaveStatus(MakeState(3), 3, &dir);
+        return CheckpointerAccess::Save(ckpt, MakeState(3), 3, &dir);
       },
       [](int k, const std::string& root, const Status& st, const CountingEnv& env) {
         const std::string ctx = "save, call " + std::to_string(k) + " (" + env.failed + ")";
@@ -123,7 +124,7 @@ TEST(FaultSweep, Load) {
         options.env = env;
         Checkpointer ckpt(root, Comm(), options);
         StateTree got = MakeState(99);
-        Status st = ckpt.LoadStatus(root + "/" + CheckpointDirName(2), got);
+        Status st = CheckpointerAccess::Load(ckpt, root + "/" + CheckpointDirName(2), got);
         // Untouched on failure, except where the error says the second read (after every
         // byte was verified) failed part-way and names what it overwrote.
         if (st.message().find("partly overwritten") != std::string::npos) return st;

@@ -1,5 +1,5 @@
 // The planner is plain data: these tests need no MPI.
-#include "distckpt/plan.h"
+#include "plan/plan.h"
 
 #include <gtest/gtest.h>
 

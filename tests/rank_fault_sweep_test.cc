@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <functional>
 
+#include "checkpoint/access.h"
 #include "distckpt/checkpoint.h"
 #include "fault_env.h"
 #include "test_util.h"
@@ -131,7 +132,7 @@ TEST(RankFaultSweep, Save) {
         [](const std::string& root, Env* env) {
           Checkpointer ckpt(root, Comm(), WithEnv(env));
           std::string dir;
-          return ckpt.SaveStatus(MakeState(3), 3, &dir);
+          return CheckpointerAccess::Save(ckpt, MakeState(3), 3, &dir);
         },
         [](const std::string& root, const Status& st, const std::string& ctx) {
           ExpectLoads(root, 1, 1, ctx);
@@ -148,8 +149,8 @@ TEST(RankFaultSweep, Load) {
         "load", victim, [] { return Baseline("load"); },
         [](const std::string& root, Env* env) {
           StateTree got = MakeState(99);
-          Status st = Checkpointer(root, Comm(), WithEnv(env))
-                          .LoadStatus(root + "/" + CheckpointDirName(2), got);
+          Checkpointer ckpt(root, Comm(), WithEnv(env));
+          Status st = CheckpointerAccess::Load(ckpt, root + "/" + CheckpointDirName(2), got);
           // Untouched on failure, except where the error says a second read failed part-way.
           if (st.message().find("partly overwritten") != std::string::npos) return st;
           const StateTree want = MakeState(st.ok() ? 2 : 99);
@@ -182,7 +183,8 @@ TEST(RankFaultSweep, RetentionAfterCommit) {
         CheckpointerOptions options = WithEnv(env);
         options.retention.keep_last = 2;
         std::string dir;
-        return Checkpointer(root, Comm(), options).SaveStatus(MakeState(3), 3, &dir);
+        Checkpointer ckpt(root, Comm(), options);
+        return CheckpointerAccess::Save(ckpt, MakeState(3), 3, &dir);
       },
       [](const std::string& root, const Status& st, const std::string& ctx) {
         ExpectLoads(root, 2, 2, ctx);

@@ -1,4 +1,5 @@
 // distckpt: list, inspect and verify checkpoints. One plain process; no mpirun needed.
+#include <algorithm>
 #include <mpi.h>
 #include <unistd.h>
 
@@ -156,9 +157,8 @@ int ExportPt(const std::string& dir, const std::string& out, bool model_only) {
 // Under mpirun, every rank writes its share of the bytes.
 int ExportSafetensors(const std::string& dir, const std::string& out,
                       distckpt::SafetensorsExportOptions options, distckpt::Communicator& comm) {
-  options.comm = &comm;
   if (comm.rank() == 0) options.progress = TerminalProgress("export");
-  auto stats = distckpt::ExportSafetensors(dir, out, options);
+  auto stats = distckpt::ExportSafetensors(comm, dir, out, options);
   if (!stats.ok()) {
     if (comm.rank() == 0) {
       std::fprintf(stderr, "distckpt export: %s\n", stats.status().ToString().c_str());
@@ -276,9 +276,21 @@ int Diff(const std::string& a, const std::string& b, const distckpt::DiffOptions
   return report->equal() ? 0 : 1;
 }
 
+// A against each of `others`: 0 when every one is equal, 1 when one differs, 2 on an error.
+int DiffEach(const std::string& a, const std::vector<std::string>& others,
+             const distckpt::DiffOptions& options, bool json) {
+  int worst = 0;
+  for (const std::string& b : others) {
+    if (others.size() > 1 && !json) std::printf("== %s vs %s\n", a.c_str(), b.c_str());
+    worst = std::max(worst, Diff(a, b, options, json));
+  }
+  return worst;
+}
+
 // Each subcommand with its arguments; Run() calls the one that was given.
 struct Command {
-  std::string root, dir, pt, out, other, format = "pt";
+  std::string root, dir, pt, out, format = "pt";
+  std::vector<std::string> others;  // diff: B [C ...]
   distckpt::DiffOptions diff;
   distckpt::SafetensorsExportOptions safetensors;
   bool prefix_given = false;
@@ -337,12 +349,14 @@ void AddCommands(CLI::App& app, Command& c) {
   gc->add_option("--metric", c.policy.metric, "numeric scalar to rank by (default: loss)");
   gc->add_flag(
       "--higher", [&c](int64_t) { c.policy.lower_is_better = false; }, "higher --metric is better");
-  auto* diff = app.add_subcommand("diff", "compare two checkpoints tensor by tensor");
+  auto* diff = app.add_subcommand(
+      "diff", "compare two checkpoints tensor by tensor (or A with each of B, C, ...)");
   diff->add_option("A", c.dir, "first checkpoint directory")
       ->required()
       ->check(CLI::ExistingDirectory);
-  diff->add_option("B", c.other, "second checkpoint directory")
+  diff->add_option("B", c.others, "second checkpoint directory (several: each against A)")
       ->required()
+      ->expected(1, -1)
       ->check(CLI::ExistingDirectory);
   diff->add_option("--rtol", c.diff.rtol, "relative tolerance (|a-b| <= atol + rtol*|b|)")
       ->check(CLI::NonNegativeNumber);
@@ -369,7 +383,7 @@ int Run(const CLI::App& app, Command& c, distckpt::Communicator& comm) {
   if (name == "export" && c.format == "pt") return ExportPt(c.dir, c.out, c.model_only);
   if (name == "import") return Import(c.pt, c.root, c.step);
   if (name == "gc") return Gc(c.root, c.policy);
-  if (name == "diff") return Diff(c.dir, c.other, c.diff, c.json);
+  if (name == "diff") return DiffEach(c.dir, c.others, c.diff, c.json);
   return Latest(c.root, c.verified);
 }
 

@@ -60,7 +60,7 @@ class AsyncCheckpointer {
   std::unique_ptr<Communicator> comm_;
   std::map<std::string, at::Tensor> buffers_;  // path -> reusable host snapshot
   std::unique_ptr<Checkpointer> planner_;      // keeps the last plan for the next save
-  SavePlan plan_;                              // of the save in flight
+  std::shared_ptr<SavePlan> plan_;             // of the save in flight
   StateTree snapshot_;                         // this rank's planned bytes, in buffers_
   std::thread worker_;
   Status status_;

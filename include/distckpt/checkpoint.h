@@ -27,11 +27,13 @@
 #include "distckpt/manifest.h"
 #include "distckpt/manifest_io.h"
 #include "distckpt/options.h"
-#include "distckpt/plan.h"
 #include "distckpt/tree.h"
 #include "distckpt/version.h"
 
 namespace distckpt {
+
+struct SavePlan;         // the planner's output (internal)
+struct LocalTensorInfo;  // one rank's description of a tensor (internal)
 
 class Checkpointer {
  public:
@@ -46,6 +48,10 @@ class Checkpointer {
   // the checkpoint but not in `tree` are skipped. Throws Error on every rank on any problem,
   // before any tensor of `tree` has been modified.
   void Load(const std::string& dir, StateTree& tree, const LoadOptions& options = {});
+  // Collective. Load with the manifest the caller already has from ReadManifest(dir), so that a
+  // resume reads it once.
+  void Load(const std::string& dir, const Manifest& manifest, StateTree& tree,
+            const LoadOptions& options = {});
 
   // Collective. Rank 0 reads and validates the manifest and shares it with every rank.
   Manifest ReadManifest(const std::string& dir);
@@ -67,27 +73,22 @@ class Checkpointer {
   const LoadStats& last_load_stats() const { return load_stats_; }
   const SaveStats& last_save_stats() const { return save_stats_; }
 
+ private:
+  // The library's own callers (AsyncCheckpointer, import, the tests) reach the Status forms and
+  // the planning hooks below through src/checkpoint/access.h.
+  friend class CheckpointerAccess;
+
   Status SaveStatus(const StateTree& tree, int64_t step, std::string* dir);
-  // Collective. The plan Save would follow for `tree` (see plan.h). The last plan is kept: when
-  // every rank's tree has the same names, dtypes, shapes and placements as then, it is reused
-  // after an exchange of 8 bytes per rank instead of every rank's tree description.
-  Status PlanCollective(const StateTree& tree, SavePlan* plan);
-  // How many plans were reused so far.
-  int64_t plan_cache_hits() const { return plan_cache_hits_; }
   Status LoadStatus(const std::string& dir, StateTree& tree, const LoadOptions& options = {});
-  // Collective. Load with the manifest the caller already has from ReadManifest(dir), so that a
-  // resume reads it once.
-  void Load(const std::string& dir, const Manifest& manifest, StateTree& tree,
-            const LoadOptions& options = {});
   Status LoadStatus(const std::string& dir, const Manifest& manifest, StateTree& tree,
                     const LoadOptions& options = {});
-  // Collective. Save with a plan from PlanCollective for this very tree shape (the async save
-  // plans once and saves its snapshot with the same plan).
-  Status SavePlanned(const StateTree& tree, const SavePlan& plan, int64_t step, std::string* dir);
-
- private:
-  // PlanCollective without a copy of the plan.
+  // Collective. The plan Save would follow for `tree`. The last plan is kept: when every rank's
+  // tree has the same names, dtypes, shapes and placements as then, it is reused after an
+  // exchange of 16 bytes per rank instead of every rank's tree description.
   Status SharedPlan(const StateTree& tree, std::shared_ptr<const SavePlan>* plan);
+  // Collective. Save with a plan from SharedPlan for this very tree shape (the async save plans
+  // once and saves its snapshot with the same plan).
+  Status SavePlanned(const StateTree& tree, const SavePlan& plan, int64_t step, std::string* dir);
   Result<SavePlan> PlanFromRanges(const std::vector<LocalTensorInfo>& mine,
                                   const std::string& held);
   Result<SavePlan> PlanFromAll(const std::vector<LocalTensorInfo>& mine);
@@ -104,7 +105,6 @@ class Checkpointer {
   SaveStats save_stats_;
   std::vector<std::string> plan_keys_;  // every rank's description hash for cached_plan_
   std::shared_ptr<const SavePlan> cached_plan_;
-  int64_t plan_cache_hits_ = 0;
 };
 
 // "step-00000042": the directory name of checkpoint `step` under a root.

@@ -25,8 +25,6 @@ struct SafetensorsExportOptions {
   std::string prefix;
   // Tensor bytes per file before a directory output is split into shards (transformers' "5GB").
   int64_t max_shard_bytes = 5'000'000'000;
-  // Collective when set: the bytes are split among the ranks, each writes its part.
-  Communicator* comm = nullptr;
   ProgressFn progress;  // this rank's bytes written so far (the total is passed as -1)
 };
 
@@ -44,6 +42,10 @@ struct SafetensorsExportStats {
 // synced it; the index comes last. The header's __metadata__ holds "format": "pt" and the
 // checkpoint's step, epoch and loss as strings.
 Result<SafetensorsExportStats> ExportSafetensors(const std::string& ckpt_dir,
+                                                 const std::string& out,
+                                                 const SafetensorsExportOptions& options = {});
+// Collective. The same, with the bytes split among the ranks of `comm`, each writing its part.
+Result<SafetensorsExportStats> ExportSafetensors(Communicator& comm, const std::string& ckpt_dir,
                                                  const std::string& out,
                                                  const SafetensorsExportOptions& options = {});
 

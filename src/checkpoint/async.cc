@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "checkpoint/access.h"
 #include "core/guarded.h"
 #include "core/status_macros.h"
 #include "gpu/staging.h"
@@ -92,7 +93,9 @@ void AsyncCheckpointer::SaveAsync(const StateTree& tree, int64_t step) {
   Wait();
   // Planned once; the background save writes the snapshot with this very plan.
   if (!planner_) planner_ = std::make_unique<Checkpointer>(root_, *comm_, options_);
-  ThrowIfError(planner_->PlanCollective(tree, &plan_));
+  std::shared_ptr<const SavePlan> shared;
+  ThrowIfError(CheckpointerAccess::Plan(*planner_, tree, &shared));
+  plan_ = std::make_shared<SavePlan>(*shared);  // Snapshot() rewrites its local offsets
   Snapshot(tree);
   for (const auto& [path, value] : tree.scalars()) snapshot_.SetScalar(path, value);
   status_ = Status::Ok();
@@ -102,7 +105,7 @@ void AsyncCheckpointer::SaveAsync(const StateTree& tree, int64_t step) {
     // nice value on Linux; failure to lower priority is harmless).
     setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
     Checkpointer writer(root_, *comm_, options_);
-    status_ = writer.SavePlanned(snapshot_, plan_, step, &dir_);
+    status_ = CheckpointerAccess::SavePlanned(writer, snapshot_, *plan_, step, &dir_);
   });
   last_blocked_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -114,7 +117,7 @@ void AsyncCheckpointer::Snapshot(const StateTree& tree) {
   std::vector<at::Tensor> device_sources, device_buffers;
   std::vector<HostCopy> host_copies;
   Status local;
-  for (WriteItem& item : plan_.per_rank[comm_->rank()]) {
+  for (WriteItem& item : plan_->per_rank[comm_->rank()]) {
     const TensorEntry& entry = tree.tensor(item.path);
     at::Tensor src =
         entry.tensor.detach().reshape({-1}).narrow(0, item.local_start, item.flat_count);

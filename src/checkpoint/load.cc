@@ -22,6 +22,7 @@
 #include "gpu/staging.h"
 #include "io/shard_reader.h"
 #include "manifest/fragment.h"
+#include "plan/plan.h"
 
 namespace distckpt {
 namespace {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <map>
+#include <numeric>
 
 #include "core/checksum.h"
 #include "core/guarded.h"
@@ -179,6 +180,24 @@ ShardRecord RecordShard(const RankFileJob& job, const WriteItem& item, const Pla
   return shard;
 }
 
+// A save with no device tensor: every span is hashed and written straight from its memory, in
+// runs of whole checksum pieces (and whole elements) of about 64 MiB.
+Status WriteFromHost(const std::vector<RingSpan>& spans, const ConsumeFn& consume,
+                     int64_t piece_bytes) {
+  constexpr int64_t kRunBytes = 64 << 20;
+  const int64_t unit = std::lcm(std::max<int64_t>(piece_bytes, 1), int64_t{16});
+  const int64_t run = std::max<int64_t>(unit, kRunBytes / unit * unit);
+  for (size_t i = 0; i < spans.size(); ++i) {
+    const at::Tensor& flat = spans[i].flat;
+    const int64_t total = flat.numel() * static_cast<int64_t>(flat.element_size());
+    const char* base = static_cast<const char*>(flat.data_ptr());
+    for (int64_t b = 0; b < total; b += run) {
+      RETURN_IF_ERROR(consume(i, b, base + b, std::min(run, total - b)));
+    }
+  }
+  return Status::Ok();
+}
+
 // Hashes and writes every source in `order`; device sources come through the staging ring, whose
 // copies of the next pieces run while this one is hashed and written. Pieces are whole checksum
 // pieces, so their hashes are the shard's.
@@ -201,10 +220,16 @@ Status WriteInOrder(const RankFileJob& job, CopyEngine* engine, const std::vecto
     return WriteBytes(job, file, "tensor '" + items[i].path + "'" + rank_tag,
                       p.byte_offset + byte_begin, bytes, nbytes);
   };
-  StagingRing ring(engine, job.staging, job.piece_bytes);
-  Status written = ring.FromDevice(spans, write, job.deadline);
-  stats->device_staging_bytes = ring.host_bytes();
-  RETURN_IF_ERROR(written);
+  bool any_staged = false;
+  for (const RingSpan& span : spans) any_staged = any_staged || span.staged;
+  if (any_staged) {
+    StagingRing ring(engine, job.staging, job.piece_bytes);
+    Status written = ring.FromDevice(spans, write, job.deadline);
+    stats->device_staging_bytes = ring.host_bytes();
+    RETURN_IF_ERROR(written);
+  } else {
+    RETURN_IF_ERROR(WriteFromHost(spans, write, job.piece_bytes));
+  }
   return packs.Flush();
 }
 

@@ -7,7 +7,7 @@
 #include "distckpt/env.h"
 #include "distckpt/manifest.h"
 #include "distckpt/options.h"
-#include "distckpt/plan.h"
+#include "plan/plan.h"
 #include "distckpt/tree.h"
 
 namespace distckpt {

@@ -1,5 +1,5 @@
 // The save protocol. Call order, and who makes each call:
-//   (all ranks)  PlanCollective: describe the local tree, all-gather, plan identically.
+//   (all ranks)  SharedPlan: describe the local tree, all-gather, plan identically.
 //   (rank 0)     PrepareTmpDir: remove leftovers of saves that never committed, create
 //                ROOT/.tmp-step-<step>-<nonce>/; vote; broadcast its name.
 //   (all ranks)  WriteRankFile: write and fsync the rank's file; vote; all-gather fragments.
@@ -110,13 +110,6 @@ Checkpointer::Checkpointer(std::string root, Communicator& comm, CheckpointerOpt
   comm_.set_collective_timeout(options.collective_timeout_seconds);
 }
 
-Status Checkpointer::PlanCollective(const StateTree& tree, SavePlan* plan) {
-  std::shared_ptr<const SavePlan> shared;
-  RETURN_IF_ERROR(SharedPlan(tree, &shared));
-  *plan = *shared;
-  return Status::Ok();
-}
-
 Status Checkpointer::SharedPlan(const StateTree& tree, std::shared_ptr<const SavePlan>* plan) {
   std::vector<LocalTensorInfo> mine;
   Status local = DescribeLocal(tree, &mine);
@@ -136,7 +129,6 @@ Status Checkpointer::SharedPlan(const StateTree& tree, std::shared_ptr<const Sav
       comm_.AllGather(std::string(reinterpret_cast<const char*>(hashes), sizeof(hashes)), &keys));
   if (cached_plan_ && keys == plan_keys_) {
     *plan = cached_plan_;
-    ++plan_cache_hits_;
     save_stats_.plan_reused = true;
     return Status::Ok();
   }

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <stdexcept>
 
+#include "core/dtype.h"
 #include "distckpt/status.h"
 
 namespace distckpt {
@@ -67,27 +68,6 @@ double StateTree::GetDouble(const std::string& path) const {
   throw Error(Mismatch("scalar '" + path + "' is not a number"));
 }
 
-namespace {
-struct DtypeNameEntry {
-  at::ScalarType dtype;
-  const char* name;
-};
-constexpr DtypeNameEntry kDtypeNames[] = {
-    {at::ScalarType::Float, "float32"},
-    {at::ScalarType::Double, "float64"},
-    {at::ScalarType::Half, "float16"},
-    {at::ScalarType::BFloat16, "bfloat16"},
-    {at::ScalarType::Char, "int8"},
-    {at::ScalarType::Short, "int16"},
-    {at::ScalarType::Int, "int32"},
-    {at::ScalarType::Long, "int64"},
-    {at::ScalarType::Byte, "uint8"},
-    {at::ScalarType::Bool, "bool"},
-    {at::ScalarType::Float8_e4m3fn, "float8_e4m3fn"},
-    {at::ScalarType::Float8_e5m2, "float8_e5m2"},
-};
-}  // namespace
-
 std::string ShapeString(const std::vector<int64_t>& shape) {
   std::string out = "[";
   for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
@@ -116,20 +96,14 @@ std::string ScalarText(const ScalarValue& value) {
 }
 
 std::string DtypeName(at::ScalarType dtype) {
-  for (const auto& e : kDtypeNames) {
-    if (e.dtype == dtype) return e.name;
-  }
-  return "";
+  const DtypeInfo* d = FindDtype(dtype);
+  return d ? d->name : "";
 }
 
 bool DtypeFromName(const std::string& name, at::ScalarType* dtype) {
-  for (const auto& e : kDtypeNames) {
-    if (name == e.name) {
-      *dtype = e.dtype;
-      return true;
-    }
-  }
-  return false;
+  const DtypeInfo* d = FindDtypeByName(name);
+  if (d) *dtype = d->dtype;
+  return d != nullptr;
 }
 
 }  // namespace distckpt

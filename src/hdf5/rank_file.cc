@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "core/dtype.h"
 #include "core/status_macros.h"
 #include "distckpt/tree.h"
 #include "hdf5/env_driver.h"
@@ -39,39 +40,38 @@ hid_t TwoByteFloat(size_t mantissa_bits, size_t exponent_bits, size_t bias) {
 }  // namespace
 
 hid_t MakeHdf5Type(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::ScalarType::Float:
+  const DtypeInfo* d = FindDtype(dtype);
+  if (!d) return H5I_INVALID_HID;
+  switch (d->hdf5) {
+    case Hdf5Storage::kIeeeF32:
       return H5Tcopy(H5T_IEEE_F32LE);
-    case at::ScalarType::Double:
+    case Hdf5Storage::kIeeeF64:
       return H5Tcopy(H5T_IEEE_F64LE);
-    case at::ScalarType::Half:
+    case Hdf5Storage::kFloat16:
       return TwoByteFloat(10, 5, 15);
-    case at::ScalarType::BFloat16:
+    case Hdf5Storage::kBFloat16:
       return TwoByteFloat(7, 8, 127);
-    case at::ScalarType::Char:
+    case Hdf5Storage::kInt8:
       return H5Tcopy(H5T_STD_I8LE);
-    case at::ScalarType::Short:
+    case Hdf5Storage::kInt16:
       return H5Tcopy(H5T_STD_I16LE);
-    case at::ScalarType::Int:
+    case Hdf5Storage::kInt32:
       return H5Tcopy(H5T_STD_I32LE);
-    case at::ScalarType::Long:
+    case Hdf5Storage::kInt64:
       return H5Tcopy(H5T_STD_I64LE);
-    case at::ScalarType::Byte:
-    // float8: HDF5 has no type whose special values match, so h5py reads the raw bytes; the
-    // dataset's torch_dtype attribute names the type.
-    case at::ScalarType::Float8_e4m3fn:
-    case at::ScalarType::Float8_e5m2:
+    case Hdf5Storage::kUint8:
+      // float8 too: HDF5 has no type whose special values match, so h5py reads the raw bytes;
+      // the dataset's torch_dtype attribute names the type.
       return H5Tcopy(H5T_STD_U8LE);
-    case at::ScalarType::Bool: {
+    case Hdf5Storage::kBoolEnum: {
       hid_t t = H5Tenum_create(H5T_NATIVE_INT8);
       int8_t no = 0, yes = 1;
       H5Tenum_insert(t, "FALSE", &no);
       H5Tenum_insert(t, "TRUE", &yes);
       return t;
     }
-    default:
-      return H5I_INVALID_HID;
   }
+  return H5I_INVALID_HID;
 }
 
 namespace {

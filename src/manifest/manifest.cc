@@ -4,7 +4,7 @@
 #include <utility>
 
 #include "core/status_macros.h"
-#include "distckpt/plan.h"
+#include "plan/plan.h"
 #include "manifest/validate.h"
 
 namespace distckpt {

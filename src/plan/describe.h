@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "distckpt/plan.h"
+#include "plan/plan.h"
 #include "distckpt/tree.h"
 
 namespace distckpt {

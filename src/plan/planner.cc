@@ -2,7 +2,7 @@
 #include <map>
 
 #include "core/status_macros.h"
-#include "distckpt/plan.h"
+#include "plan/plan.h"
 
 namespace distckpt {
 

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 
+#include "checkpoint/access.h"
 #include "core/status_macros.h"
 #include "distckpt/checkpoint.h"
 #include "distckpt/export.h"
@@ -241,7 +242,7 @@ Result<std::string> CommitImport(const StateTree& tree, const std::string& root,
   ckpt_options.env = env;
   Checkpointer ckpt(root, *comm, ckpt_options);
   std::string dir;
-  RETURN_IF_ERROR(ckpt.SaveStatus(tree, step, &dir));
+  RETURN_IF_ERROR(CheckpointerAccess::Save(ckpt, tree, step, &dir));
   return dir;
 }
 

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <map>
 
+#include "core/dtype.h"
 #include "core/status_macros.h"
 #include "distckpt/tree.h"
 
@@ -64,18 +65,6 @@ PyPtr PyValue::Get(const std::string& key) const {
 }
 
 namespace {
-
-struct StorageName {
-  at::ScalarType dtype;
-  const char* name;
-};
-constexpr StorageName kStorageNames[] = {
-    {at::kFloat, "FloatStorage"}, {at::kDouble, "DoubleStorage"},
-    {at::kHalf, "HalfStorage"},   {at::kBFloat16, "BFloat16Storage"},
-    {at::kChar, "CharStorage"},   {at::kShort, "ShortStorage"},
-    {at::kInt, "IntStorage"},     {at::kLong, "LongStorage"},
-    {at::kByte, "ByteStorage"},   {at::kBool, "BoolStorage"},
-};
 
 // Opcodes (Python's Lib/pickle.py).
 enum : uint8_t {
@@ -313,9 +302,7 @@ class Reader {
                    full == "torch.storage.UntypedStorage";
     at::ScalarType dtype;
     if (module == "torch" && DtypeFromName(name, &dtype)) allowed = true;  // torch.float8_e5m2
-    for (const auto& s : kStorageNames) {
-      if (module == "torch" && name == s.name) allowed = true;
-    }
+    if (module == "torch" && FindDtypeByStorageClass(name)) allowed = true;
     if (!allowed) {
       return InvalidArgument("refusing to load global '" + full +
                              "': only plain containers, numbers, strings and tensors are "
@@ -402,11 +389,12 @@ class Reader {
     storage->kind = K::kStorage;
     bool found = a[1]->s == "torch.storage.UntypedStorage";  // bytes; typed by its tensor
     storage->tensor.dtype = at::kByte;
-    for (const auto& s : kStorageNames) {
-      if (a[1]->s == std::string("torch.") + s.name) {
-        storage->tensor.dtype = s.dtype;
-        found = true;
-      }
+    const std::string& cls = a[1]->s;
+    const DtypeInfo* d =
+        cls.rfind("torch.", 0) == 0 ? FindDtypeByStorageClass(cls.substr(6)) : nullptr;
+    if (d) {
+      storage->tensor.dtype = d->dtype;
+      found = true;
     }
     if (!found) return InvalidArgument("unsupported storage type '" + a[1]->s + "'");
     storage->tensor.storage_key = a[2]->s;
@@ -635,10 +623,8 @@ class Reader {
 }  // namespace
 
 std::string StorageClassName(at::ScalarType dtype) {
-  for (const auto& s : kStorageNames) {
-    if (s.dtype == dtype) return s.name;
-  }
-  return "";
+  const DtypeInfo* d = FindDtype(dtype);
+  return d && d->storage_class ? d->storage_class : "";
 }
 
 std::string Pickle(const PyValue& root) { return Writer().Finish(root); }

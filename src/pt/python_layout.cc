@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <map>
 
-#include "distckpt/plan.h"
+#include "plan/plan.h"
 
 namespace distckpt {
 namespace {

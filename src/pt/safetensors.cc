@@ -20,13 +20,14 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "core/dtype.h"
 #include "core/status_macros.h"
 #include "distckpt/checkpoint.h"
 #include "distckpt/manifest_io.h"
-#include "distckpt/plan.h"
 #include "io/file_util.h"
 #include "io/shard_reader.h"
 #include "layout/filename.h"
+#include "plan/plan.h"
 #include "pt/commit.h"
 
 namespace distckpt {
@@ -39,40 +40,15 @@ constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // as the safetensors library
 constexpr char kIndexName[] = "model.safetensors.index.json";
 constexpr char kSingleName[] = "model.safetensors";
 
-struct DtypeCode {
-  at::ScalarType dtype;
-  const char* code;
-};
-constexpr DtypeCode kDtypeCodes[] = {
-    {at::kFloat, "F32"},
-    {at::kDouble, "F64"},
-    {at::kHalf, "F16"},
-    {at::kBFloat16, "BF16"},
-    {at::kChar, "I8"},
-    {at::kShort, "I16"},
-    {at::kInt, "I32"},
-    {at::kLong, "I64"},
-    {at::kByte, "U8"},
-    {at::kBool, "BOOL"},
-    {at::kFloat8_e4m3fn, "F8_E4M3"},
-    {at::kFloat8_e5m2, "F8_E5M2"},
-};
-
 const char* CodeOf(at::ScalarType dtype) {
-  for (const auto& d : kDtypeCodes) {
-    if (d.dtype == dtype) return d.code;
-  }
-  return nullptr;
+  const DtypeInfo* d = FindDtype(dtype);
+  return d ? d->safetensors_code : nullptr;
 }
 
 bool DtypeOfCode(const std::string& code, at::ScalarType* dtype) {
-  for (const auto& d : kDtypeCodes) {
-    if (code == d.code) {
-      *dtype = d.dtype;
-      return true;
-    }
-  }
-  return false;
+  const DtypeInfo* d = FindDtypeBySafetensorsCode(code);
+  if (d) *dtype = d->dtype;
+  return d != nullptr;
 }
 
 bool EndsWith(const std::string& s, const std::string& tail) {
@@ -299,9 +275,13 @@ Result<SafetensorsExportStats> RunExport(Communicator& comm, const Output& o,
 Result<SafetensorsExportStats> ExportSafetensors(const std::string& ckpt_dir,
                                                  const std::string& out,
                                                  const SafetensorsExportOptions& options) {
+  return ExportSafetensors(*MakeLocalCommunicator(), ckpt_dir, out, options);
+}
+
+Result<SafetensorsExportStats> ExportSafetensors(Communicator& comm, const std::string& ckpt_dir,
+                                                 const std::string& out,
+                                                 const SafetensorsExportOptions& options) {
   if (options.max_shard_bytes <= 0) return InvalidArgument("max_shard_bytes must be positive");
-  std::unique_ptr<Communicator> local = options.comm ? nullptr : MakeLocalCommunicator();
-  Communicator& comm = options.comm ? *options.comm : *local;
   Output o{options.env ? options.env : Env::Default(), EndsWith(out, ".safetensors"), out};
   auto manifest = ReadManifest(ckpt_dir, o.env);
   Result<Layout> layout = manifest.status();
