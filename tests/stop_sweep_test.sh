@@ -26,13 +26,13 @@ timeout -k 10 120 "$mpirun" -np 3 --oversubscribe "$train" --ckpt-dir "$tmp/base
 # job KIND DIR: the command line of one phase, writing into DIR (a copy of the base).
 job() {
   local kind=$1 dir=$2
-  local train_args=(--optimizer adam --collective-timeout "$deadline")
+  local train_args=(--optimizer adam --collective-timeout "${timeout_now:-$deadline}")
   case $kind in
     save) echo "$train" --ckpt-dir "$dir" --steps 4 --save-every 2 --resume "${train_args[@]}" ;;
     async) echo "$train" --ckpt-dir "$dir" --steps 4 --save-every 2 --resume --async "${train_args[@]}" ;;
     load) echo "$train" --ckpt-dir "$dir" --steps 3 --save-every 0 --resume "${train_args[@]}" ;;
     export) echo "$cli" export "$dir/step-00000002" "$dir/out.safetensors" --format safetensors \
-      --collective-timeout "$deadline" ;;
+      --collective-timeout "${timeout_now:-$deadline}" ;;
   esac
 }
 
@@ -57,7 +57,8 @@ launch() {
 # count KIND VICTIM: how many armed file calls the victim makes in an undisturbed run.
 count() {
   local dir=$tmp/count-$1-$2
-  launch "$1" "$2" "$dir" -x KILL_AT_CALL=0 -x KILL_COUNT_FILE="$dir.calls" >"$dir.out" 2>&1 ||
+  # Undisturbed: a generous deadline, so that a machine busy with other work cannot end it.
+  timeout_now=120 launch "$1" "$2" "$dir" -x KILL_AT_CALL=0 -x KILL_COUNT_FILE="$dir.calls" >"$dir.out" 2>&1 ||
     { echo "FAIL undisturbed $1 run"; cat "$dir.out"; return 1; }
   cat "$dir.calls"
 }
