@@ -1,8 +1,8 @@
 // distckpt: list, inspect and verify checkpoints. One plain process; no mpirun needed.
-#include <algorithm>
 #include <mpi.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>

@@ -7,8 +7,8 @@
 #include "distckpt/env.h"
 #include "distckpt/manifest.h"
 #include "distckpt/options.h"
-#include "plan/plan.h"
 #include "distckpt/tree.h"
+#include "plan/plan.h"
 
 namespace distckpt {
 

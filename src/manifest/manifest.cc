@@ -4,8 +4,8 @@
 #include <utility>
 
 #include "core/status_macros.h"
-#include "plan/plan.h"
 #include "manifest/validate.h"
+#include "plan/plan.h"
 
 namespace distckpt {
 

@@ -4,8 +4,8 @@
 #include <string>
 #include <vector>
 
-#include "plan/plan.h"
 #include "distckpt/tree.h"
+#include "plan/plan.h"
 
 namespace distckpt {
 

@@ -13,8 +13,8 @@
 #include "core/status_macros.h"
 #include "distckpt/manifest_io.h"
 #include "distckpt/nccl.h"
-#include "plan/plan.h"
 #include "io/shard_reader.h"
+#include "plan/plan.h"
 #include "pt/pickle.h"
 #include "pt/python_layout.h"
 
