@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <map>
-#include <numeric>
 
 #include "core/checksum.h"
 #include "core/guarded.h"
@@ -181,12 +180,13 @@ ShardRecord RecordShard(const RankFileJob& job, const WriteItem& item, const Pla
 }
 
 // A save with no device tensor: every span is hashed and written straight from its memory, in
-// runs of whole checksum pieces (and whole elements) of about 64 MiB.
+// runs of whole checksum pieces of about 64 MiB (the consumer takes bytes, so a run may cut an
+// element).
 Status WriteFromHost(const std::vector<RingSpan>& spans, const ConsumeFn& consume,
                      int64_t piece_bytes) {
   constexpr int64_t kRunBytes = 64 << 20;
-  const int64_t unit = std::lcm(std::max<int64_t>(piece_bytes, 1), int64_t{16});
-  const int64_t run = std::max<int64_t>(unit, kRunBytes / unit * unit);
+  const int64_t piece = std::max<int64_t>(piece_bytes, 1);
+  const int64_t run = std::max<int64_t>(piece, kRunBytes / piece * piece);
   for (size_t i = 0; i < spans.size(); ++i) {
     const at::Tensor& flat = spans[i].flat;
     const int64_t total = flat.numel() * static_cast<int64_t>(flat.element_size());
