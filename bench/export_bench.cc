@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
     done += bytes;
   }
   int64_t largest = 0;
+  std::string ckpt;
   {
     StateTree tree;
     for (size_t i = 0; i < sizes.size(); ++i) {
@@ -57,9 +58,8 @@ int main(int argc, char** argv) {
     }
     tree.SetScalar("epoch", int64_t{1});
     auto comm = MakeLocalCommunicator();
-    Checkpointer(dir + "/ckpt", *comm).Save(tree, 1);
+    ckpt = Checkpointer(dir + "/ckpt", *comm).Save(tree, 1);
   }
-  const std::string ckpt = dir + "/ckpt/" + CheckpointDirName(1);
   const std::string out = dir + "/export.pt";
   const double t0 = bench::Now();
   pid_t pid = fork();

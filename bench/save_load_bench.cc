@@ -208,12 +208,12 @@ int main(int argc, char** argv) {
     if (rep > 0) {
       // Keep the last checkpoint for the replicated-load comparison below.
       std::filesystem::remove(raw_path(rep - 1));
-      if (rank == 0) std::filesystem::remove_all(dir + "/ckpt/" + CheckpointDirName(rep - 1));
+      if (rank == 0) std::filesystem::remove_all(*FindCheckpoint(dir + "/ckpt", rep - 1));
     }
   }
   // Every rank loads the whole replicated state (plain data-parallel resume): read once in
   // total and exchanged, against every rank reading everything itself.
-  const std::string last = dir + "/ckpt/" + CheckpointDirName(reps - 1);
+  const std::string last = FindCheckpoint(dir + "/ckpt", reps - 1).value_or("");
   // The two modes alternate which goes first, so that neither always gets the disk's better
   // moments; medians of --reps each.
   std::vector<double> replicated_runs[2];

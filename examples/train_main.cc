@@ -217,7 +217,7 @@ void LoadZeroState(const Args& a, distckpt::Checkpointer& ckpt, const std::strin
   }
   if (a.optimizer != "sgd") staged.SetTensor(prefix + "state/0/step", torch::empty({}));
   // The staged tensors are views of our scratch buffers: load straight into them.
-  ckpt.Load(dir, manifest, staged, distckpt::LoadOptions{.in_place = true});
+  ckpt.Load(dir, staged, distckpt::LoadOptions{.in_place = true, .manifest = &manifest});
   {
     torch::NoGradGuard no_grad;
     for (auto& item : model.named_parameters()) {
@@ -297,35 +297,50 @@ class Trainer {
   }
 
  private:
-  // The newest checkpoint that loads; a damaged one is reported and skipped.
+  // The newest checkpoint that loads; a damaged one is reported and skipped. The resume reads
+  // several things from one checkpoint (the state, then each rank's RNG row), so it walks the
+  // catalog itself rather than use LoadOptions::fall_back, which covers one load.
   void Resume() {
-    distckpt::Manifest manifest;
-    auto dir = checkpointer_->LoadNewestGood(
-        [&](const std::string& d) {
-          manifest = checkpointer_->ReadManifest(d);
-          if (a_.zero) {
-            LoadZeroState(a_, *checkpointer_, d, manifest, *model_, params_, zero_);
-          } else {
-            distckpt::LoadTrainingState(*checkpointer_, d, *model_, optimizer_.get(), &manifest);
-          }
-        },
-        [&](const std::string& line) {
-          if (rank_ == 0) std::printf("%s\n", line.c_str());
-        });
-    if (!dir) {
-      if (rank_ == 0)
-        std::printf("no checkpoint in %s: starting from scratch\n", a_.ckpt_dir.c_str());
-      return;
+    for (const std::string& dir : CommittedNewestFirst(a_.ckpt_dir)) {
+      try {
+        ResumeFrom(dir);
+        return;
+      } catch (const distckpt::Error& e) {
+        const distckpt::Code code = e.status().code();
+        if (code != distckpt::Code::kCorrupt && code != distckpt::Code::kNotFound) throw;
+        if (rank_ == 0)
+          std::printf("checkpoint %s is damaged (%s); falling back\n", dir.c_str(), e.what());
+      }
+    }
+    if (rank_ == 0)
+      std::printf("no checkpoint in %s: starting from scratch\n", a_.ckpt_dir.c_str());
+  }
+
+  static std::vector<std::string> CommittedNewestFirst(const std::string& root) {
+    std::vector<std::string> dirs;
+    for (const distckpt::CheckpointInfo& info : distckpt::ListCheckpoints(root)) {
+      if (info.committed) dirs.insert(dirs.begin(), info.dir);
+    }
+    return dirs;
+  }
+
+  void ResumeFrom(const std::string& dir) {
+    const distckpt::Manifest manifest = distckpt::ValueOrThrow(distckpt::ReadManifest(dir));
+    if (a_.zero) {
+      LoadZeroState(a_, *checkpointer_, dir, manifest, *model_, params_, zero_);
+    } else {
+      distckpt::LoadTrainingState(*checkpointer_, dir, *model_, optimizer_.get(),
+                                  distckpt::LoadOptions{.manifest = &manifest});
     }
     first_step_ = manifest.step + 1;
     auto seen = manifest.scalars.find("samples_seen");
     samples_seen_ = seen != manifest.scalars.end() ? std::get<int64_t>(seen->second)
                                                    : manifest.step * a_.global_batch;
-    RestoreRng(*dir, manifest);
+    RestoreRng(dir, manifest);
     if (rank_ == 0) {
       auto loss = manifest.scalars.find("loss");
       std::printf("resumed from %s (step %lld, %lld samples seen, loss %.9g) on %d rank(s)%s\n",
-                  dir->c_str(), static_cast<long long>(manifest.step),
+                  dir.c_str(), static_cast<long long>(manifest.step),
                   static_cast<long long>(samples_seen_),
                   loss != manifest.scalars.end() ? std::get<double>(loss->second) : 0.0, world_,
                   a_.zero ? " with ZeRO-1" : "");
@@ -338,7 +353,8 @@ class Trainer {
   void RestoreRng(const std::string& dir, const distckpt::Manifest& manifest) {
     std::optional<at::Tensor> rng;
     if (manifest.FindTensor("rank_state/rng")) {
-      rng = distckpt::LoadPerRankTensor(*checkpointer_, dir, "rank_state/rng", &manifest);
+      rng = distckpt::LoadPerRankTensor(*checkpointer_, dir, "rank_state/rng",
+                                        distckpt::LoadOptions{.manifest = &manifest});
     }
     if (rng) {
       at::Generator generator = at::detail::getDefaultCPUGenerator();

@@ -48,10 +48,10 @@ TEST(Async, RecordsTheSamePlacementsAndShardsAsASynchronousSave) {
   tree.SetShardedRows("rows", Pattern({2, 3}, at::kInt, 5 + Comm().rank()), {rows, 3},
                       2 * Comm().rank());
   Checkpointer ckpt(root, Comm());
-  const Manifest sync = ckpt.ReadManifest(ckpt.Save(tree, 1));
+  const Manifest sync = ValueOrThrow(ReadManifest(ckpt.Save(tree, 1)));
   AsyncCheckpointer async(root);
   async.SaveAsync(tree, 2);
-  const Manifest background = ckpt.ReadManifest(async.Wait());
+  const Manifest background = ValueOrThrow(ReadManifest(async.Wait()));
   ASSERT_EQ(sync.tensors.size(), background.tensors.size());
   for (size_t i = 0; i < sync.tensors.size(); ++i) {
     const TensorRecord& a = sync.tensors[i];

@@ -54,7 +54,7 @@ TEST(Coordinator, MixedPlacementsRoundTripAndSpreadTheBytes) {
   EXPECT_EQ(back.GetInt("step"), 3);
 
   // The 4 MiB tensor is split so that every rank writes part of it.
-  Manifest m = ckpt.ReadManifest(dir);
+  Manifest m = ValueOrThrow(ReadManifest(dir));
   EXPECT_EQ(m.world_size, Comm().size());
   EXPECT_EQ(static_cast<int>(m.FindTensor("replicated/big")->shards.size()), Comm().size());
   EXPECT_EQ(static_cast<int>(m.files.size()), Comm().size());
@@ -151,7 +151,7 @@ TEST(Coordinator, DamageSeenByOneRankFailsTheLoadEverywhereAndTouchesNothing) {
   const std::string root = testing::ScratchDir("root");
   Checkpointer ckpt(root, Comm());
   const std::string dir = ckpt.Save(LocalTree(false), 1);
-  Manifest m = ckpt.ReadManifest(dir);
+  Manifest m = ValueOrThrow(ReadManifest(dir));
   // Damage a row only the last rank reads.
   const TensorRecord* rows = m.FindTensor("sharded/rows");
   const ShardRecord& last = rows->shards.back();
@@ -179,7 +179,7 @@ TEST(Coordinator, ReadOnceLoadsEveryByteFromStorageOnceInTotal) {
   options.piece_bytes = 4096;  // small pieces: little padding around each rank's slice
   Checkpointer ckpt(root, Comm(), options);
   const std::string dir = ckpt.Save(LocalTree(false), 1);
-  const int64_t size = ckpt.ReadManifest(dir).TotalBytes();
+  const int64_t size = ValueOrThrow(ReadManifest(dir)).TotalBytes();
   for (ReadOnce mode : {ReadOnce::kOn, ReadOnce::kOff, ReadOnce::kAuto}) {
     // Auto: per-rank reads while every rank sits on one machine, read-once across machines.
     const bool read_once =

@@ -79,7 +79,7 @@ TEST(LiveExport, SafetensorsWrittenByEveryRank) {
   EXPECT_TRUE(BitEqual(back.tensor("model_state_dict/flat").tensor, flat));
   EXPECT_TRUE(BitEqual(back.tensor("model_state_dict/replicated").tensor, replicated));
   EXPECT_EQ(back.GetInt("epoch"), 2);
-  EXPECT_EQ(ckpt.ReadManifest(*imported).step, 7);
+  EXPECT_EQ(ValueOrThrow(ReadManifest(*imported)).step, 7);
 }
 
 TEST(LiveExport, UnwritableDestinationFailsOnEveryRank) {

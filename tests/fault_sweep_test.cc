@@ -14,6 +14,7 @@
 #include "distckpt/checkpoint.h"
 #include "distckpt/export.h"
 #include "fault_env.h"
+#include "layout/filename.h"
 #include "test_util.h"
 
 namespace distckpt::testing {

@@ -12,6 +12,7 @@
 #include "checkpoint/access.h"
 #include "distckpt/checkpoint.h"
 #include "fault_env.h"
+#include "layout/filename.h"
 #include "test_util.h"
 
 namespace distckpt::testing {

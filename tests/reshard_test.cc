@@ -50,7 +50,7 @@ TEST(Reshard, Save) {
   const std::string dir = ckpt.Save(Tree(false), 1);
   // What the loads below rely on: every tensor indexed with shards that cover it, every byte
   // verifying, and the saving world recorded.
-  const Manifest m = ckpt.ReadManifest(dir);
+  const Manifest m = ValueOrThrow(ReadManifest(dir));
   EXPECT_EQ(m.world_size, Comm().size());
   const StateTree expected = Tree(false);
   EXPECT_EQ(m.tensors.size(), expected.tensors().size());

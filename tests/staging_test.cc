@@ -91,7 +91,7 @@ int64_t TotalBytes(const StateTree& tree) {
 
 // Where the last shard of `tensor` lies in checkpoint `dir` (to damage it).
 ShardRecord LastShardOf(Checkpointer& ckpt, const std::string& dir, const std::string& tensor) {
-  return ckpt.ReadManifest(dir).FindTensor(tensor)->shards.back();
+  return ValueOrThrow(ReadManifest(dir)).FindTensor(tensor)->shards.back();
 }
 
 std::string MessageOf(const std::function<void()>& fn) {

@@ -337,18 +337,49 @@ TEST(Fallback, DamagedNewestFallsBackToTheLastGoodOne) {
 
   StateTree back = ZerosLike(good);
   logged.clear();
-  auto loaded = ckpt.LoadNewestGood([&](const std::string& dir) { ckpt.Load(dir, back); }, log);
-  EXPECT_EQ(loaded, good_dir);
+  const LoadOptions fall_back{.fall_back = true, .on_fall_back = log};
+  EXPECT_EQ(ckpt.Load("", back, fall_back), good_dir);  // "": the newest under root
   EXPECT_TRUE(
       BitEqual(back.tensor("model_state_dict/w").tensor, good.tensor("model_state_dict/w").tensor));
   ASSERT_EQ(logged.size(), 1u);
   EXPECT_TRUE(Contains(logged[0], "falling back")) << logged[0];
 
+  // Named explicitly, the damaged one falls back too; without fall_back it is an error.
+  logged.clear();
+  back = ZerosLike(good);
+  EXPECT_EQ(ckpt.Load(bad_dir, back, fall_back), good_dir);
+  EXPECT_EQ(logged.size(), 1u);
+  try {
+    ckpt.Load(bad_dir, back);
+    ADD_FAILURE() << "a damaged checkpoint loaded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.status().code(), Code::kCorrupt) << e.what();
+  }
+
   // A model that does not match is not "damage": no silent fall back.
   StateTree wrong;
   wrong.SetTensor("model_state_dict/w", at::zeros({3}));
-  EXPECT_THROW(ckpt.LoadNewestGood([&](const std::string& dir) { ckpt.Load(dir, wrong); }, log),
-               Error);
+  EXPECT_THROW(ckpt.Load("", wrong, fall_back), Error);
+}
+
+TEST(Fallback, TheNewestOfAnEmptyRootIsNotFound) {
+  const std::string root = testing::ScratchDir("empty");
+  Checkpointer ckpt(root, Comm());
+  StateTree tree = SampleTree(1);
+  EXPECT_FALSE(ckpt.Latest().has_value());
+  EXPECT_FALSE(LatestCheckpoint(root).has_value());
+  EXPECT_FALSE(FindCheckpoint(root, 1).has_value());
+  try {
+    ckpt.Load("", tree, LoadOptions{.fall_back = true});
+    ADD_FAILURE() << "loaded from an empty root";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.status().code(), Code::kNotFound) << e.what();
+    EXPECT_TRUE(Contains(e.what(), root)) << e.what();
+  }
+  const std::string dir = ckpt.Save(tree, 1);
+  EXPECT_EQ(FindCheckpoint(root, 1), dir);
+  EXPECT_EQ(ckpt.Latest(), dir);
+  EXPECT_FALSE(FindCheckpoint(root, 2).has_value());
 }
 
 // Storage that takes 50 ms per write.
@@ -477,7 +508,7 @@ TEST(Storage, ARepeatedSaveReusesThePlan) {
     back.SetTensor("w", at::zeros({rows, 3}));
     back.SetTensor("b", at::zeros({3}, at::kDouble));
     ckpt.Load(dir, back);
-    EXPECT_EQ(ckpt.ReadManifest(dir).FindTensor("w")->global_shape,
+    EXPECT_EQ(ValueOrThrow(ReadManifest(dir)).FindTensor("w")->global_shape,
               (std::vector<int64_t>{rows, 3}));
     EXPECT_TRUE(BitEqual(back.tensor("b").tensor, tree.tensor("b").tensor));
   }

@@ -9,7 +9,6 @@
 #include <torch/torch.h>
 
 #include <cstdio>
-#include <iostream>
 #include <string>
 
 namespace {
@@ -34,15 +33,14 @@ double Train(char** argv) {
 
   distckpt::Checkpointer checkpointer(root, *comm);
   int64_t first = 1;
-  checkpointer.LoadNewestGood(
-      [&](const std::string& dir) {
-        auto meta = distckpt::LoadTrainingState(checkpointer, dir, *model, &optimizer);
-        first = meta.epoch + 1;
-        if (comm->rank() == 0)
-          std::printf("resumed from %s (epoch %lld)\n", dir.c_str(),
-                      static_cast<long long>(meta.epoch));
-      },
-      [](const std::string& why) { std::cerr << why << "\n"; });
+  if (checkpointer.Latest()) {  // resume from the newest checkpoint that loads
+    auto meta = distckpt::LoadTrainingState(checkpointer, "", *model, &optimizer,
+                                            distckpt::LoadOptions{.fall_back = true});
+    first = meta.epoch + 1;
+    if (comm->rank() == 0)
+      std::printf("resumed from %s (epoch %lld)\n", meta.dir.c_str(),
+                  static_cast<long long>(meta.epoch));
+  }
 
   double loss = 0;
   for (int64_t epoch = first; epoch <= epochs; ++epoch) {

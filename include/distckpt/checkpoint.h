@@ -37,6 +37,8 @@ struct LocalTensorInfo;  // one rank's description of a tensor (internal)
 
 class Checkpointer {
  public:
+  // `root`: where Save commits and where Load("") looks for the newest checkpoint. A Checkpointer
+  // that only loads given directories may have an empty root.
   Checkpointer(std::string root, Communicator& comm, CheckpointerOptions options = {});
 
   // Collective. Saves `tree` as checkpoint `step` and returns its directory. Throws Error on
@@ -44,29 +46,16 @@ class Checkpointer {
   std::string Save(const StateTree& tree, int64_t step);
 
   // Collective. Fills every tensor of `tree` in place from checkpoint directory `dir` (each
-  // rank the range its placement names) and sets every stored scalar in `tree`. Tensors in
+  // rank the range its placement names) and sets every stored scalar in `tree`; `dir` empty:
+  // the newest committed checkpoint under root (Error kNotFound if there is none). Tensors in
   // the checkpoint but not in `tree` are skipped. Throws Error on every rank on any problem,
-  // before any tensor of `tree` has been modified.
-  void Load(const std::string& dir, StateTree& tree, const LoadOptions& options = {});
-  // Collective. Load with the manifest the caller already has from ReadManifest(dir), so that a
-  // resume reads it once.
-  void Load(const std::string& dir, const Manifest& manifest, StateTree& tree,
-            const LoadOptions& options = {});
+  // before any tensor of `tree` has been modified. Returns the directory loaded: `dir`, or an
+  // older one when options.fall_back skipped damaged checkpoints.
+  std::string Load(const std::string& dir, StateTree& tree, const LoadOptions& options = {});
 
-  // Collective. Rank 0 reads and validates the manifest and shares it with every rank.
-  Manifest ReadManifest(const std::string& dir);
-
-  // Collective. The newest committed checkpoint under root, as rank 0 sees it.
+  // Collective. The newest committed checkpoint under root, as rank 0 sees it (LatestCheckpoint,
+  // agreed on by every rank).
   std::optional<std::string> Latest();
-  // Collective. Every committed checkpoint under root, newest first, as rank 0 sees it.
-  std::vector<std::string> CommittedNewestFirst();
-
-  // Collective. Calls load(dir) on the newest committed checkpoint; if that throws an Error
-  // because the checkpoint is damaged (corrupt or missing files), reports it through `log` and
-  // falls back to the next older one. Returns the directory that loaded, or nullopt if none
-  // exists. Other errors (a model that does not match) are thrown as they are.
-  std::optional<std::string> LoadNewestGood(const std::function<void(const std::string&)>& load,
-                                            const std::function<void(const std::string&)>& log);
 
   const std::string& root() const { return root_; }
   Communicator& comm() { return comm_; }
@@ -74,14 +63,19 @@ class Checkpointer {
   const SaveStats& last_save_stats() const { return save_stats_; }
 
  private:
-  // The library's own callers (AsyncCheckpointer, import, the tests) reach the Status forms and
-  // the planning hooks below through src/checkpoint/access.h.
+  // The library's own callers (AsyncCheckpointer, import, the state-dict helpers, the tests)
+  // reach the Status forms and the planning hooks below through src/checkpoint/access.h.
   friend class CheckpointerAccess;
 
   Status SaveStatus(const StateTree& tree, int64_t step, std::string* dir);
   Status LoadStatus(const std::string& dir, StateTree& tree, const LoadOptions& options = {});
-  Status LoadStatus(const std::string& dir, const Manifest& manifest, StateTree& tree,
-                    const LoadOptions& options = {});
+  // Collective. Calls load(dir) on `dir` (empty: the newest committed under root) and, with
+  // options.fall_back, on each older committed checkpoint while load throws a damaged-checkpoint
+  // Error. Returns the directory that loaded.
+  std::string LoadFallingBack(const std::string& dir, const LoadOptions& options,
+                              const std::function<void(const std::string&)>& load);
+  // Collective. Every committed checkpoint under `root`, newest first, as rank 0 sees it.
+  std::vector<std::string> CommittedNewestFirst(const std::string& root);
   // Collective. The plan Save would follow for `tree`. The last plan is kept: when every rank's
   // tree has the same names, dtypes, shapes and placements as then, it is reused after an
   // exchange of 16 bytes per rank instead of every rank's tree description.
@@ -92,6 +86,7 @@ class Checkpointer {
   Result<SavePlan> PlanFromRanges(const std::vector<LocalTensorInfo>& mine,
                                   const std::string& held);
   Result<SavePlan> PlanFromAll(const std::vector<LocalTensorInfo>& mine);
+  // Collective. Rank 0 reads and validates the manifest and shares it with every rank.
   Status ShareManifest(const std::string& dir, Manifest* manifest);
   // The load itself; the caller holds the shared lock on `dir`.
   Status LoadLocked(const std::string& dir, const Manifest& manifest, StateTree& tree,
@@ -107,8 +102,9 @@ class Checkpointer {
   std::shared_ptr<const SavePlan> cached_plan_;
 };
 
-// "step-00000042": the directory name of checkpoint `step` under a root.
-std::string CheckpointDirName(int64_t step);
+// The catalog of a root: plain functions over its directory, usable without a Checkpointer and
+// without MPI. Checkpoint `step` lives in ROOT/step-<8 digits>; a directory counts as committed
+// once its manifest is in place.
 
 struct CheckpointInfo {
   std::string dir;
@@ -122,6 +118,9 @@ struct CheckpointInfo {
 std::vector<CheckpointInfo> ListCheckpoints(const std::string& root, Env* env = nullptr);
 // Non-collective. The newest committed checkpoint's directory, if any.
 std::optional<std::string> LatestCheckpoint(const std::string& root, Env* env = nullptr);
+// Non-collective. The directory of committed checkpoint `step` under root, if there is one.
+std::optional<std::string> FindCheckpoint(const std::string& root, int64_t step,
+                                          Env* env = nullptr);
 
 // Non-collective. The newest committed checkpoint that passes VerifyCheckpoint; each damaged
 // newer one is reported through `log` ("skipping ...: reason").

@@ -12,6 +12,7 @@ namespace distckpt {
 
 class Env;
 class CopyEngine;
+struct Manifest;
 
 // Long operations report bytes done and bytes in total through this, after each tensor.
 using ProgressFn = std::function<void(int64_t done, int64_t total)>;
@@ -84,6 +85,15 @@ struct LoadOptions {
   // A load whose reads and device copies have not finished after this many seconds gives up
   // with an error on every rank (0: no limit). Checked between pieces and while copies run.
   double timeout_seconds = 0;
+  // When the checkpoint is damaged (corrupt or missing files), say so through `on_fall_back`
+  // and load the next older committed checkpoint under the same root instead, until one loads;
+  // the load returns the directory it used. Other errors (a model that does not match the
+  // checkpoint) are thrown as they are.
+  bool fall_back = false;
+  std::function<void(const std::string& why)> on_fall_back;  // nullptr: rank 0 prints to stderr
+  // The manifest of the checkpoint being loaded, if the caller already read it (ReadManifest),
+  // so that it is not read again. Ignored once a load falls back to another checkpoint.
+  const Manifest* manifest = nullptr;
 };
 
 // Where this rank's time went in the last save, in seconds. Coordination is everything but

@@ -33,20 +33,22 @@ StateTree MakeTrainingState(const torch::nn::Module& module, torch::optim::Optim
                             int64_t epoch, double loss);
 
 struct TrainingMeta {
+  std::string dir;  // the checkpoint loaded
   int64_t step = 0;
   int64_t epoch = 0;
   double loss = 0;
   StateTree scalars;  // every scalar stored in the checkpoint
 };
 
-// Collective. Loads `dir` into `module` and (if given) `optimizer`: every parameter, buffer,
-// optimizer state tensor and hyperparameter. Names, shapes and dtypes must match the checkpoint
-// exactly; on any mismatch or damaged byte, every rank throws Error and neither the module nor
-// the optimizer has been modified. `manifest`: the one the caller already read with
-// checkpointer.ReadManifest(dir) (nullptr: read it here), so that a resume reads it once.
+// Collective. Loads checkpoint `dir` (empty: the newest under the checkpointer's root) into
+// `module` and (if given) `optimizer`: every parameter, buffer, optimizer state tensor and
+// hyperparameter. Names, shapes and dtypes must match the checkpoint exactly; on any mismatch or
+// damaged byte, every rank throws Error and neither the module nor the optimizer has been
+// modified. `options` as for Checkpointer::Load (fall_back to resume from the newest checkpoint
+// that loads; in_place is implied).
 TrainingMeta LoadTrainingState(Checkpointer& checkpointer, const std::string& dir,
                                torch::nn::Module& module, torch::optim::Optimizer* optimizer,
-                               const Manifest* manifest = nullptr);
+                               const LoadOptions& options = {});
 
 // Per-rank state (an RNG state, a data-loader position): rank r's `mine` is stored as row r of
 // a tensor of shape [world, mine.shape...] (every rank passes the same shape and dtype).
@@ -58,6 +60,6 @@ void AddPerRankTensor(StateTree& tree, const std::string& path, const at::Tensor
 // start that state afresh), and rows of ranks that no longer exist are not loaded.
 std::optional<at::Tensor> LoadPerRankTensor(Checkpointer& checkpointer, const std::string& dir,
                                             const std::string& path,
-                                            const Manifest* manifest = nullptr);
+                                            const LoadOptions& options = {});
 
 }  // namespace distckpt

@@ -3,6 +3,6 @@
 
 namespace distckpt {
 
-inline constexpr char kLibraryVersion[] = "0.1.0";
+inline constexpr char kLibraryVersion[] = "0.2.0";
 
 }  // namespace distckpt

@@ -2,7 +2,8 @@
 
     import distckpt
     ckpt = distckpt.Checkpointer("ckpts", keep_last=3)        # collective under mpirun
-    ckpt.load_newest_good(state)                              # resume, if there is a checkpoint
+    if ckpt.latest():                                         # resume, if there is a checkpoint
+        ckpt.load(state, fall_back=True)                      # (past damaged ones, saying so)
     ckpt.save({"epoch": epoch, "model_state_dict": model.state_dict(),
                "optimizer_state_dict": optimizer.state_dict(), "loss": loss}, step=epoch)
 
@@ -225,32 +226,17 @@ class Checkpointer:
         self._engine.save_async(entries, scalars, int(step))
         return AsyncSave(self)
 
-    def load(self, state, dir=None):
+    def load(self, state, dir=None, fall_back=False, log=print):
         """Fills every tensor of `state` in place from checkpoint `dir` (default: the newest),
-        all or nothing, and writes its scalars back into `state`. Returns the flat scalars."""
-        if dir is None:
-            dir = self._engine.latest()
-            if dir is None:
-                raise Error(f"no committed checkpoint under {self.root}", "not found")
+        all or nothing, and writes its scalars back into `state`. With `fall_back`, a damaged
+        checkpoint is reported through `log` (on rank 0) and the next older one is loaded
+        instead. Returns the directory loaded; Error("not found") when there is none."""
         entries = [_entry(p, v) for p, v in _tensor_entries(state)]
-        scalars = self._engine.load(str(dir), entries)
+        loaded, scalars = self._engine.load("" if dir is None else str(dir), entries,
+                                            bool(fall_back), log)
         scalars.pop(_LAYOUT, None)
         _set_scalars(state, scalars)
-        return scalars
-
-    def load_newest_good(self, state, log=print):
-        """Loads the newest checkpoint that loads, skipping damaged ones (each reported through
-        `log`). Returns its directory, or None when there is none."""
-        for dir in self._engine.committed():
-            try:
-                self.load(state, dir)
-                return dir
-            except Error as e:
-                if e.code not in ("corrupt", "not found", "I/O error"):
-                    raise
-                if self.rank == 0 and log:
-                    log(f"checkpoint {dir} is damaged ({e}); falling back")
-        return None
+        return loaded
 
     def latest(self):
         return self._engine.latest()

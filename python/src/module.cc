@@ -8,7 +8,6 @@
 #include <torch/extension.h>
 
 #include <cstdlib>
-#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -113,18 +112,26 @@ class Checkpointer {
     py::gil_scoped_release unlocked;
     return ckpt_->Save(tree, step);
   }
-  py::dict Load(const std::string& dir, const py::list& entries) {
+  // `dir` empty: the newest under root. Returns (the directory loaded, its scalars).
+  py::tuple Load(const std::string& dir, const py::list& entries, bool fall_back,
+                 const py::object& log) {
     StateTree tree = MakeTree(entries, py::dict());
+    std::string loaded;
     {
       py::gil_scoped_release unlocked;
       distckpt::LoadOptions load;
       load.device_staging = options_.device_staging;
-      ckpt_->Load(dir, tree, load);
+      load.fall_back = fall_back;
+      load.on_fall_back = [&](const std::string& why) {
+        if (comm_->rank() != 0 || log.is_none()) return;
+        py::gil_scoped_acquire locked;
+        log(why);
+      };
+      loaded = ckpt_->Load(dir, tree, load);
     }
-    return ScalarsOf(tree);
+    return py::make_tuple(loaded, ScalarsOf(tree));
   }
   std::optional<std::string> Latest() { return ckpt_->Latest(); }
-  std::vector<std::string> Committed() { return ckpt_->CommittedNewestFirst(); }
   // The save in the background (one in flight); a second object with its own communicator.
   void SaveAsync(const py::list& entries, const py::dict& scalars, int64_t step) {
     const StateTree tree = MakeTree(entries, scalars);
@@ -165,7 +172,7 @@ py::tuple Describe(const std::string& dir) {
 // Loads on this process alone, whatever the launch.
 py::dict LoadLocal(const std::string& dir, const py::list& entries) {
   auto comm = distckpt::MakeLocalCommunicator();
-  distckpt::Checkpointer ckpt(std::filesystem::path(dir).parent_path().string(), *comm);
+  distckpt::Checkpointer ckpt("", *comm);  // loads the directory given; no root of its own
   StateTree tree = MakeTree(entries, py::dict());
   {
     py::gil_scoped_release unlocked;
@@ -248,7 +255,6 @@ PYBIND11_MODULE(_C, m) {
       .def("save", &Checkpointer::Save)
       .def("load", &Checkpointer::Load)
       .def("latest", &Checkpointer::Latest)
-      .def("committed", &Checkpointer::Committed)
       .def("save_async", &Checkpointer::SaveAsync)
       .def("wait", &Checkpointer::Wait)
       .def("barrier", &Checkpointer::Barrier)

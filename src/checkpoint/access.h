@@ -1,10 +1,13 @@
 // The Checkpointer's internal entry points, for the library's own callers (AsyncCheckpointer,
-// import) and the tests: the Status forms of Save and Load, and planning once to save with the
+// import, the state-dict helpers) and the tests: the Status forms of Save and Load, the shared
+// manifest read and the fall-back loop, and planning once to save with the
 // same plan later. Not installed.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "distckpt/checkpoint.h"
 #include "plan/plan.h"
@@ -19,6 +22,20 @@ class CheckpointerAccess {
   static Status Load(Checkpointer& c, const std::string& dir, StateTree& tree,
                      const LoadOptions& options = {}) {
     return c.LoadStatus(dir, tree, options);
+  }
+  // Collective: rank 0 reads the manifest of `dir` and shares it; throws Error.
+  static Manifest SharedManifest(Checkpointer& c, const std::string& dir) {
+    Manifest m;
+    ThrowIfError(c.ShareManifest(dir, &m));
+    return m;
+  }
+  static std::string LoadFallingBack(Checkpointer& c, const std::string& dir,
+                                     const LoadOptions& options,
+                                     const std::function<void(const std::string&)>& load) {
+    return c.LoadFallingBack(dir, options, load);
+  }
+  static std::vector<std::string> CommittedNewestFirst(Checkpointer& c) {
+    return c.CommittedNewestFirst(c.root());
   }
   static Status Plan(Checkpointer& c, const StateTree& tree,
                      std::shared_ptr<const SavePlan>* plan) {

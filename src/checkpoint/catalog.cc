@@ -2,6 +2,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdio>
 
 #include "core/status_macros.h"
 #include "distckpt/checkpoint.h"
@@ -104,6 +105,13 @@ std::optional<std::string> LatestVerifiedCheckpoint(
   return std::nullopt;
 }
 
+std::optional<std::string> FindCheckpoint(const std::string& root, int64_t step, Env* env) {
+  env = OrDefault(env);
+  const std::string dir = JoinPath(root, CheckpointDirName(step));
+  if (!env->Exists(JoinPath(dir, kManifestName))) return std::nullopt;
+  return dir;
+}
+
 std::optional<std::string> Checkpointer::Latest() {
   std::string dir;
   if (comm_.rank() == 0) dir = LatestCheckpoint(root_, env_).value_or("");
@@ -112,10 +120,10 @@ std::optional<std::string> Checkpointer::Latest() {
   return dir;
 }
 
-std::vector<std::string> Checkpointer::CommittedNewestFirst() {
+std::vector<std::string> Checkpointer::CommittedNewestFirst(const std::string& root) {
   std::string joined;
   if (comm_.rank() == 0) {
-    auto all = ListCheckpoints(root_, env_);
+    auto all = ListCheckpoints(root, env_);
     for (auto it = all.rbegin(); it != all.rend(); ++it) {
       if (it->committed) joined += it->dir + '\n';
     }
@@ -131,20 +139,65 @@ std::vector<std::string> Checkpointer::CommittedNewestFirst() {
   return dirs;
 }
 
-std::optional<std::string> Checkpointer::LoadNewestGood(
-    const std::function<void(const std::string&)>& load,
-    const std::function<void(const std::string&)>& log) {
-  for (const std::string& dir : CommittedNewestFirst()) {
+namespace {
+
+std::string TrimSlashes(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  return path;
+}
+
+// `dir` and, when falling back, every committed checkpoint older than it under its root.
+std::vector<std::string> Candidates(const std::string& dir, const std::vector<std::string>& all) {
+  std::vector<std::string> out{dir};
+  int64_t step = -1;
+  const std::string name = BaseName(TrimSlashes(dir));
+  if (ParseCheckpointDirName(name, &step) != DirKind::kCommitted) return out;
+  for (const std::string& other : all) {
+    int64_t other_step = -1;
+    ParseCheckpointDirName(BaseName(other), &other_step);
+    if (other_step < step) out.push_back(other);
+  }
+  return out;
+}
+
+bool IsDamage(const Error& e) {
+  const Code code = e.status().code();
+  return code == Code::kCorrupt || code == Code::kNotFound || code == Code::kIoError;
+}
+
+}  // namespace
+
+std::string Checkpointer::LoadFallingBack(const std::string& dir, const LoadOptions& options,
+                                          const std::function<void(const std::string&)>& load) {
+  std::vector<std::string> candidates;
+  if (dir.empty()) {
+    if (root_.empty()) throw Error(InvalidArgument("no checkpoint named and no root to look in"));
+    candidates = CommittedNewestFirst(root_);
+    if (candidates.empty()) {
+      throw Error(NotFound("no committed checkpoint under '" + root_ + "'"));
+    }
+    if (!options.fall_back) candidates.resize(1);
+  } else if (options.fall_back) {
+    candidates = Candidates(dir, CommittedNewestFirst(DirName(TrimSlashes(dir))));
+  } else {
+    candidates = {dir};
+  }
+  for (size_t i = 0; i < candidates.size(); ++i) {
     try {
-      load(dir);
-      return dir;
+      load(candidates[i]);
+      return candidates[i];
     } catch (const Error& e) {
-      const Code code = e.status().code();
-      if (code != Code::kCorrupt && code != Code::kNotFound) throw;
-      if (log) log("checkpoint " + dir + " is damaged (" + e.what() + "); falling back");
+      if (!options.fall_back || !IsDamage(e) || i + 1 == candidates.size()) throw;
+      const std::string why =
+          "checkpoint " + candidates[i] + " is damaged (" + e.what() + "); falling back";
+      if (options.on_fall_back) {
+        options.on_fall_back(why);
+      } else if (comm_.rank() == 0) {
+        std::fprintf(stderr, "distckpt: %s\n", why.c_str());
+      }
     }
   }
-  return std::nullopt;
+  throw Error(Internal("no candidate to load"));  // not reached: the last one rethrows
 }
 
 }  // namespace distckpt

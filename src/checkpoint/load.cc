@@ -311,25 +311,14 @@ Status Checkpointer::ShareManifest(const std::string& dir, Manifest* manifest) {
   return Status::Ok();
 }
 
-Manifest Checkpointer::ReadManifest(const std::string& dir) {
-  Manifest m;
-  ThrowIfError(ShareManifest(dir, &m));
-  return m;
-}
-
 Status Checkpointer::LoadStatus(const std::string& dir, StateTree& tree,
                                 const LoadOptions& options) {
   // Retention elsewhere on this machine must not delete the checkpoint from before its manifest
   // is read; a lock that cannot be taken only loses that protection.
   auto guard = env_->LockDir(dir, LockMode::kShared);
+  if (options.manifest) return LoadLocked(dir, *options.manifest, tree, options);
   Manifest manifest;
   RETURN_IF_ERROR(ShareManifest(dir, &manifest).Annotate("loading '" + dir + "'"));
-  return LoadLocked(dir, manifest, tree, options);
-}
-
-Status Checkpointer::LoadStatus(const std::string& dir, const Manifest& manifest, StateTree& tree,
-                                const LoadOptions& options) {
-  auto guard = env_->LockDir(dir, LockMode::kShared);  // as above
   return LoadLocked(dir, manifest, tree, options);
 }
 
@@ -353,13 +342,13 @@ Status Checkpointer::LoadLocked(const std::string& dir, const Manifest& manifest
   return Guarded("copying into destination tensors", [&] { return run.CopyStaged(tree); });
 }
 
-void Checkpointer::Load(const std::string& dir, StateTree& tree, const LoadOptions& options) {
-  ThrowIfError(LoadStatus(dir, tree, options));
-}
-
-void Checkpointer::Load(const std::string& dir, const Manifest& manifest, StateTree& tree,
-                        const LoadOptions& options) {
-  ThrowIfError(LoadStatus(dir, manifest, tree, options));
+std::string Checkpointer::Load(const std::string& dir, StateTree& tree,
+                               const LoadOptions& options) {
+  return LoadFallingBack(dir, options, [&](const std::string& chosen) {
+    LoadOptions once = options;
+    if (chosen != dir) once.manifest = nullptr;
+    ThrowIfError(LoadStatus(chosen, tree, once));
+  });
 }
 
 }  // namespace distckpt

@@ -163,6 +163,7 @@ Result<SavePlan> Checkpointer::PlanFromAll(const std::vector<LocalTensorInfo>& m
 }
 
 Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string* out_dir) {
+  if (root_.empty()) return InvalidArgument("this Checkpointer has no root to save into");
   if (step < 0 || step > kMaxStep) {
     return InvalidArgument("step " + std::to_string(step) + " is outside [0, " +
                            std::to_string(kMaxStep) + "]");

@@ -7,6 +7,8 @@
 #include <map>
 #include <set>
 
+#include "checkpoint/access.h"
+
 namespace distckpt {
 
 namespace {
@@ -296,10 +298,11 @@ void ApplyParamGroups(const StateTree& staged, torch::optim::Optimizer& optimize
 
 }  // namespace
 
-TrainingMeta LoadTrainingState(Checkpointer& checkpointer, const std::string& dir,
-                               torch::nn::Module& module, torch::optim::Optimizer* optimizer,
-                               const Manifest* known) {
-  const Manifest manifest = known ? *known : checkpointer.ReadManifest(dir);
+namespace {
+
+TrainingMeta LoadTrainingStateFrom(Checkpointer& checkpointer, const std::string& dir,
+                                   const Manifest& manifest, torch::nn::Module& module,
+                                   torch::optim::Optimizer* optimizer, const LoadOptions& options) {
   // Staging tensors: nothing of the caller's is touched until every byte has been verified.
   StateTree staged;
   std::map<std::string, at::Tensor> model_targets = ModelTargets(module);
@@ -313,7 +316,11 @@ TrainingMeta LoadTrainingState(Checkpointer& checkpointer, const std::string& di
     CheckParamGroups(dir, manifest, *optimizer);
   }
   // The staged tensors are ours to discard, so no second staging copy is needed.
-  checkpointer.Load(dir, manifest, staged, LoadOptions{.in_place = true});
+  LoadOptions into_staged = options;
+  into_staged.in_place = true;
+  into_staged.fall_back = false;
+  into_staged.manifest = &manifest;
+  checkpointer.Load(dir, staged, into_staged);
 
   // Verified on every rank: apply.
   {
@@ -328,10 +335,26 @@ TrainingMeta LoadTrainingState(Checkpointer& checkpointer, const std::string& di
     ApplyParamGroups(staged, *optimizer);
   }
   TrainingMeta meta;
+  meta.dir = dir;
   meta.step = manifest.step;
   if (staged.HasScalar("epoch")) meta.epoch = staged.GetInt("epoch");
   if (staged.HasScalar("loss")) meta.loss = staged.GetDouble("loss");
   meta.scalars = staged;
+  return meta;
+}
+
+}  // namespace
+
+TrainingMeta LoadTrainingState(Checkpointer& checkpointer, const std::string& dir,
+                               torch::nn::Module& module, torch::optim::Optimizer* optimizer,
+                               const LoadOptions& options) {
+  TrainingMeta meta;
+  CheckpointerAccess::LoadFallingBack(checkpointer, dir, options, [&](const std::string& chosen) {
+    const Manifest manifest = (chosen == dir && options.manifest)
+                                  ? *options.manifest
+                                  : CheckpointerAccess::SharedManifest(checkpointer, chosen);
+    meta = LoadTrainingStateFrom(checkpointer, chosen, manifest, module, optimizer, options);
+  });
   return meta;
 }
 
@@ -343,8 +366,9 @@ void AddPerRankTensor(StateTree& tree, const std::string& path, const at::Tensor
 }
 
 std::optional<at::Tensor> LoadPerRankTensor(Checkpointer& checkpointer, const std::string& dir,
-                                            const std::string& path, const Manifest* known) {
-  const Manifest manifest = known ? *known : checkpointer.ReadManifest(dir);
+                                            const std::string& path, const LoadOptions& options) {
+  const Manifest manifest =
+      options.manifest ? *options.manifest : CheckpointerAccess::SharedManifest(checkpointer, dir);
   const TensorRecord* rec = manifest.FindTensor(path);
   if (!rec || rec->global_shape.empty()) {
     throw Error(NotFound("checkpoint '" + dir + "' has no per-rank tensor '" + path + "'"));
@@ -357,7 +381,10 @@ std::optional<at::Tensor> LoadPerRankTensor(Checkpointer& checkpointer, const st
   StateTree tree;
   at::Tensor row = at::empty(row_shape, at::TensorOptions().dtype(rec->dtype));
   tree.SetShardedRows(path, row, rec->global_shape, have_row ? rank : 0);
-  checkpointer.Load(dir, manifest, tree);
+  LoadOptions exact = options;
+  exact.fall_back = false;
+  exact.manifest = &manifest;
+  checkpointer.Load(dir, tree, exact);
   if (!have_row) return std::nullopt;
   return row.squeeze(0);
 }

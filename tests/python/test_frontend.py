@@ -64,8 +64,8 @@ def test_the_four_key_dict_saved_every_epoch_loads_back(root):
     other, other_opt = make(seed=7)
     train_step(other, other_opt, 9, ckpt.rank, ckpt.world_size)  # creates the momentum buffers
     target = checkpoint_dict(other, other_opt, 0, 0.0)
-    scalars = ckpt.load(target, os.path.join(root, "step-00000002"))
-    assert target["epoch"] == 2 and scalars["epoch"] == 2
+    loaded = ckpt.load(target, os.path.join(root, "step-00000002"))
+    assert target["epoch"] == 2 and loaded == os.path.join(root, "step-00000002")
     saved = distckpt.load(os.path.join(root, "step-00000002"))
     for name, p in other.named_parameters():
         assert torch.equal(p.detach(), saved["model_state_dict"][name])
@@ -144,7 +144,10 @@ def test_a_damaged_checkpoint_falls_back(root):
     assert e.value.code == "corrupt"
     state = {"w": torch.zeros(1000)}
     messages = []
-    assert ckpt.load_newest_good(state, log=messages.append).endswith("step-00000001")
+    with pytest.raises(distckpt.Error) as e:  # named, without fall_back: the damage is an error
+        ckpt.load(state, os.path.join(root, "step-00000002"))
+    assert e.value.code == "corrupt"
+    assert ckpt.load(state, fall_back=True, log=messages.append).endswith("step-00000001")
     assert torch.equal(state["w"], torch.ones(1000))
     if ckpt.rank == 0:
         assert len(messages) == 1 and "falling back" in messages[0], messages
