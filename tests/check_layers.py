@@ -3,7 +3,7 @@
 
 Layers, bottom up; a file may include its own folder and any lower layer, never a higher one or
 another folder of its own layer:
-  0 core   1 layout plan   2 manifest   3 io comm   4 hdf5   5 gpu   6 checkpoint   7 torch pt
+  0 core   1 layout plan   2 manifest   3 io comm   4 hdf5   5 gpu   6 checkpoint   7 torch pt st
   8 tools   9 examples (they may use the tools' command-line helper)
 Public headers (include/distckpt/NAME.h) belong to the layer of the folder that implements them.
 Usage: check_layers.py ROOT     (exit 1 and one line per violation)
@@ -15,14 +15,14 @@ import sys
 
 LAYERS = {
     "core": 0, "layout": 1, "plan": 1, "manifest": 2, "io": 3, "comm": 3, "hdf5": 4,
-    "gpu": 5, "checkpoint": 6, "torch": 7, "pt": 7, "tools": 8, "examples": 9,
+    "gpu": 5, "checkpoint": 6, "torch": 7, "pt": 7, "st": 7, "tools": 8, "examples": 9,
 }
 PUBLIC = {
     "status.h": "core", "tree.h": "core", "options.h": "core",
     "version.h": "core", "manifest.h": "manifest", "env.h": "io",
     "comm.h": "comm", "nccl.h": "gpu", "copy_engine.h": "gpu", "checkpoint.h": "checkpoint", "async.h": "checkpoint",
     "manifest_io.h": "checkpoint", "diff.h": "checkpoint", "state_dict.h": "torch",
-    "export.h": "pt", "safetensors.h": "pt",
+    "export.h": "pt", "safetensors.h": "st",
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 

@@ -54,12 +54,6 @@ Result<ExportStats> ExportCheckpoint(const std::string& ckpt_dir, const std::str
 Status ExportTree(Communicator& comm, const StateTree& tree, const std::string& out_path,
                   const ExportOptions& options = {});
 
-struct ImportOptions {
-  Env* env = nullptr;  // nullptr: Env::Default()
-  int64_t step = -1;   // -1: the file's "step" (or "epoch") entry, else 0
-  ProgressFn progress;
-};
-
 // Reads a torch.save file into a tree (replicated tensors, CPU).
 Result<StateTree> ReadPt(const std::string& pt_path, Env* env = nullptr);
 // Reads `pt_path` and commits it as a checkpoint under `root`; returns its directory.

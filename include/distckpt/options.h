@@ -1,4 +1,4 @@
-// Options and statistics of saves and loads: plain structs, no behaviour.
+// Options and statistics of saves, loads and imports: plain structs, no behaviour.
 //
 // Kept apart from checkpoint.h so that the layers below the coordinator (the shard reader, the
 // async snapshot) can name them without pulling in the coordinator. Thread-compatible.
@@ -56,6 +56,13 @@ struct CheckpointerOptions {
   double collective_timeout_seconds = 600;
   // Saves of device tensors (and the snapshots of AsyncCheckpointer) copy through this.
   DeviceStaging device_staging;
+};
+
+// Imports (.pt, safetensors): where the checkpoint goes and how it is reported.
+struct ImportOptions {
+  Env* env = nullptr;  // nullptr: Env::Default()
+  int64_t step = -1;   // -1: the file's "step" (or "epoch") entry, else 0
+  ProgressFn progress;
 };
 
 enum class ReadOnce { kAuto, kOn, kOff };

@@ -13,8 +13,9 @@
 #include <vector>
 
 #include "distckpt/comm.h"
-#include "distckpt/export.h"
+#include "distckpt/options.h"
 #include "distckpt/status.h"
+#include "distckpt/tree.h"
 
 namespace distckpt {
 

@@ -8,10 +8,10 @@
 #include <map>
 
 #include "checkpoint/access.h"
+#include "checkpoint/commit_import.h"
 #include "core/status_macros.h"
 #include "distckpt/checkpoint.h"
 #include "distckpt/export.h"
-#include "pt/commit.h"
 #include "pt/pickle.h"
 
 namespace distckpt {
@@ -233,17 +233,6 @@ Result<std::string> ImportPt(const std::string& pt_path, const std::string& root
     }
   }
   return CommitImport(tree, root, step, options.env);
-}
-
-Result<std::string> CommitImport(const StateTree& tree, const std::string& root, int64_t step,
-                                 Env* env) {
-  auto comm = MakeLocalCommunicator();
-  CheckpointerOptions ckpt_options;
-  ckpt_options.env = env;
-  Checkpointer ckpt(root, *comm, ckpt_options);
-  std::string dir;
-  RETURN_IF_ERROR(CheckpointerAccess::Save(ckpt, tree, step, &dir));
-  return dir;
 }
 
 }  // namespace distckpt

@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "checkpoint/commit_import.h"
 #include "core/dtype.h"
 #include "core/status_macros.h"
 #include "distckpt/checkpoint.h"
@@ -28,7 +29,6 @@
 #include "io/shard_reader.h"
 #include "layout/filename.h"
 #include "plan/plan.h"
-#include "pt/commit.h"
 
 namespace distckpt {
 namespace {
