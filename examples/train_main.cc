@@ -50,6 +50,10 @@ struct Args {
   int keep_last = 0;
   bool async = false;
   double collective_timeout = 600;
+  std::string local_root;
+  int64_t local_every = 1;
+  int64_t persist_every = 0;  // 0: --save-every
+  int replicas = 1;
 };
 
 void AddOptions(CLI::App& app, Args* a) {
@@ -74,6 +78,16 @@ void AddOptions(CLI::App& app, Args* a) {
   app.add_option("--keep-last", a->keep_last, "keep the K newest checkpoints (0: all)")
       ->check(distckpt::tools::NonNegativeInt());
   app.add_flag("--async", a->async, "save in the background");
+  app.add_option("--local-root", a->local_root,
+                 "node-local directory, the same path on every host (e.g. under /dev/shm): keep "
+                 "recent steps there, copied to other hosts");
+  app.add_option("--local-every", a->local_every, "with --local-root: a local step every K steps")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--persist-every", a->persist_every,
+                 "with --local-root: a persistent step every M steps (default: --save-every)")
+      ->check(distckpt::tools::NonNegativeInt());
+  app.add_option("--replicas", a->replicas, "with --local-root: copies on other hosts")
+      ->check(distckpt::tools::NonNegativeInt());
   app.add_option("--collective-timeout", a->collective_timeout,
                  "seconds a rank may be late to any collective (gradients, checkpoints) before the "
                  "job ends (0: no limit)")
@@ -271,6 +285,14 @@ class Trainer {
     distckpt::CheckpointerOptions options;
     options.retention.keep_last = a.keep_last;
     options.collective_timeout_seconds = a.collective_timeout;
+    options.env = &persistent_reads_;
+    if (!a.local_root.empty()) {
+      options.local.root = a.local_root;
+      options.local.every = static_cast<int>(a.local_every);
+      options.local.replicas = a.replicas;
+      options.persist_every =
+          static_cast<int>(a.persist_every > 0 ? a.persist_every : a.save_every);
+    }
     checkpointer_ = std::make_unique<distckpt::Checkpointer>(a.ckpt_dir, comm, options);
     if (a.async) async_ = std::make_unique<distckpt::AsyncCheckpointer>(a.ckpt_dir, options);
   }
@@ -287,7 +309,8 @@ class Trainer {
       samples_seen_ += a_.global_batch;
       if (rank_ == 0) std::printf("step %lld loss %.9g\n", static_cast<long long>(step), loss);
       std::fflush(stdout);
-      if (a_.save_every > 0 && step % a_.save_every == 0) Save(step, loss);
+      const bool local = !a_.local_root.empty() && step % a_.local_every == 0;
+      if (local || (a_.save_every > 0 && step % a_.save_every == 0)) Save(step, loss);
     }
     if (async_) {
       std::string dir = async_->Wait();
@@ -301,9 +324,23 @@ class Trainer {
   // several things from one checkpoint (the state, then each rank's RNG row), so it walks the
   // catalog itself rather than use LoadOptions::fall_back, which covers one load.
   void Resume() {
-    for (const std::string& dir : CommittedNewestFirst(a_.ckpt_dir)) {
+    persistent_reads_.opened = 0;
+    // The newest step: with a local tier, from the surviving hosts' memory when that is newer.
+    const std::optional<std::string> latest = checkpointer_->Latest();
+    if (rank_ == 0 && !a_.local_root.empty()) {
+      std::printf("resume: %s\n", checkpointer_->latest_reason().c_str());
+    }
+    std::vector<std::string> candidates = CommittedNewestFirst(a_.ckpt_dir);
+    if (latest && (candidates.empty() || candidates.front() != *latest)) {
+      candidates.insert(candidates.begin(), *latest);
+    }
+    for (const std::string& dir : candidates) {
       try {
         ResumeFrom(dir);
+        if (!a_.local_root.empty()) {
+          std::printf("rank %d: %d file(s) of the persistent root opened for reading\n", rank_,
+                      persistent_reads_.opened);
+        }
         return;
       } catch (const distckpt::Error& e) {
         const distckpt::Code code = e.status().code();
@@ -325,7 +362,8 @@ class Trainer {
   }
 
   void ResumeFrom(const std::string& dir) {
-    const distckpt::Manifest manifest = distckpt::ValueOrThrow(distckpt::ReadManifest(dir));
+    const distckpt::Manifest manifest =
+        distckpt::ValueOrThrow(distckpt::ReadManifest(dir, &persistent_reads_));
     if (a_.zero) {
       LoadZeroState(a_, *checkpointer_, dir, manifest, *model_, params_, zero_);
     } else {
@@ -455,7 +493,7 @@ class Trainer {
       }
     } else {
       std::string dir = checkpointer_->Save(tree, step);
-      if (rank_ == 0) std::printf("saved %s\n", dir.c_str());
+      if (rank_ == 0 && !dir.empty()) std::printf("saved %s\n", dir.c_str());
     }
   }
 
@@ -468,6 +506,19 @@ class Trainer {
   int64_t numel_ = 0;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   ZeroShard zero_;
+  // Counts the files of the persistent root opened for reading (a resume from the local tier
+  // opens none).
+  struct CountingEnv : distckpt::EnvWrapper {
+    CountingEnv(std::string root) : EnvWrapper(distckpt::Env::Default()), root(std::move(root)) {}
+    distckpt::Result<std::unique_ptr<distckpt::ReadableFile>> OpenReadable(
+        const std::string& p) override {
+      if (p.compare(0, root.size(), root) == 0) ++opened;
+      return EnvWrapper::OpenReadable(p);
+    }
+    std::string root;
+    int opened = 0;
+  };
+  CountingEnv persistent_reads_{a_.ckpt_dir};
   std::unique_ptr<distckpt::Checkpointer> checkpointer_;
   std::unique_ptr<distckpt::AsyncCheckpointer> async_;
   int64_t first_step_ = 1;

@@ -5,20 +5,26 @@
 #                              bridge dckbr0 (10.77.0.0/24; this machine is 10.77.0.1) and, when
 #                              a process is started through launch/netns-rsh, its own hostname
 #   launch/cluster.sh down     removes the hosts, the bridge and their /etc/hosts lines
-#   launch/cluster.sh kill HOST    kills every process of HOST (a machine that dies)
+#   launch/cluster.sh kill HOST    kills every process of HOST (a machine that dies) and wipes its
+#                              node-local directory (its memory is lost with it)
 #   launch/cluster.sh link HOST up|down
 #                              connects HOST to the bridge or cuts it off (a network link lost)
 #   launch/cluster.sh mpirun ARGS...
 #                              mpirun with the options that reach the hosts, e.g.
 #                              launch/cluster.sh mpirun --host h1:2,h2:2 -np 4 prog
 #
-# All hosts see this machine's file system (the shared-storage case). Needs root; only addresses
-# on the project's own bridge are used. Exit code 77 when namespaces cannot be made here.
+# All hosts see this machine's file system (the shared-storage case), except $LOCAL_MOUNT
+# (/mnt/distckpt-local): every process started on host HOST through launch/netns-rsh sees there
+# HOST's own node-local directory ($LOCAL_BASE/HOST), which no other host can see. Needs root;
+# only addresses on the project's own bridge are used. Exit code 77 when namespaces cannot be
+# made here.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BRIDGE=dckbr0
 SUBNET=10.77.0
 MARK="# distckpt-cluster"
+LOCAL_BASE=${DISTCKPT_CLUSTER_LOCAL_BASE:-/tmp/distckpt-cluster-local}
+LOCAL_MOUNT=/mnt/distckpt-local
 
 die() { echo "cluster.sh: $*" >&2; exit "${2:-1}"; }
 
@@ -36,6 +42,7 @@ down() {
     pids=$(ip netns pids "$h" 2>/dev/null || true)
     [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
     ip netns delete "$h" 2>/dev/null || true
+    rm -rf "${LOCAL_BASE:?}/$h"
   done
   for l in $(host_links); do ip link delete "$l" 2>/dev/null || true; done
   ip link delete "$BRIDGE" 2>/dev/null || true
@@ -67,7 +74,10 @@ up() {
     ip -n "$h" link set eth0 up
     ip -n "$h" link set lo up
     echo "$addr $h $MARK" >>/etc/hosts
+    rm -rf "${LOCAL_BASE:?}/$h"
+    mkdir -p "$LOCAL_BASE/$h"
   done
+  mkdir -p "$LOCAL_MOUNT"
   echo "cluster: $n host(s) up: $(hosts | tr '\n' ' ')"
 }
 
@@ -78,6 +88,8 @@ kill_host() {
   local pids
   pids=$(ip netns pids "$1")
   [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
+  rm -rf "${LOCAL_BASE:?}/$1"
+  mkdir -p "$LOCAL_BASE/$1"
 }
 
 link() {

@@ -20,15 +20,8 @@ train=$1; coordinator=$2; cluster=$3; shim=$4; export_test=$5; async_test=$6
 # A sanitized build needs its runtime loaded before the shim (launch/sanitize.sh says which).
 preload=${DISTCKPT_PRELOAD_FIRST:+$DISTCKPT_PRELOAD_FIRST:}$shim
 tmp=$(mktemp -d "${DISTCKPT_TEST_TMP:-/tmp}/multinode.XXXXXX")
-set +e
-"$cluster" up 3 >"$tmp/up.log" 2>&1
-rc=$?
-set -e
-if [ $rc -eq 77 ]; then
-  echo "SKIP: $(cat "$tmp/up.log")"; rm -rf "$tmp"; exit 77
-fi
-[ $rc -eq 0 ] || { cat "$tmp/up.log"; exit 1; }
-trap '"$cluster" down; rm -rf "$tmp"' EXIT
+source "$(dirname "$0")/cluster_up.sh"
+cluster_up 3
 on() { timeout 300 "$cluster" mpirun --oversubscribe "$@"; }
 fail=0
 

@@ -42,7 +42,10 @@ class Checkpointer {
   Checkpointer(std::string root, Communicator& comm, CheckpointerOptions options = {});
 
   // Collective. Saves `tree` as checkpoint `step` and returns its directory. Throws Error on
-  // every rank if any rank fails; nothing is committed then.
+  // every rank if any rank fails; nothing is committed then. With a local tier, the step goes
+  // to the local tier when due (options.local.every) and to root when due
+  // (options.persist_every); the directory returned is the persistent one when both are
+  // written, "" when neither is due.
   std::string Save(const StateTree& tree, int64_t step);
 
   // Collective. Fills every tensor of `tree` in place from checkpoint directory `dir` (each
@@ -54,8 +57,13 @@ class Checkpointer {
   std::string Load(const std::string& dir, StateTree& tree, const LoadOptions& options = {});
 
   // Collective. The newest committed checkpoint under root, as rank 0 sees it (LatestCheckpoint,
-  // agreed on by every rank).
+  // agreed on by every rank). With a local tier (options.local): the newest step of which the
+  // surviving hosts hold a verified copy of every rank file, when that is newer than the
+  // persistent one; its missing files are first copied between hosts, so that every host holds
+  // the whole step and Load reads it without touching the persistent root. Load("") uses this.
   std::optional<std::string> Latest();
+  // Which checkpoint the last Latest() chose and why (the tiers it compared).
+  const std::string& latest_reason() const { return latest_reason_; }
 
   const std::string& root() const { return root_; }
   Communicator& comm() { return comm_; }
@@ -74,6 +82,12 @@ class Checkpointer {
   // Error. Returns the directory that loaded.
   std::string LoadFallingBack(const std::string& dir, const LoadOptions& options,
                               const std::function<void(const std::string&)>& load);
+  // Collective. The local tier's share of Save: every rank's file into its host's local root and
+  // to its partners on other hosts; every host commits the step.
+  Status SaveLocal(const StateTree& tree, const SavePlan& plan, int64_t step, std::string* dir);
+  // Collective. The local step to resume from (complete on every host once this returns), or ""
+  // when the persistent tier is newer or the local tier cannot give a complete step.
+  Status RestoreLocal(int64_t persistent_step, std::string* dir, std::string* why);
   // Collective. Every committed checkpoint under `root`, newest first, as rank 0 sees it.
   std::vector<std::string> CommittedNewestFirst(const std::string& root);
   // Collective. The plan Save would follow for `tree`. The last plan is kept: when every rank's
@@ -100,6 +114,8 @@ class Checkpointer {
   SaveStats save_stats_;
   std::vector<std::string> plan_keys_;  // every rank's description hash for cached_plan_
   std::shared_ptr<const SavePlan> cached_plan_;
+  std::string latest_reason_;
+  bool warned_fewer_replicas_ = false;
 };
 
 // The catalog of a root: plain functions over its directory, usable without a Checkpointer and

@@ -26,6 +26,8 @@ class Communicator {
   virtual int node_count() const { return 1; }
   virtual int local_rank() const { return 0; }
   virtual int local_size() const { return 1; }
+  // The host name of every rank, indexed by rank (as MPI_Get_processor_name reports it).
+  virtual std::vector<std::string> hosts() const { return std::vector<std::string>(size(), ""); }
   virtual Status Barrier() = 0;
   // Every rank receives every rank's bytes, indexed by rank.
   virtual Status AllGather(const std::string& mine, std::vector<std::string>* all) = 0;
@@ -37,6 +39,9 @@ class Communicator {
   // afterwards every rank holds every segment. Moved in rounds of bounded size.
   virtual Status AllGatherInPlace(void* buffer, const std::vector<int64_t>& offsets,
                                   const std::vector<int64_t>& sizes) = 0;
+  // Personalised exchange: `to[r]` goes to rank r (empty strings where nothing is sent); every
+  // rank receives `from[r]` from each rank r. Moved in rounds of bounded size.
+  virtual Status AllToAll(const std::vector<std::string>& to, std::vector<std::string>* from) = 0;
   // Element-wise sum of `count` doubles across ranks, in place.
   virtual Status AllReduceSum(double* values, size_t count) = 0;
   virtual std::string name() const = 0;

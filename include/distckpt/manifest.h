@@ -70,6 +70,9 @@ struct Manifest {
   std::vector<FileRecord> file_records;
   std::map<std::string, ScalarValue> scalars;
   std::vector<TensorRecord> tensors;  // sorted by path
+  // A step of the local (node-local) tier: the hosts that held each rank file when it was
+  // saved, its writer's host first. Empty for the persistent tier.
+  std::map<std::string, std::vector<std::string>> holders;
 
   // The tensor named `path` (binary search: `tensors` is sorted by path), or nullptr.
   const TensorRecord* FindTensor(const std::string& path) const;

@@ -38,6 +38,16 @@ struct DeviceStaging {
   int buffers = 4;
 };
 
+// The local tier: recent checkpoints in node-local storage (by default memory: /dev/shm), each
+// rank's file copied to `replicas` other hosts, so that a job that loses a host resumes from
+// the survivors' memory, on any number of ranks, without reading the persistent root.
+struct LocalTier {
+  std::string root;  // the same path on every host, private to it ("": no local tier)
+  int every = 1;     // Save(tree, step) writes the local tier when step % every == 0
+  int replicas = 1;  // copies of each rank file on other hosts (never on its writer's host)
+  int keep = 2;      // local steps kept on each host (the newest always)
+};
+
 struct CheckpointerOptions {
   Env* env = nullptr;                 // nullptr: Env::Default()
   int64_t piece_bytes = 1 << 20;      // checksum granularity
@@ -56,6 +66,10 @@ struct CheckpointerOptions {
   double collective_timeout_seconds = 600;
   // Saves of device tensors (and the snapshots of AsyncCheckpointer) copy through this.
   DeviceStaging device_staging;
+  LocalTier local;
+  // Save(tree, step) writes the persistent root when step % persist_every == 0 (with a local
+  // tier, e.g. local every step and persistent every 100).
+  int persist_every = 1;
 };
 
 // Imports (.pt, safetensors): where the checkpoint goes and how it is reported.
@@ -112,6 +126,7 @@ struct SaveStats {
   double layout_seconds = 0;  // create the rank file's HDF5 structure
   double write_seconds = 0;   // write the tensor bytes and fsync the rank file
   double commit_seconds = 0;  // votes, exchange of shard tables, manifest (rank 0) and renames
+  double local_seconds = 0;   // the local tier's part: write, copies to other hosts, commits
   bool plan_reused = false;
   int64_t bytes_written = 0;         // tensor bytes this rank wrote
   int64_t device_staging_bytes = 0;  // host memory of the staging buffers for device tensors

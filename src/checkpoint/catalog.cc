@@ -112,14 +112,6 @@ std::optional<std::string> FindCheckpoint(const std::string& root, int64_t step,
   return dir;
 }
 
-std::optional<std::string> Checkpointer::Latest() {
-  std::string dir;
-  if (comm_.rank() == 0) dir = LatestCheckpoint(root_, env_).value_or("");
-  ThrowIfError(comm_.Broadcast(&dir, 0));
-  if (dir.empty()) return std::nullopt;
-  return dir;
-}
-
 std::vector<std::string> Checkpointer::CommittedNewestFirst(const std::string& root) {
   std::string joined;
   if (comm_.rank() == 0) {
@@ -172,11 +164,14 @@ std::string Checkpointer::LoadFallingBack(const std::string& dir, const LoadOpti
   std::vector<std::string> candidates;
   if (dir.empty()) {
     if (root_.empty()) throw Error(InvalidArgument("no checkpoint named and no root to look in"));
-    candidates = CommittedNewestFirst(root_);
-    if (candidates.empty()) {
-      throw Error(NotFound("no committed checkpoint under '" + root_ + "'"));
+    std::optional<std::string> latest = Latest();
+    if (!latest) throw Error(NotFound("no committed checkpoint under '" + root_ + "'"));
+    candidates = {*latest};
+    if (options.fall_back) {
+      for (const std::string& d : CommittedNewestFirst(root_)) {
+        if (d != *latest) candidates.push_back(d);
+      }
     }
-    if (!options.fall_back) candidates.resize(1);
   } else if (options.fall_back) {
     candidates = Candidates(dir, CommittedNewestFirst(DirName(TrimSlashes(dir))));
   } else {

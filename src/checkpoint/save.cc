@@ -15,6 +15,7 @@
 #include <random>
 
 #include "checkpoint/rank_writer.h"
+#include "checkpoint/save_steps.h"
 #include "core/checksum.h"
 #include "core/guarded.h"
 #include "core/status_macros.h"
@@ -24,7 +25,6 @@
 #include "plan/describe.h"
 
 namespace distckpt {
-namespace {
 
 std::string RandomNonce() {
   std::random_device rd;
@@ -33,12 +33,17 @@ std::string RandomNonce() {
   return buf;
 }
 
-double UnixSeconds() {
+static double UnixSeconds() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-// Rank 0: clears leftovers under `root` and creates the temporary directory; returns its name.
 Result<std::string> PrepareTmpDir(Env* env, const std::string& root, int64_t step) {
+  const std::string name = TmpCheckpointDirName(step, RandomNonce());
+  RETURN_IF_ERROR(PrepareNamedTmpDir(env, root, name));
+  return name;
+}
+
+Status PrepareNamedTmpDir(Env* env, const std::string& root, const std::string& name) {
   RETURN_IF_ERROR(env->CreateDir(root));
   auto names = env->ListDir(root);
   if (names.ok()) {
@@ -50,12 +55,9 @@ Result<std::string> PrepareTmpDir(Env* env, const std::string& root, int64_t ste
       }
     }
   }
-  const std::string name = TmpCheckpointDirName(step, RandomNonce());
-  RETURN_IF_ERROR(env->CreateDir(JoinPath(root, name)));
-  return name;
+  return env->CreateDir(JoinPath(root, name));
 }
 
-// The manifest without shards: one record per planned tensor, sorted by path.
 Manifest ManifestSkeleton(const StateTree& tree, const SavePlan& plan, int64_t step, int world,
                           int64_t piece_bytes) {
   Manifest m;
@@ -76,7 +78,25 @@ Manifest ManifestSkeleton(const StateTree& tree, const SavePlan& plan, int64_t s
   return m;
 }
 
-// Rank 0: writes the manifest into `tmp_dir` and moves the directory into place.
+Status WriteShare(Env* env, const CheckpointerOptions& options, const std::string& tmp_dir,
+                  int rank, double deadline, const StateTree& tree, const SavePlan& plan,
+                  std::string* fragment, SaveStats* stats) {
+  std::vector<TensorRecord> written;
+  std::vector<FileRecord> written_files;
+  const RankFileJob job{env,
+                        tmp_dir,
+                        rank,
+                        options.piece_bytes,
+                        options.pack_below_bytes,
+                        deadline,
+                        options.device_staging};
+  Status st = Guarded("writing rank " + std::to_string(rank), [&] {
+    return WriteRankFile(job, tree, plan, &written, &written_files, stats);
+  });
+  if (st.ok()) *fragment = EncodeFragment(written, written_files);
+  return st;
+}
+
 Status Commit(Env* env, const std::string& root, const std::string& tmp_dir,
               const std::string& final_dir, const Manifest& manifest) {
   RETURN_IF_ERROR(WriteManifest(env, tmp_dir, manifest));
@@ -99,8 +119,6 @@ Status Commit(Env* env, const std::string& root, const std::string& tmp_dir,
   if (!synced.ok()) (void)env->Rename(final_dir, tmp_dir);
   return synced;
 }
-
-}  // namespace
 
 Checkpointer::Checkpointer(std::string root, Communicator& comm, CheckpointerOptions options)
     : root_(std::move(root)),
@@ -168,12 +186,25 @@ Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string
     return InvalidArgument("step " + std::to_string(step) + " is outside [0, " +
                            std::to_string(kMaxStep) + "]");
   }
+  const bool local_due =
+      !options_.local.root.empty() && options_.local.every > 0 && step % options_.local.every == 0;
+  const bool persist_due = options_.persist_every > 0 && step % options_.persist_every == 0;
   const double start = MonotonicSeconds();
   save_stats_ = SaveStats();
+  if (!local_due && !persist_due) return Status::Ok();  // nothing due at this step
   std::shared_ptr<const SavePlan> plan;
   RETURN_IF_ERROR(SharedPlan(tree, &plan));
   const double plan_seconds = MonotonicSeconds() - start;
-  Status saved = SavePlanned(tree, *plan, step, out_dir);
+  if (local_due) {
+    RETURN_IF_ERROR(SaveLocal(tree, *plan, step, out_dir));
+    save_stats_.local_seconds = MonotonicSeconds() - start - plan_seconds;
+  }
+  Status saved = Status::Ok();
+  if (persist_due) {
+    const double local_seconds = save_stats_.local_seconds;
+    saved = SavePlanned(tree, *plan, step, out_dir);
+    save_stats_.local_seconds = local_seconds;
+  }
   save_stats_.plan_seconds = plan_seconds;
   save_stats_.total_seconds = MonotonicSeconds() - start;
   return saved;
@@ -199,22 +230,12 @@ Status Checkpointer::SavePlanned(const StateTree& tree, const SavePlan& plan, in
   RETURN_IF_ERROR(comm_.Broadcast(&tmp_name, 0));
   const std::string tmp_dir = JoinPath(root_, tmp_name);
 
-  std::vector<TensorRecord> written;
-  std::vector<FileRecord> written_files;
-  const RankFileJob job{env_,
-                        tmp_dir,
-                        rank,
-                        options_.piece_bytes,
-                        options_.pack_below_bytes,
-                        deadline,
-                        options_.device_staging};
-  local = Guarded("writing rank " + std::to_string(rank), [&] {
-    return WriteRankFile(job, tree, plan, &written, &written_files, &save_stats_);
-  });
+  std::string fragment;
+  local = WriteShare(env_, options_, tmp_dir, rank, deadline, tree, plan, &fragment, &save_stats_);
   const double written_at = MonotonicSeconds();
   Status agreed = AgreeOnStatus(comm_, local);
   std::vector<std::string> fragments;
-  if (agreed.ok()) agreed = comm_.AllGather(EncodeFragment(written, written_files), &fragments);
+  if (agreed.ok()) agreed = comm_.AllGather(fragment, &fragments);
   if (!agreed.ok()) {
     if (rank == 0) (void)env_->RemoveAll(tmp_dir);  // best effort; the next save retries
     return agreed.Annotate("save of step " + std::to_string(step) + " to '" + root_ +

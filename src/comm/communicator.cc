@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstring>
 #include <vector>
 
 #include "comm/deadline_watch.h"
@@ -12,6 +13,12 @@
 
 namespace distckpt {
 namespace {
+
+std::string ThisHost() {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) return "?";
+  return name;
+}
 
 class LocalCommunicator : public Communicator {
  public:
@@ -31,7 +38,12 @@ class LocalCommunicator : public Communicator {
                           const std::vector<int64_t>&) override {
     return Status::Ok();
   }
+  Status AllToAll(const std::vector<std::string>& to, std::vector<std::string>* from) override {
+    *from = to;
+    return Status::Ok();
+  }
   Status AllReduceSum(double*, size_t) override { return Status::Ok(); }
+  std::vector<std::string> hosts() const override { return {ThisHost()}; }
   std::string name() const override { return "local"; }
 };
 
@@ -62,6 +74,7 @@ class MpiCommunicator : public Communicator {
                   MPI_CHAR, comm_);
     std::vector<std::string> hosts;
     for (int r = 0; r < size_; ++r) hosts.emplace_back(names.data() + r * MPI_MAX_PROCESSOR_NAME);
+    hosts_ = hosts;
     watch_ = std::make_unique<DeadlineWatch>(comm_, std::move(hosts));
   }
   ~MpiCommunicator() override {
@@ -75,6 +88,7 @@ class MpiCommunicator : public Communicator {
   int node_count() const override { return node_count_; }
   int local_rank() const override { return local_rank_; }
   int local_size() const override { return local_size_; }
+  std::vector<std::string> hosts() const override { return hosts_; }
   void set_collective_timeout(double seconds) override { watch_->set_timeout(seconds); }
   double collective_timeout() const override { return watch_->timeout(); }
   Status Barrier() override {
@@ -179,6 +193,61 @@ class MpiCommunicator : public Communicator {
     }
     return Status::Ok();
   }
+  Status AllToAll(const std::vector<std::string>& to, std::vector<std::string>* from) override {
+    std::vector<int64_t> send_sizes(size_), recv_sizes(size_);
+    for (int r = 0; r < size_; ++r) send_sizes[r] = static_cast<int64_t>(to[r].size());
+    MPI_Request request;
+    RETURN_IF_ERROR(Check(MPI_Ialltoall(send_sizes.data(), 1, MPI_INT64_T, recv_sizes.data(), 1,
+                                        MPI_INT64_T, comm_, &request),
+                          "all-to-all of sizes"));
+    RETURN_IF_ERROR(watch_->Complete(&request, "all-to-all of sizes"));
+    from->assign(size_, std::string());
+    int64_t longest = 0;
+    for (int r = 0; r < size_; ++r) {
+      (*from)[r].resize(static_cast<size_t>(recv_sizes[r]));
+      longest = std::max({longest, send_sizes[r], recv_sizes[r]});
+    }
+    // Every rank must take part in the same number of rounds.
+    RETURN_IF_ERROR(Check(
+        MPI_Iallreduce(MPI_IN_PLACE, &longest, 1, MPI_INT64_T, MPI_MAX, comm_, &request),
+        "all-to-all of the longest size"));
+    RETURN_IF_ERROR(watch_->Complete(&request, "all-to-all of the longest size"));
+    // Rounds of at most kRound bytes per pair, packed contiguously, keep MPI's int counts small.
+    constexpr int64_t kRound = 64 << 20;
+    std::vector<int> scounts(size_), sdispls(size_), rcounts(size_), rdispls(size_);
+    std::string sbuf, rbuf;
+    for (int64_t done = 0; done < longest; done += kRound) {
+      int sdisp = 0, rdisp = 0;
+      for (int r = 0; r < size_; ++r) {
+        scounts[r] = static_cast<int>(std::clamp<int64_t>(send_sizes[r] - done, 0, kRound));
+        rcounts[r] = static_cast<int>(std::clamp<int64_t>(recv_sizes[r] - done, 0, kRound));
+        sdispls[r] = sdisp;
+        rdispls[r] = rdisp;
+        sdisp += scounts[r];
+        rdisp += rcounts[r];
+      }
+      if (static_cast<int64_t>(sdisp) > INT32_MAX / 2 ||
+          static_cast<int64_t>(rdisp) > INT32_MAX / 2) {
+        return InvalidArgument("all-to-all round too large for " + std::to_string(size_) +
+                               " ranks");
+      }
+      sbuf.resize(static_cast<size_t>(sdisp));
+      rbuf.resize(static_cast<size_t>(rdisp));
+      for (int r = 0; r < size_; ++r) {
+        if (scounts[r] > 0) std::memcpy(sbuf.data() + sdispls[r], to[r].data() + done, scounts[r]);
+      }
+      RETURN_IF_ERROR(
+          Check(MPI_Ialltoallv(sbuf.data(), scounts.data(), sdispls.data(), MPI_BYTE, rbuf.data(),
+                               rcounts.data(), rdispls.data(), MPI_BYTE, comm_, &request),
+                "all-to-all"));
+      RETURN_IF_ERROR(watch_->Complete(&request, "all-to-all"));
+      for (int r = 0; r < size_; ++r) {
+        if (rcounts[r] > 0)
+          std::memcpy((*from)[r].data() + done, rbuf.data() + rdispls[r], rcounts[r]);
+      }
+    }
+    return Status::Ok();
+  }
   Status AllReduceSum(double* values, size_t count) override {
     MPI_Request request;
     RETURN_IF_ERROR(Check(MPI_Iallreduce(MPI_IN_PLACE, values, static_cast<int>(count), MPI_DOUBLE,
@@ -199,6 +268,7 @@ class MpiCommunicator : public Communicator {
   }
 
   std::unique_ptr<DeadlineWatch> watch_;
+  std::vector<std::string> hosts_;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0;
   int size_ = 1;
@@ -221,14 +291,6 @@ std::unique_ptr<Communicator> MakeDefaultCommunicator() {
   if (initialized) return MakeMpiCommunicator();
   return MakeLocalCommunicator();
 }
-
-namespace {
-std::string ThisHost() {
-  char name[256] = {};
-  if (gethostname(name, sizeof(name) - 1) != 0) return "?";
-  return name;
-}
-}  // namespace
 
 // Each failed rank's message is prefixed with the rank and its host: "rank 2 (host n7): ...".
 Status AgreeOnStatus(Communicator& comm, const Status& local) {

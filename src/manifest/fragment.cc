@@ -127,6 +127,7 @@ std::string EncodeManifestWire(const Manifest& m) {
   header.files = m.files;
   header.file_records = m.file_records;
   header.scalars = m.scalars;
+  header.holders = m.holders;
   ByteWriter w;
   w.PutString(header.ToJson());
   w.PutI64(static_cast<int64_t>(m.tensors.size()));

@@ -182,6 +182,7 @@ std::string Manifest::ToJson(int indent) const {
             {"piece_bytes", piece_bytes},
             {"files", files},
             {"file_records", file_records}};
+  if (!holders.empty()) j["holders"] = holders;
   json scalars_json = json::object();
   for (const auto& [path, value] : scalars) scalars_json[path] = ScalarToJson(value);
   j["scalars"] = scalars_json;
@@ -226,6 +227,7 @@ Result<Manifest> Manifest::FromJson(const std::string& text, bool validate) {
     GetTo(j.at("piece_bytes"), m.piece_bytes);
     GetTo(j.at("files"), m.files);
     if (j.contains("file_records")) GetTo(j.at("file_records"), m.file_records);
+    if (j.contains("holders")) GetTo(j.at("holders"), m.holders);
     for (const auto& [path, value] : j.at("scalars").items()) {
       m.scalars[path] = ScalarFromJson(value);
     }

@@ -1,0 +1,400 @@
+// The local tier: recent steps in node-local storage, each rank file copied to other hosts.
+//
+// Save (collective), who makes each call:
+//   (rank 0)       picks the temporary directory's name; broadcast.
+//   (host leaders) PrepareNamedTmpDir under the local root of their host; vote.
+//   (all ranks)    WriteRankFile into their host's directory; vote; all-gather fragments.
+//   (all ranks)    send their file to `replicas` partner ranks on the following hosts, which
+//                  write it beside their own; vote.
+//   (rank 0)       merges the manifest (with the holders of every file); broadcast.
+//   (host leaders) Commit on their host, retention of the local steps; vote.
+// Restore (collective, Latest with a local tier):
+//   (host leaders) list the committed local steps and the files they hold; all-gather.
+//   (rank 0)       the newest persistent step (names only, nothing read); broadcast.
+//   (all ranks)    pick the newest local step newer than it that the hosts cover; the leaders
+//                  verify every byte of the files they hold; all-gather the failures; pick again.
+//   (all ranks)    each missing file goes from its first verified holder to every host that
+//                  lacks it (all-to-all); hosts without the step commit it; vote.
+// A host is the set of ranks with one host name (MPI_Get_processor_name); its leader is its
+// lowest rank.
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "checkpoint/save_steps.h"
+#include "core/guarded.h"
+#include "core/status_macros.h"
+#include "distckpt/checkpoint.h"
+#include "distckpt/manifest_io.h"
+#include "io/file_util.h"
+#include "io/shard_reader.h"
+#include "layout/filename.h"
+#include "manifest/fragment.h"
+
+namespace distckpt {
+namespace {
+
+constexpr uint64_t kMaxRankFileBytes = uint64_t{1} << 40;
+
+struct Topology {
+  std::vector<std::string> names;          // host names, in the order of their first rank
+  std::vector<int> host_of;                // rank -> host index
+  std::vector<int> index_on_host;          // rank -> its place among its host's ranks
+  std::vector<std::vector<int>> ranks_on;  // host index -> its ranks, ascending
+  int leader(int host) const { return ranks_on[host].front(); }
+  int hosts() const { return static_cast<int>(names.size()); }
+};
+
+Topology MakeTopology(const std::vector<std::string>& hosts) {
+  Topology t;
+  std::map<std::string, int> index;
+  for (const std::string& h : hosts) {
+    auto [it, added] = index.emplace(h, static_cast<int>(t.names.size()));
+    if (added) {
+      t.names.push_back(h);
+      t.ranks_on.emplace_back();
+    }
+    t.host_of.push_back(it->second);
+    t.index_on_host.push_back(static_cast<int>(t.ranks_on[it->second].size()));
+    t.ranks_on[it->second].push_back(static_cast<int>(t.host_of.size()) - 1);
+  }
+  return t;
+}
+
+// The rank that keeps copy `k` (1..replicas) of rank r's file: the same place on the k-th
+// following host.
+int Partner(const Topology& t, int r, int k) {
+  const int host = (t.host_of[r] + k) % t.hosts();
+  const auto& ranks = t.ranks_on[host];
+  return ranks[t.index_on_host[r] % ranks.size()];
+}
+
+std::string JoinNames(const std::vector<std::string>& names) {
+  std::string out;
+  for (const std::string& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+// Reads every byte of every shard stored in `file` and checks it against the manifest.
+Status VerifyFile(Env* env, const std::string& dir, const Manifest& m, const std::string& file) {
+  ShardReader reader(env, dir, &m, 0);
+  RETURN_IF_ERROR(reader.CheckFile(file));
+  std::vector<char> buffer;
+  for (const TensorRecord& t : m.tensors) {
+    const int64_t esize = static_cast<int64_t>(c10::elementSize(t.dtype));
+    const int64_t slice = std::max<int64_t>(1, (64 << 20) / esize);
+    for (const ShardRecord& s : t.shards) {
+      if (s.file != file) continue;
+      for (int64_t e = 0; e < s.flat_count; e += slice) {
+        const int64_t n = std::min(slice, s.flat_count - e);
+        buffer.resize(static_cast<size_t>(n * esize));
+        RETURN_IF_ERROR(reader.Read(t, s, e, n, buffer.data()));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+// What one host holds of one committed local step.
+struct HeldStep {
+  std::vector<std::string> needed;  // the step's rank files (from its manifest)
+  std::set<std::string> present;    // those this host has, with the recorded size
+};
+
+// A leader's report: "<step> <needed count> <needed...> <present...>" per line.
+std::string ReportHeld(Env* env, const std::string& root, std::map<int64_t, Manifest>* manifests) {
+  std::ostringstream out;
+  auto names = env->ListDir(root);
+  if (!names.ok()) return "";
+  for (const std::string& name : names.value()) {
+    int64_t step = -1;
+    if (ParseCheckpointDirName(name, &step) != DirKind::kCommitted) continue;
+    const std::string dir = JoinPath(root, name);
+    auto m = ReadManifest(dir, env);
+    if (!m.ok()) continue;  // a damaged manifest: this host does not hold the step
+    out << step << ' ' << m->files.size();
+    for (const std::string& f : m->files) out << ' ' << f;
+    for (const FileRecord& f : m->file_records) {
+      auto file = env->OpenReadable(JoinPath(dir, f.name));
+      if (!file.ok()) continue;
+      auto size = file.value()->Size();
+      if (size.ok() && size.value() == f.size) out << ' ' << f.name;
+    }
+    out << '\n';
+    (*manifests)[step] = std::move(m).value();
+  }
+  return out.str();
+}
+
+// step -> host -> what it holds.
+using HeldMap = std::map<int64_t, std::map<int, HeldStep>>;
+
+HeldMap ParseReports(const std::vector<std::string>& reports, const Topology& t) {
+  HeldMap held;
+  for (int h = 0; h < t.hosts(); ++h) {
+    std::istringstream in(reports[t.leader(h)]);
+    std::string line;
+    while (std::getline(in, line)) {
+      std::istringstream words(line);
+      int64_t step = -1;
+      size_t count = 0;
+      words >> step >> count;
+      HeldStep& hs = held[step][h];
+      std::string w;
+      for (size_t i = 0; i < count && words >> w; ++i) hs.needed.push_back(w);
+      while (words >> w) hs.present.insert(w);
+    }
+  }
+  return held;
+}
+
+// The newest committed step under the persistent root, from directory names alone.
+int64_t NewestPersistentStep(Env* env, const std::string& root) {
+  int64_t newest = -1;
+  auto names = env->ListDir(root);
+  if (!names.ok()) return newest;
+  for (const std::string& name : names.value()) {
+    int64_t step = -1;
+    if (ParseCheckpointDirName(name, &step) != DirKind::kCommitted) continue;
+    if (env->Exists(JoinPath(JoinPath(root, name), kManifestName))) newest = std::max(newest, step);
+  }
+  return newest;
+}
+
+}  // namespace
+
+Status Checkpointer::SaveLocal(const StateTree& tree, const SavePlan& plan, int64_t step,
+                               std::string* out_dir) {
+  const LocalTier& tier = options_.local;
+  const int rank = comm_.rank();
+  const Topology topo = MakeTopology(comm_.hosts());
+  const bool leader = topo.leader(topo.host_of[rank]) == rank;
+  const std::string where =
+      "local save of step " + std::to_string(step) + " to '" + tier.root + "'";
+  if (tier.replicas < 0) {
+    return InvalidArgument(where + ": replicas must be 0 or more, not " +
+                           std::to_string(tier.replicas));
+  }
+  // Fewer hosts than copies (a job resumed on the survivors): as many copies as there are other
+  // hosts, said once; the manifest's holders show it.
+  const int replicas = std::min(tier.replicas, topo.hosts() - 1);
+  if (replicas < tier.replicas && rank == 0 && !warned_fewer_replicas_) {
+    std::fprintf(stderr,
+                 "distckpt: local tier: %d cop%s on other hosts asked for, the job runs on %d "
+                 "host(s) (%s): keeping %d\n",
+                 tier.replicas, tier.replicas == 1 ? "y" : "ies", topo.hosts(),
+                 JoinNames(topo.names).c_str(), replicas);
+    warned_fewer_replicas_ = true;
+  }
+  std::string tmp_name = rank == 0 ? TmpCheckpointDirName(step, RandomNonce()) : "";
+  RETURN_IF_ERROR(comm_.Broadcast(&tmp_name, 0));
+  Status local = leader ? PrepareNamedTmpDir(env_, tier.root, tmp_name) : Status::Ok();
+  RETURN_IF_ERROR(AgreeOnStatus(comm_, local).Annotate(where));
+  const std::string tmp_dir = JoinPath(tier.root, tmp_name);
+
+  std::string fragment;
+  SaveStats stats;
+  local = WriteShare(env_, options_, tmp_dir, rank, 0, tree, plan, &fragment, &stats)
+              .Annotate("local tier");
+  RETURN_IF_ERROR(AgreeOnStatus(comm_, local).Annotate(where));
+  std::vector<std::string> fragments;
+  RETURN_IF_ERROR(comm_.AllGather(fragment, &fragments));
+
+  // The copies on other hosts.
+  std::string mine;
+  if (!plan.per_rank[rank].empty()) {
+    auto bytes = ReadWholeFile(env_, JoinPath(tmp_dir, RankFileName(rank)), kMaxRankFileBytes);
+    local = bytes.status();
+    if (bytes.ok()) mine = std::move(bytes).value();
+  }
+  for (int k = 1; k <= replicas && local.ok(); ++k) {
+    std::vector<std::string> to(comm_.size()), from;
+    to[Partner(topo, rank, k)] = mine;
+    RETURN_IF_ERROR(comm_.AllToAll(to, &from));
+    for (int r = 0; r < comm_.size() && local.ok(); ++r) {
+      if (from[r].empty()) continue;
+      local = WriteFileDurably(env_, JoinPath(tmp_dir, RankFileName(r)), from[r])
+                  .Annotate("copy of rank " + std::to_string(r) + "'s file");
+    }
+  }
+  RETURN_IF_ERROR(AgreeOnStatus(comm_, local).Annotate(where));
+
+  std::string wire;
+  if (rank == 0) {
+    Manifest m = ManifestSkeleton(tree, plan, step, comm_.size(), options_.piece_bytes);
+    local = MergeFragments(fragments, &m);
+    for (int r = 0; r < comm_.size(); ++r) {
+      if (plan.per_rank[r].empty()) continue;
+      std::vector<std::string>& hosts = m.holders[RankFileName(r)];
+      hosts.push_back(topo.names[topo.host_of[r]]);
+      for (int k = 1; k <= replicas; ++k) {
+        hosts.push_back(topo.names[topo.host_of[Partner(topo, r, k)]]);
+      }
+    }
+    if (local.ok()) wire = EncodeManifestWire(m);
+  }
+  RETURN_IF_ERROR(AgreeOnStatus(comm_, local).Annotate(where));
+  RETURN_IF_ERROR(comm_.Broadcast(&wire, 0));
+  const std::string final_dir = JoinPath(tier.root, CheckpointDirName(step));
+  if (leader) {
+    local = Guarded("committing the local step", [&]() -> Status {
+      ASSIGN_OR_RETURN(Manifest m, DecodeManifestWire(wire));
+      RETURN_IF_ERROR(Commit(env_, tier.root, tmp_dir, final_dir, m));
+      RetentionPolicy keep;
+      keep.keep_last = std::max(1, tier.keep);
+      CollectGarbage(tier.root, keep, env_);
+      return Status::Ok();
+    });
+    if (!local.ok()) (void)env_->RemoveAll(tmp_dir);
+  }
+  RETURN_IF_ERROR(AgreeOnStatus(comm_, local).Annotate(where));
+  *out_dir = final_dir;
+  return Status::Ok();
+}
+
+Status Checkpointer::RestoreLocal(int64_t persistent_step, std::string* out_dir, std::string* why) {
+  const LocalTier& tier = options_.local;
+  const int rank = comm_.rank();
+  const Topology topo = MakeTopology(comm_.hosts());
+  const int my_host = topo.host_of[rank];
+  const bool leader = topo.leader(my_host) == rank;
+  std::map<int64_t, Manifest> manifests;
+  std::vector<std::string> reports;
+  RETURN_IF_ERROR(comm_.AllGather(leader ? ReportHeld(env_, tier.root, &manifests) : "", &reports));
+  HeldMap held = ParseReports(reports, topo);
+  out_dir->clear();
+  std::ostringstream reason;
+  for (auto it = held.rbegin(); it != held.rend(); ++it) {
+    const int64_t step = it->first;
+    if (step <= persistent_step) {
+      reason << "the persistent step " << persistent_step << " is as new as local step " << step;
+      break;
+    }
+    std::map<int, HeldStep>& hosts = it->second;
+    const std::vector<std::string> needed = hosts.begin()->second.needed;
+    const std::string dir = JoinPath(tier.root, CheckpointDirName(step));
+    // Every byte of what this host holds, checked before any of it is trusted or sent.
+    std::string failed;
+    if (leader && hosts.count(my_host)) {
+      for (const std::string& f : hosts[my_host].present) {
+        Status st = VerifyFile(env_, dir, manifests[step], f);
+        if (!st.ok()) failed += f + '\n';
+      }
+    }
+    std::vector<std::string> failures;
+    RETURN_IF_ERROR(comm_.AllGather(failed, &failures));
+    for (int h = 0; h < topo.hosts(); ++h) {
+      std::istringstream in(failures[topo.leader(h)]);
+      std::string f;
+      while (std::getline(in, f)) {
+        hosts.at(h).present.erase(f);
+        reason << "local step " << step << ": the copy of " << f << " on " << topo.names[h]
+               << " fails its checksums; ";
+      }
+    }
+    // The first verified holder of every file sends it to each host that lacks it.
+    std::map<std::string, int> source;
+    for (const std::string& f : needed) {
+      for (const auto& [h, hs] : hosts) {
+        if (hs.present.count(f)) {
+          source[f] = h;
+          break;
+        }
+      }
+    }
+    if (source.size() != needed.size()) {
+      reason << "local step " << step << ": no surviving copy of";
+      for (const std::string& f : needed) {
+        if (!source.count(f)) reason << ' ' << f;
+      }
+      reason << "; ";
+      continue;
+    }
+    std::set<int> has_step;
+    for (const auto& entry : hosts) has_step.insert(entry.first);
+    auto holds = [&](int h, const std::string& f) {
+      auto found = hosts.find(h);
+      return found != hosts.end() && found->second.present.count(f) > 0;
+    };
+    Status local;
+    const bool have_step = has_step.count(my_host) > 0;
+    const std::string tmp_name = TmpCheckpointDirName(step, RandomNonce());
+    const std::string tmp_dir = JoinPath(tier.root, tmp_name);
+    if (leader && !have_step) local = PrepareNamedTmpDir(env_, tier.root, tmp_name);
+    const std::string target = have_step ? dir : tmp_dir;
+    const int manifest_host = hosts.begin()->first;
+    std::vector<std::string> files = needed;
+    files.push_back(kManifestSumName);
+    files.push_back(kManifestName);
+    for (const std::string& f : files) {
+      const bool is_manifest = f == kManifestName || f == kManifestSumName;
+      const int from_host = is_manifest ? manifest_host : source[f];
+      std::vector<std::string> to(comm_.size()), from;
+      if (leader && my_host == from_host && local.ok()) {
+        auto bytes = ReadWholeFile(env_, JoinPath(dir, f), kMaxRankFileBytes);
+        local = bytes.status();
+        for (int h = 0; h < topo.hosts() && bytes.ok(); ++h) {
+          const bool lacks = is_manifest ? !has_step.count(h) : !holds(h, f);
+          if (lacks) to[topo.leader(h)] = bytes.value();
+        }
+      }
+      RETURN_IF_ERROR(comm_.AllToAll(to, &from));
+      const std::string& got = from[topo.leader(from_host)];
+      if (leader && !got.empty() && local.ok()) {
+        const std::string path = JoinPath(target, f);
+        local = WriteFileDurably(env_, TmpFileName(path), got);
+        if (local.ok()) local = env_->Rename(TmpFileName(path), path);
+      }
+    }
+    if (leader && !have_step && local.ok()) {
+      local = env_->SyncDir(tmp_dir);
+      if (local.ok()) local = env_->Rename(tmp_dir, dir);
+      if (local.ok()) local = env_->SyncDir(tier.root);
+    }
+    RETURN_IF_ERROR(
+        AgreeOnStatus(comm_, local)
+            .Annotate("gathering local step " + std::to_string(step) + " in '" + tier.root + "'"));
+    *out_dir = dir;
+    reason << "local step " << step << " (held by " << has_step.size() << " of " << topo.hosts()
+           << " hosts; persistent newest: "
+           << (persistent_step < 0 ? std::string("none") : std::to_string(persistent_step)) << ")";
+    break;
+  }
+  if (held.empty()) reason << "no local step on any host";
+  *why = reason.str();
+  return Status::Ok();
+}
+
+std::optional<std::string> Checkpointer::Latest() {
+  int64_t persistent = -1;
+  std::string dir;
+  if (comm_.rank() == 0) {
+    if (options_.local.root.empty()) {
+      dir = LatestCheckpoint(root_, env_).value_or("");
+    } else {
+      persistent = NewestPersistentStep(env_, root_);
+    }
+  }
+  ThrowIfError(comm_.Broadcast(&dir, 0));
+  if (options_.local.root.empty()) {
+    latest_reason_ = dir.empty() ? "no committed checkpoint under '" + root_ + "'"
+                                 : "the newest committed checkpoint";
+  } else {
+    std::string wire = std::to_string(persistent);
+    ThrowIfError(comm_.Broadcast(&wire, 0));
+    persistent = std::stoll(wire);
+    std::string why;
+    ThrowIfError(RestoreLocal(persistent, &dir, &why));
+    if (dir.empty() && persistent >= 0) {
+      dir = JoinPath(root_, CheckpointDirName(persistent));
+      why = "persistent step " + std::to_string(persistent) + ": " + why;
+    }
+    latest_reason_ = why;
+  }
+  if (dir.empty()) return std::nullopt;
+  return dir;
+}
+
+}  // namespace distckpt
