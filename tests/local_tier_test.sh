@@ -8,7 +8,7 @@
 # - the same with ZeRO-1 (the optimizer state sharded flat over the ranks);
 # - a corrupted local copy: its checksums fail, the other copy is used;
 # - h2 and h3 lost (a host and its partner): falls back to persistent step 5, saying why;
-# - 2 hosts grown to 3 from the local tier;
+# - 2 hosts grown to 3 from the local tier; `distckpt ls` and `inspect` of a host's local step;
 # every final state (step 10) equal bit for bit to a run never stopped (`distckpt diff`).
 # Skips (exit 77, with the reason) where network namespaces cannot be made.
 # usage: local_tier_test.sh TRAIN DISTCKPT CLUSTER_SH
@@ -66,6 +66,17 @@ put() { for h in h1 h2 h3; do rm -rf "${base:?}/$h"; cp -a "$tmp/keep/$h" "$base
 fresh_copy() { rm -rf "$2"; cp -r "$1" "$2"; }
 
 first h1:2,h2:2,h3:2 "$tmp/ck"
+# What h1 holds: its own ranks' files and the copies of h3's (the host before it).
+"$cli" ls "$base/h1/ck" >"$tmp/ls"
+"$cli" inspect "$base/h1/ck/step-00000007" >"$tmp/inspect"
+if grep -Eq '^7 .* yes +[0-9-]+ [0-9:]+ +local x2 ' "$tmp/ls" &&
+   grep -q 'local tier: rank-00000.h5 on h1, h2' "$tmp/inspect" &&
+   grep -q 'local tier: rank-00004.h5 on h3, h1' "$tmp/inspect" &&
+   [ "$(ls "$base/h1/ck/step-00000007" | grep -c '^rank-')" = 4 ]; then
+  echo "ok   ls and inspect of h1's local step 7: 2 copies of each file, h1 holds 4 of 6 files"
+else
+  echo "FAIL ls/inspect of a local step"; cat "$tmp/ls" "$tmp/inspect"; fail=1
+fi
 "$cluster" kill h2
 keep
 for layout in h1:2,h3:2 h1:2,h3:1; do

@@ -38,24 +38,42 @@ std::string ScalarText(const Manifest& m, const std::string& key) {
   return it == m.scalars.end() ? "-" : distckpt::ScalarText(it->second);
 }
 
+std::string UtcTime(double unix_seconds) {
+  std::time_t t = static_cast<std::time_t>(unix_seconds);
+  char when[32];
+  std::strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", std::gmtime(&t));
+  return when;
+}
+
+// "1": the persistent tier (one copy on shared storage); a local step: the fewest hosts that
+// hold any of its files, e.g. "local x2".
+std::string Copies(const Manifest& m) {
+  if (m.holders.empty()) return "1";
+  size_t fewest = SIZE_MAX;
+  for (const auto& [file, hosts] : m.holders) fewest = std::min(fewest, hosts.size());
+  return "local x" + std::to_string(fewest);
+}
+
 int List(const std::string& root) {
   auto all = distckpt::ListCheckpoints(root);
   if (all.empty()) {
     std::printf("no checkpoints under %s\n", root.c_str());
     return 0;
   }
-  std::printf("%-8s %-6s %-14s %-10s %-5s %-9s %s\n", "STEP", "EPOCH", "LOSS", "SIZE", "WORLD",
-              "COMMITTED", "DIRECTORY");
+  std::printf("%-8s %-6s %-14s %-10s %-5s %-9s %-19s %-10s %s\n", "STEP", "EPOCH", "LOSS", "SIZE",
+              "WORLD", "COMMITTED", "SAVED (UTC)", "COPIES", "DIRECTORY");
   for (const auto& c : all) {
     if (c.manifest) {
       const Manifest& m = *c.manifest;
-      std::printf("%-8lld %-6s %-14s %-10s %-5d %-9s %s\n", static_cast<long long>(c.step),
-                  ScalarText(m, "epoch").c_str(), ScalarText(m, "loss").c_str(),
+      std::printf("%-8lld %-6s %-14s %-10s %-5d %-9s %-19s %-10s %s\n",
+                  static_cast<long long>(c.step), ScalarText(m, "epoch").c_str(),
+                  ScalarText(m, "loss").c_str(),
                   HumanBytes(static_cast<double>(m.TotalBytes())).c_str(), m.world_size, "yes",
-                  c.dir.c_str());
+                  UtcTime(m.created_unix).c_str(), Copies(m).c_str(), c.dir.c_str());
     } else {
-      std::printf("%-8lld %-6s %-14s %-10s %-5s %-9s %s%s%s\n", static_cast<long long>(c.step), "-",
-                  "-", "-", "-", "no", c.dir.c_str(), c.problem.empty() ? "" : "  (",
+      std::printf("%-8lld %-6s %-14s %-10s %-5s %-9s %-19s %-10s %s%s%s\n",
+                  static_cast<long long>(c.step), "-", "-", "-", "-", "no", "-", "-", c.dir.c_str(),
+                  c.problem.empty() ? "" : "  (",
                   c.problem.empty() ? "" : (c.problem + ")").c_str());
     }
   }
@@ -72,11 +90,13 @@ int Inspect(const std::string& dir, bool json) {
     std::printf("%s\n", m->ToJson(2).c_str());
     return 0;
   }
-  std::time_t t = static_cast<std::time_t>(m->created_unix);
-  char when[64];
-  std::strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&t));
-  std::printf("checkpoint %s\n  step %lld, saved by %d rank(s) at %s\n", dir.c_str(),
-              static_cast<long long>(m->step), m->world_size, when);
+  std::printf("checkpoint %s\n  step %lld, saved by %d rank(s) at %s UTC\n", dir.c_str(),
+              static_cast<long long>(m->step), m->world_size, UtcTime(m->created_unix).c_str());
+  for (const auto& [file, hosts] : m->holders) {
+    std::string names;
+    for (const std::string& h : hosts) names += (names.empty() ? "" : ", ") + h;
+    std::printf("  local tier: %s on %s\n", file.c_str(), names.c_str());
+  }
   std::printf("  distckpt %s, LibTorch %s, format version %d, %s in %zu tensor(s)\n",
               m->library_version.c_str(), m->torch_version.c_str(), m->format_version,
               HumanBytes(static_cast<double>(m->TotalBytes())).c_str(), m->tensors.size());

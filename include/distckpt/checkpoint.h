@@ -82,6 +82,11 @@ class Checkpointer {
   // Error. Returns the directory that loaded.
   std::string LoadFallingBack(const std::string& dir, const LoadOptions& options,
                               const std::function<void(const std::string&)>& load);
+  // Collective. The tiers due at `step` (options.local.every, options.persist_every), with a
+  // plan from SharedPlan.
+  Status SaveDue(const StateTree& tree, const SavePlan& plan, int64_t step, std::string* dir);
+  bool LocalDue(int64_t step) const;
+  bool PersistDue(int64_t step) const;
   // Collective. The local tier's share of Save: every rank's file into its host's local root and
   // to its partners on other hosts; every host commits the step.
   Status SaveLocal(const StateTree& tree, const SavePlan& plan, int64_t step, std::string* dir);

@@ -194,17 +194,33 @@ class Checkpointer:
     newest and the `keep_best` best by scalar `metric`; `timeout` bounds how long a rank may be
     late to a checkpoint step before the job is ended naming it. CUDA tensors are saved and
     loaded through `staging_budget` bytes of page-locked host memory per rank, whatever their
-    size."""
+    size.
+
+    The local tier: with `local_root` (a node-local directory, the same path on every host, e.g.
+    under /dev/shm), save(state, step) writes a local step every `local_every` steps, each
+    rank's file copied to `replicas` other hosts, and the persistent root every
+    `persist_every` steps; load() after a lost host resumes from the newest step the surviving
+    hosts hold, on any number of ranks, without reading the persistent root
+    (`latest_reason` says which step and why)."""
 
     def __init__(self, root, keep_last=0, keep_best=0, metric="loss", higher_is_better=False,
-                 timeout=600.0, save_timeout=0.0, staging_budget=256 << 20):
+                 timeout=600.0, save_timeout=0.0, staging_budget=256 << 20, local_root=None,
+                 local_every=1, persist_every=1, replicas=1, local_keep=2):
         if int(staging_budget) <= 0:
             raise ValueError(f"staging_budget must be a positive number of bytes, "
                              f"not {staging_budget}")
+        for name, value in (("local_every", local_every), ("persist_every", persist_every),
+                            ("local_keep", local_keep)):
+            if int(value) <= 0:
+                raise ValueError(f"{name} must be a positive number of steps, not {value}")
+        if int(replicas) < 0:
+            raise ValueError(f"replicas must be 0 or more, not {replicas}")
         self.root = str(root)
         self._engine = _C.Checkpointer(self.root, keep_last, keep_best, metric,
                                        higher_is_better, float(timeout), float(save_timeout),
-                                       int(staging_budget))
+                                       int(staging_budget), str(local_root or ""),
+                                       int(local_every), int(persist_every), int(replicas),
+                                       int(local_keep))
 
     @property
     def rank(self):
@@ -239,7 +255,14 @@ class Checkpointer:
         return loaded
 
     def latest(self):
+        """The newest checkpoint to resume from (with a local tier, possibly a local step that
+        this call first gathers onto every host); None when there is none."""
         return self._engine.latest()
+
+    @property
+    def latest_reason(self):
+        """Which checkpoint the last latest() or load() chose, and why."""
+        return self._engine.latest_reason
 
     def barrier(self):
         self._engine.barrier()

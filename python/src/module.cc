@@ -131,7 +131,11 @@ class Checkpointer {
     }
     return py::make_tuple(loaded, ScalarsOf(tree));
   }
-  std::optional<std::string> Latest() { return ckpt_->Latest(); }
+  std::optional<std::string> Latest() {
+    py::gil_scoped_release unlocked;
+    return ckpt_->Latest();
+  }
+  std::string LatestReason() const { return ckpt_->latest_reason(); }
   // The save in the background (one in flight); a second object with its own communicator.
   void SaveAsync(const py::list& entries, const py::dict& scalars, int64_t step) {
     const StateTree tree = MakeTree(entries, scalars);
@@ -245,16 +249,22 @@ PYBIND11_MODULE(_C, m) {
   py::class_<Checkpointer>(m, "Checkpointer")
       .def(py::init([](const std::string& root, int keep_last, int keep_best,
                        const std::string& metric, bool higher, double timeout, double save_timeout,
-                       int64_t staging_budget) {
-             return new Checkpointer(root, Options(keep_last, keep_best, metric, higher, timeout,
-                                                   save_timeout, staging_budget));
+                       int64_t staging_budget, const std::string& local_root, int local_every,
+                       int persist_every, int replicas, int local_keep) {
+             auto options = Options(keep_last, keep_best, metric, higher, timeout, save_timeout,
+                                    staging_budget);
+             options.local = {local_root, local_every, replicas, local_keep};
+             options.persist_every = persist_every;
+             return new Checkpointer(root, options);
            }),
            py::arg("root"), py::arg("keep_last"), py::arg("keep_best"), py::arg("metric"),
            py::arg("higher"), py::arg("timeout"), py::arg("save_timeout"),
-           py::arg("staging_budget"))
+           py::arg("staging_budget"), py::arg("local_root"), py::arg("local_every"),
+           py::arg("persist_every"), py::arg("replicas"), py::arg("local_keep"))
       .def("save", &Checkpointer::Save)
       .def("load", &Checkpointer::Load)
       .def("latest", &Checkpointer::Latest)
+      .def_property_readonly("latest_reason", &Checkpointer::LatestReason)
       .def("save_async", &Checkpointer::SaveAsync)
       .def("wait", &Checkpointer::Wait)
       .def("barrier", &Checkpointer::Barrier)

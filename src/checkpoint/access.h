@@ -43,7 +43,7 @@ class CheckpointerAccess {
   }
   static Status SavePlanned(Checkpointer& c, const StateTree& tree, const SavePlan& plan,
                             int64_t step, std::string* dir) {
-    return c.SavePlanned(tree, plan, step, dir);
+    return c.SaveDue(tree, plan, step, dir);  // the tiers due at `step`
   }
 };
 

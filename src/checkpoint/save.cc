@@ -186,27 +186,40 @@ Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string
     return InvalidArgument("step " + std::to_string(step) + " is outside [0, " +
                            std::to_string(kMaxStep) + "]");
   }
-  const bool local_due =
-      !options_.local.root.empty() && options_.local.every > 0 && step % options_.local.every == 0;
-  const bool persist_due = options_.persist_every > 0 && step % options_.persist_every == 0;
+  if (!LocalDue(step) && !PersistDue(step)) {
+    save_stats_ = SaveStats();
+    return Status::Ok();  // nothing due at this step
+  }
   const double start = MonotonicSeconds();
   save_stats_ = SaveStats();
-  if (!local_due && !persist_due) return Status::Ok();  // nothing due at this step
   std::shared_ptr<const SavePlan> plan;
   RETURN_IF_ERROR(SharedPlan(tree, &plan));
   const double plan_seconds = MonotonicSeconds() - start;
-  if (local_due) {
-    RETURN_IF_ERROR(SaveLocal(tree, *plan, step, out_dir));
-    save_stats_.local_seconds = MonotonicSeconds() - start - plan_seconds;
-  }
-  Status saved = Status::Ok();
-  if (persist_due) {
-    const double local_seconds = save_stats_.local_seconds;
-    saved = SavePlanned(tree, *plan, step, out_dir);
-    save_stats_.local_seconds = local_seconds;
-  }
+  Status saved = SaveDue(tree, *plan, step, out_dir);
   save_stats_.plan_seconds = plan_seconds;
   save_stats_.total_seconds = MonotonicSeconds() - start;
+  return saved;
+}
+
+bool Checkpointer::LocalDue(int64_t step) const {
+  return !options_.local.root.empty() && options_.local.every > 0 &&
+         step % options_.local.every == 0;
+}
+
+bool Checkpointer::PersistDue(int64_t step) const {
+  return options_.persist_every > 0 && step % options_.persist_every == 0;
+}
+
+Status Checkpointer::SaveDue(const StateTree& tree, const SavePlan& plan, int64_t step,
+                             std::string* out_dir) {
+  double local_seconds = 0;
+  if (LocalDue(step)) {
+    const double start = MonotonicSeconds();
+    RETURN_IF_ERROR(SaveLocal(tree, plan, step, out_dir));
+    local_seconds = MonotonicSeconds() - start;
+  }
+  Status saved = PersistDue(step) ? SavePlanned(tree, plan, step, out_dir) : Status::Ok();
+  save_stats_.local_seconds = local_seconds;
   return saved;
 }
 

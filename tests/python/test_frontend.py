@@ -196,3 +196,21 @@ def test_export_both_formats(root):
     from safetensors.torch import load_file
     assert torch.equal(load_file(os.path.join(root, "model.safetensors"))["bias"], model.bias.detach())
     assert distckpt.verify(d)["tensors"] >= 4
+
+
+def test_local_tier_saves_and_resumes_from_the_newer_local_step(root):
+    # One host here: no other host for copies (replicas=0); tests/local_tier_test.sh covers hosts.
+    local = os.path.join(TMP, "local-tier-node")
+    ckpt = distckpt.Checkpointer(root, local_root=local, local_every=1, persist_every=2,
+                                 replicas=0, timeout=60)
+    for step in (1, 2, 3):
+        ckpt.save({"w": torch.full((100,), float(step)), "step": step}, step=step)
+    assert sorted(os.listdir(root)) == ["step-00000002"]  # persistent every 2 steps
+    assert "step-00000003" in os.listdir(local)
+    again = distckpt.Checkpointer(root, local_root=local, replicas=0, timeout=60)
+    state = {"w": torch.zeros(100), "step": 0}
+    assert again.load(state) == os.path.join(local, "step-00000003")
+    assert state["step"] == 3 and torch.equal(state["w"], torch.full((100,), 3.0))
+    assert "local step 3" in again.latest_reason and "persistent newest: 2" in again.latest_reason
+    with pytest.raises(ValueError):
+        distckpt.Checkpointer(root, local_root=local, local_every=0)
