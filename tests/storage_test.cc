@@ -520,3 +520,52 @@ TEST(Storage, ARepeatedSaveReusesThePlan) {
 
 }  // namespace
 }  // namespace distckpt
+
+namespace distckpt {
+namespace {
+
+// A local root whose file system has `free` bytes left.
+class SmallDiskEnv : public EnvWrapper {
+ public:
+  explicit SmallDiskEnv(int64_t free) : EnvWrapper(Env::Default()), free_(free) {}
+  Result<int64_t> AvailableBytes(const std::string&) override { return free_; }
+
+ private:
+  int64_t free_;
+};
+
+TEST(LocalTier, AFullLocalRootIsRefusedBeforeAnyWriteAndKeepsTheOlderStep) {
+  const std::string root = testing::ScratchDir("persistent");
+  const std::string local = testing::ScratchDir("local");
+  CheckpointerOptions options;
+  options.local = {local, 1, 0, 2};  // one host: no copies elsewhere
+  options.persist_every = 0;         // the local tier alone
+  Checkpointer ckpt(root, Comm(), options);
+  const std::string first = ckpt.Save(SampleTree(1), 1);
+  EXPECT_EQ(first, local + "/step-00000001");
+  EXPECT_GT(ckpt.last_save_stats().local_host_bytes, 0);
+
+  SmallDiskEnv small(100);
+  options.env = &small;
+  Checkpointer full(root, Comm(), options);
+  try {
+    full.Save(SampleTree(2), 2);
+    ADD_FAILURE() << "saved into a full local root";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.status().code(), Code::kIoError) << e.what();
+    EXPECT_TRUE(Contains(e.what(), "has 100 bytes free")) << e.what();
+    EXPECT_TRUE(Contains(e.what(), local)) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(local + "/step-00000002"));
+  // The older local step is the one to resume from; nothing went to the persistent root.
+  EXPECT_EQ(ckpt.Latest(), first);
+  EXPECT_TRUE(Contains(ckpt.latest_reason(), "local step 1")) << ckpt.latest_reason();
+  EXPECT_FALSE(fs::exists(root + "/step-00000001"));
+  StateTree back = ZerosLike(SampleTree(1));
+  EXPECT_EQ(ckpt.Load("", back), first);
+  EXPECT_TRUE(BitEqual(back.tensor("model_state_dict/w").tensor,
+                       SampleTree(1).tensor("model_state_dict/w").tensor));
+}
+
+}  // namespace
+}  // namespace distckpt

@@ -86,6 +86,8 @@ class Env {
   virtual Result<std::vector<std::string>> ListDir(const std::string& path) = 0;
   virtual bool Exists(const std::string& path) = 0;
   virtual bool IsDirectory(const std::string& path) = 0;
+  // Bytes free to an unprivileged writer on the file system that holds `path` (statvfs).
+  virtual Result<int64_t> AvailableBytes(const std::string& path) = 0;
   // Locks a directory (flock): shared locks wait, an exclusive one does not.
   virtual Result<std::unique_ptr<FileLock>> LockDir(const std::string& path, LockMode mode) = 0;
 };
@@ -118,6 +120,9 @@ class EnvWrapper : public Env {
   }
   bool Exists(const std::string& p) override { return target_->Exists(p); }
   bool IsDirectory(const std::string& p) override { return target_->IsDirectory(p); }
+  Result<int64_t> AvailableBytes(const std::string& p) override {
+    return target_->AvailableBytes(p);
+  }
   Result<std::unique_ptr<FileLock>> LockDir(const std::string& p, LockMode m) override {
     return target_->LockDir(p, m);
   }

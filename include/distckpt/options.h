@@ -127,6 +127,9 @@ struct SaveStats {
   double write_seconds = 0;   // write the tensor bytes and fsync the rank file
   double commit_seconds = 0;  // votes, exchange of shard tables, manifest (rank 0) and renames
   double local_seconds = 0;   // the local tier's part: write, copies to other hosts, commits
+  // Tensor bytes the last local step takes on this rank's host (its ranks' files and the
+  // copies it keeps): the memory a tmpfs local root gives up, per step kept.
+  int64_t local_host_bytes = 0;
   bool plan_reused = false;
   int64_t bytes_written = 0;         // tensor bytes this rank wrote
   int64_t device_staging_bytes = 0;  // host memory of the staging buffers for device tensors

@@ -97,6 +97,17 @@ Status VerifyFile(Env* env, const std::string& dir, const Manifest& m, const std
   return Status::Ok();
 }
 
+// Tensor bytes of rank r's file under `plan` (HDF5's own structure adds a little).
+int64_t PlannedBytes(const SavePlan& plan, int r) {
+  std::map<std::string, at::ScalarType> dtypes;
+  for (const TensorPlanInfo& t : plan.tensors) dtypes[t.path] = t.dtype;
+  int64_t bytes = 0;
+  for (const WriteItem& item : plan.per_rank[r]) {
+    bytes += item.flat_count * static_cast<int64_t>(c10::elementSize(dtypes[item.path]));
+  }
+  return bytes;
+}
+
 // What one host holds of one committed local step.
 struct HeldStep {
   std::vector<std::string> needed;  // the step's rank files (from its manifest)
@@ -188,9 +199,29 @@ Status Checkpointer::SaveLocal(const StateTree& tree, const SavePlan& plan, int6
                  JoinNames(topo.names).c_str(), replicas);
     warned_fewer_replicas_ = true;
   }
+  // What this host will hold: its ranks' files and the copies it keeps for other hosts.
+  const int my_host = topo.host_of[rank];
+  int64_t host_bytes = 0;
+  for (int r = 0; r < comm_.size(); ++r) {
+    bool here = topo.host_of[r] == my_host;
+    for (int k = 1; k <= replicas; ++k) here = here || topo.host_of[Partner(topo, r, k)] == my_host;
+    if (here) host_bytes += PlannedBytes(plan, r);
+  }
+  save_stats_.local_host_bytes = host_bytes;
   std::string tmp_name = rank == 0 ? TmpCheckpointDirName(step, RandomNonce()) : "";
   RETURN_IF_ERROR(comm_.Broadcast(&tmp_name, 0));
   Status local = leader ? PrepareNamedTmpDir(env_, tier.root, tmp_name) : Status::Ok();
+  if (leader && local.ok()) {
+    // Checked before any byte is written: a full tmpfs would take the host's memory.
+    auto free = env_->AvailableBytes(tier.root);
+    if (free.ok() && free.value() < host_bytes) {
+      local = IoError("the local root '" + tier.root + "' on host " + topo.names[my_host] +
+                      " has " + std::to_string(free.value()) + " bytes free; a local step needs " +
+                      std::to_string(host_bytes) + " there (its ranks' files and the copies it " +
+                      "keeps for other hosts)");
+      (void)env_->RemoveAll(JoinPath(tier.root, tmp_name));
+    }
+  }
   RETURN_IF_ERROR(AgreeOnStatus(comm_, local).Annotate(where));
   const std::string tmp_dir = JoinPath(tier.root, tmp_name);
 

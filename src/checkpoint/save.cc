@@ -213,13 +213,16 @@ bool Checkpointer::PersistDue(int64_t step) const {
 Status Checkpointer::SaveDue(const StateTree& tree, const SavePlan& plan, int64_t step,
                              std::string* out_dir) {
   double local_seconds = 0;
+  int64_t local_bytes = 0;
   if (LocalDue(step)) {
     const double start = MonotonicSeconds();
     RETURN_IF_ERROR(SaveLocal(tree, plan, step, out_dir));
     local_seconds = MonotonicSeconds() - start;
+    local_bytes = save_stats_.local_host_bytes;
   }
   Status saved = PersistDue(step) ? SavePlanned(tree, plan, step, out_dir) : Status::Ok();
   save_stats_.local_seconds = local_seconds;
+  save_stats_.local_host_bytes = local_bytes;
   return saved;
 }
 

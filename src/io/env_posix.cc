@@ -4,6 +4,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -212,6 +213,12 @@ class PosixEnv : public Env {
   bool IsDirectory(const std::string& path) override {
     struct stat st;
     return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+  }
+  Result<int64_t> AvailableBytes(const std::string& path) override {
+    struct statvfs fs;
+    if (::statvfs(path.c_str(), &fs) != 0)
+      return ErrnoStatus("cannot stat file system of", path, errno);
+    return static_cast<int64_t>(fs.f_bavail) * static_cast<int64_t>(fs.f_frsize);
   }
   Result<std::unique_ptr<FileLock>> LockDir(const std::string& path, LockMode mode) override {
     int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
