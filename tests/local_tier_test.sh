@@ -5,7 +5,8 @@
 # a local step every step (each rank file copied to the next host) and a persistent step every 5.
 # - 3 hosts x 2 ranks to step 7, h2 lost: resumed on h1+h3 with 4 ranks and with 3 ranks from
 #   local step 7 (not the persistent 5), reading no file of the persistent root;
-# - the same with ZeRO-1 (the optimizer state sharded flat over the ranks);
+# - the same with ZeRO-1 (the optimizer state sharded flat over the ranks), and with
+#   asynchronous saves;
 # - a corrupted local copy: its checksums fail, the other copy is used;
 # - h2 and h3 lost (a host and its partner): falls back to persistent step 5, saying why;
 # - 2 hosts grown to 3 from the local tier; `distckpt ls` and `inspect` of a host's local step;
@@ -94,6 +95,12 @@ first h1:2,h2:2,h3:2 "$tmp/ck-zero" --zero 1
 "$cluster" kill h2
 resume "ZeRO-1, h2 lost, resumed on h1:2,h3:2" h1:2,h3:2 "$tmp/ck-zero" \
   '^resume: local step 7 ' ref-zero --zero 1
+
+# Asynchronous saves: the local steps written and copied in the background.
+first h1:2,h2:2,h3:2 "$tmp/ck-async" --async
+"$cluster" kill h2
+resume "async saves, h2 lost, resumed on h1:2,h3:2" h1:2,h3:2 "$tmp/ck-async" \
+  '^resume: local step 7 ' ref
 
 # A flipped byte in h3's own copy of rank 4's file: h1's copy (h3's partner) is used.
 first h1:2,h2:2,h3:2 "$tmp/ck-bad"

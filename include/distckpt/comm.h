@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "distckpt/status.h"
@@ -41,7 +42,8 @@ class Communicator {
                                   const std::vector<int64_t>& sizes) = 0;
   // Personalised exchange: `to[r]` goes to rank r (empty strings where nothing is sent); every
   // rank receives `from[r]` from each rank r. Moved in rounds of bounded size.
-  virtual Status AllToAll(const std::vector<std::string>& to, std::vector<std::string>* from) = 0;
+  virtual Status AllToAll(const std::vector<std::string_view>& to,
+                          std::vector<std::string>* from) = 0;
   // Element-wise sum of `count` doubles across ranks, in place.
   virtual Status AllReduceSum(double* values, size_t count) = 0;
   virtual std::string name() const = 0;

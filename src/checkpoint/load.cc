@@ -347,6 +347,13 @@ std::string Checkpointer::Load(const std::string& dir, StateTree& tree,
   return LoadFallingBack(dir, options, [&](const std::string& chosen) {
     LoadOptions once = options;
     if (chosen != dir) once.manifest = nullptr;
+    // Every host holds the whole of a local step once Latest() gathered it: reading it from
+    // memory on every rank beats exchanging it between hosts.
+    const std::string& local_root = options_.local.root;
+    if (!local_root.empty() && chosen.compare(0, local_root.size(), local_root) == 0 &&
+        once.read_once == ReadOnce::kAuto) {
+      once.read_once = ReadOnce::kOff;
+    }
     ThrowIfError(LoadStatus(chosen, tree, once));
   });
 }

@@ -108,6 +108,28 @@ int64_t PlannedBytes(const SavePlan& plan, int r) {
   return bytes;
 }
 
+// A file's bytes to send: mapped when the Env can (no copy), read whole otherwise.
+class FileBytes {
+ public:
+  Status Open(Env* env, const std::string& path) {
+    ASSIGN_OR_RETURN(file_, env->OpenReadable(path));
+    const ReadableFile::Mapping map = file_->Map();
+    if (map.data) {
+      view_ = std::string_view(map.data, map.size);
+      return Status::Ok();
+    }
+    ASSIGN_OR_RETURN(read_, ReadWholeFile(env, path, kMaxRankFileBytes));
+    view_ = read_;
+    return Status::Ok();
+  }
+  std::string_view view() const { return view_; }
+
+ private:
+  std::unique_ptr<ReadableFile> file_;
+  std::string read_;
+  std::string_view view_;
+};
+
 // What one host holds of one committed local step.
 struct HeldStep {
   std::vector<std::string> needed;  // the step's rank files (from its manifest)
@@ -234,15 +256,12 @@ Status Checkpointer::SaveLocal(const StateTree& tree, const SavePlan& plan, int6
   RETURN_IF_ERROR(comm_.AllGather(fragment, &fragments));
 
   // The copies on other hosts.
-  std::string mine;
-  if (!plan.per_rank[rank].empty()) {
-    auto bytes = ReadWholeFile(env_, JoinPath(tmp_dir, RankFileName(rank)), kMaxRankFileBytes);
-    local = bytes.status();
-    if (bytes.ok()) mine = std::move(bytes).value();
-  }
+  FileBytes mine;
+  if (!plan.per_rank[rank].empty()) local = mine.Open(env_, JoinPath(tmp_dir, RankFileName(rank)));
   for (int k = 1; k <= replicas && local.ok(); ++k) {
-    std::vector<std::string> to(comm_.size()), from;
-    to[Partner(topo, rank, k)] = mine;
+    std::vector<std::string_view> to(comm_.size());
+    std::vector<std::string> from;
+    to[Partner(topo, rank, k)] = mine.view();
     RETURN_IF_ERROR(comm_.AllToAll(to, &from));
     for (int r = 0; r < comm_.size() && local.ok(); ++r) {
       if (from[r].empty()) continue;
@@ -362,14 +381,16 @@ Status Checkpointer::RestoreLocal(int64_t persistent_step, std::string* out_dir,
     for (const std::string& f : files) {
       const bool is_manifest = f == kManifestName || f == kManifestSumName;
       const int from_host = is_manifest ? manifest_host : source[f];
-      std::vector<std::string> to(comm_.size()), from;
-      if (leader && my_host == from_host && local.ok()) {
-        auto bytes = ReadWholeFile(env_, JoinPath(dir, f), kMaxRankFileBytes);
-        local = bytes.status();
-        for (int h = 0; h < topo.hosts() && bytes.ok(); ++h) {
-          const bool lacks = is_manifest ? !has_step.count(h) : !holds(h, f);
-          if (lacks) to[topo.leader(h)] = bytes.value();
-        }
+      std::vector<std::string_view> to(comm_.size());
+      std::vector<std::string> from;
+      std::vector<int> lacking;
+      for (int h = 0; h < topo.hosts(); ++h) {
+        if (is_manifest ? !has_step.count(h) : !holds(h, f)) lacking.push_back(h);
+      }
+      FileBytes bytes;
+      if (leader && my_host == from_host && local.ok() && !lacking.empty()) {
+        local = bytes.Open(env_, JoinPath(dir, f));
+        for (int h : lacking) to[topo.leader(h)] = bytes.view();
       }
       RETURN_IF_ERROR(comm_.AllToAll(to, &from));
       const std::string& got = from[topo.leader(from_host)];

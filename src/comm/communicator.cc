@@ -38,8 +38,9 @@ class LocalCommunicator : public Communicator {
                           const std::vector<int64_t>&) override {
     return Status::Ok();
   }
-  Status AllToAll(const std::vector<std::string>& to, std::vector<std::string>* from) override {
-    *from = to;
+  Status AllToAll(const std::vector<std::string_view>& to,
+                  std::vector<std::string>* from) override {
+    from->assign(1, std::string(to[0]));
     return Status::Ok();
   }
   Status AllReduceSum(double*, size_t) override { return Status::Ok(); }
@@ -193,7 +194,8 @@ class MpiCommunicator : public Communicator {
     }
     return Status::Ok();
   }
-  Status AllToAll(const std::vector<std::string>& to, std::vector<std::string>* from) override {
+  Status AllToAll(const std::vector<std::string_view>& to,
+                  std::vector<std::string>* from) override {
     std::vector<int64_t> send_sizes(size_), recv_sizes(size_);
     for (int r = 0; r < size_; ++r) send_sizes[r] = static_cast<int64_t>(to[r].size());
     MPI_Request request;
@@ -202,49 +204,32 @@ class MpiCommunicator : public Communicator {
                           "all-to-all of sizes"));
     RETURN_IF_ERROR(watch_->Complete(&request, "all-to-all of sizes"));
     from->assign(size_, std::string());
-    int64_t longest = 0;
+    for (int r = 0; r < size_; ++r) (*from)[r].resize(static_cast<size_t>(recv_sizes[r]));
+    // Point to point between the pairs that move bytes, in pieces of at most 1 GiB (MPI's int
+    // counts): a collective all-to-all moved large files between hosts at a fraction of this.
+    constexpr int64_t kPiece = int64_t{1} << 30;
+    constexpr int kTag = 7301;
+    std::vector<MPI_Request> requests;
     for (int r = 0; r < size_; ++r) {
-      (*from)[r].resize(static_cast<size_t>(recv_sizes[r]));
-      longest = std::max({longest, send_sizes[r], recv_sizes[r]});
+      for (int64_t off = 0; off < recv_sizes[r]; off += kPiece) {
+        requests.emplace_back();
+        RETURN_IF_ERROR(Check(MPI_Irecv((*from)[r].data() + off,
+                                        static_cast<int>(std::min(kPiece, recv_sizes[r] - off)),
+                                        MPI_BYTE, r, kTag, comm_, &requests.back()),
+                              "all-to-all receive"));
+      }
     }
-    // Every rank must take part in the same number of rounds.
-    RETURN_IF_ERROR(Check(
-        MPI_Iallreduce(MPI_IN_PLACE, &longest, 1, MPI_INT64_T, MPI_MAX, comm_, &request),
-        "all-to-all of the longest size"));
-    RETURN_IF_ERROR(watch_->Complete(&request, "all-to-all of the longest size"));
-    // Rounds of at most kRound bytes per pair, packed contiguously, keep MPI's int counts small.
-    constexpr int64_t kRound = 64 << 20;
-    std::vector<int> scounts(size_), sdispls(size_), rcounts(size_), rdispls(size_);
-    std::string sbuf, rbuf;
-    for (int64_t done = 0; done < longest; done += kRound) {
-      int sdisp = 0, rdisp = 0;
-      for (int r = 0; r < size_; ++r) {
-        scounts[r] = static_cast<int>(std::clamp<int64_t>(send_sizes[r] - done, 0, kRound));
-        rcounts[r] = static_cast<int>(std::clamp<int64_t>(recv_sizes[r] - done, 0, kRound));
-        sdispls[r] = sdisp;
-        rdispls[r] = rdisp;
-        sdisp += scounts[r];
-        rdisp += rcounts[r];
+    for (int r = 0; r < size_; ++r) {
+      for (int64_t off = 0; off < send_sizes[r]; off += kPiece) {
+        requests.emplace_back();
+        RETURN_IF_ERROR(Check(MPI_Isend(const_cast<char*>(to[r].data()) + off,
+                                        static_cast<int>(std::min(kPiece, send_sizes[r] - off)),
+                                        MPI_BYTE, r, kTag, comm_, &requests.back()),
+                              "all-to-all send"));
       }
-      if (static_cast<int64_t>(sdisp) > INT32_MAX / 2 ||
-          static_cast<int64_t>(rdisp) > INT32_MAX / 2) {
-        return InvalidArgument("all-to-all round too large for " + std::to_string(size_) +
-                               " ranks");
-      }
-      sbuf.resize(static_cast<size_t>(sdisp));
-      rbuf.resize(static_cast<size_t>(rdisp));
-      for (int r = 0; r < size_; ++r) {
-        if (scounts[r] > 0) std::memcpy(sbuf.data() + sdispls[r], to[r].data() + done, scounts[r]);
-      }
-      RETURN_IF_ERROR(
-          Check(MPI_Ialltoallv(sbuf.data(), scounts.data(), sdispls.data(), MPI_BYTE, rbuf.data(),
-                               rcounts.data(), rdispls.data(), MPI_BYTE, comm_, &request),
-                "all-to-all"));
+    }
+    for (MPI_Request& request : requests) {
       RETURN_IF_ERROR(watch_->Complete(&request, "all-to-all"));
-      for (int r = 0; r < size_; ++r) {
-        if (rcounts[r] > 0)
-          std::memcpy((*from)[r].data() + done, rbuf.data() + rdispls[r], rcounts[r]);
-      }
     }
     return Status::Ok();
   }
