@@ -67,10 +67,19 @@ count() {
 strike() {
   local kind=$1 victim=$2 signal=$3 call=$4
   local name=$kind-$victim-$signal-$call dir=$tmp/$kind-$victim-$signal-$call
-  launch "$kind" "$victim" "$dir" -x KILL_AT_CALL="$call" -x KILL_SIGNAL="$signal" \
-    -x KILL_MARK="$dir.mark" >"$dir.out" 2>&1
-  local rc=$? end
-  end=$(date +%s.%N)
+  local rc end try
+  for try in 1 2; do
+    launch "$kind" "$victim" "$dir" -x KILL_AT_CALL="$call" -x KILL_SIGNAL="$signal" \
+      -x KILL_MARK="$dir.mark" >"$dir.out" 2>&1
+    rc=$?
+    end=$(date +%s.%N)
+    # A run that ended before the strike point (on a loaded machine a rank can be late by more
+    # than the short deadline before the victim gets there) says nothing: run it once more.
+    [ -e "$dir.mark" ] && break
+    if [ $try = 1 ]; then
+      echo "     $kind: rank $victim, call $call: the run ended before the strike (exit $rc); again"
+    fi
+  done
   local verb=stopped; [ "$signal" = KILL ] && verb=killed
   if [ ! -e "$dir.mark" ]; then
     echo "FAIL $kind: rank $victim $verb before file call $call: the shim never struck"; return
