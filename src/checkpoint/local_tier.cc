@@ -196,14 +196,161 @@ int64_t NewestPersistentStep(Env* env, const std::string& root) {
   return newest;
 }
 
+// This rank's view of the hosts, for the steps below.
+struct HostView {
+  Communicator& comm;
+  Env* env;
+  const Topology& topo;
+  int rank, my_host;
+  bool leader;
+};
+
+HostView MakeView(Communicator& comm, Env* env, const Topology& topo) {
+  const int rank = comm.rank();
+  const int host = topo.host_of[rank];
+  return {comm, env, topo, rank, host, topo.leader(host) == rank};
+}
+
+// What host `host` will hold of a local step: its ranks' files and the copies it keeps.
+int64_t HostBytes(const Topology& topo, const SavePlan& plan, int replicas, int host) {
+  int64_t bytes = 0;
+  for (int r = 0; r < static_cast<int>(topo.host_of.size()); ++r) {
+    bool here = topo.host_of[r] == host;
+    for (int k = 1; k <= replicas; ++k) here = here || topo.host_of[Partner(topo, r, k)] == host;
+    if (here) bytes += PlannedBytes(plan, r);
+  }
+  return bytes;
+}
+
+// A leader: the step's temporary directory, after checking that the local root has room for it
+// (a full tmpfs would take the host's memory).
+Status PrepareLocalStep(Env* env, const std::string& root, const std::string& tmp_name,
+                        const std::string& host, int64_t host_bytes) {
+  RETURN_IF_ERROR(PrepareNamedTmpDir(env, root, tmp_name));
+  auto free = env->AvailableBytes(root);
+  if (!free.ok() || free.value() >= host_bytes) return Status::Ok();
+  (void)env->RemoveAll(JoinPath(root, tmp_name));
+  return IoError("the local root '" + root + "' on host " + host + " has " +
+                 std::to_string(free.value()) + " bytes free; a local step needs " +
+                 std::to_string(host_bytes) + " there (its ranks' files and the copies it " +
+                 "keeps for other hosts)");
+}
+
+// Sends this rank's file to its partner on each of the next `replicas` hosts and writes the
+// copies it receives into `tmp_dir`. Returns the transport's error; `local`: this rank's.
+Status SendCopies(const HostView& v, const SavePlan& plan, const std::string& tmp_dir, int replicas,
+                  Status* local) {
+  FileBytes mine;
+  if (!plan.per_rank[v.rank].empty()) {
+    *local = mine.Open(v.env, JoinPath(tmp_dir, RankFileName(v.rank)));
+  }
+  for (int k = 1; k <= replicas && local->ok(); ++k) {
+    std::vector<std::string_view> to(v.comm.size());
+    std::vector<std::string> from;
+    to[Partner(v.topo, v.rank, k)] = mine.view();
+    RETURN_IF_ERROR(v.comm.AllToAll(to, &from));
+    for (int r = 0; r < v.comm.size() && local->ok(); ++r) {
+      if (from[r].empty()) continue;
+      *local = WriteFileDurably(v.env, JoinPath(tmp_dir, RankFileName(r)), from[r])
+                   .Annotate("copy of rank " + std::to_string(r) + "'s file");
+    }
+  }
+  return Status::Ok();
+}
+
+// The hosts that hold each rank file: its writer's, then its partners'.
+void AddHolders(const Topology& topo, const SavePlan& plan, int replicas, Manifest* m) {
+  for (int r = 0; r < static_cast<int>(topo.host_of.size()); ++r) {
+    if (plan.per_rank[r].empty()) continue;
+    std::vector<std::string>& hosts = m->holders[RankFileName(r)];
+    hosts.push_back(topo.names[topo.host_of[r]]);
+    for (int k = 1; k <= replicas; ++k) {
+      hosts.push_back(topo.names[topo.host_of[Partner(topo, r, k)]]);
+    }
+  }
+}
+
+// Every leader reads every byte of the files of `step` its host holds; a copy that fails is
+// dropped from `hosts` and said in `reason`. Returns the transport's error.
+Status DropDamagedCopies(const HostView& v, const std::string& dir, const Manifest& manifest,
+                         int64_t step, std::map<int, HeldStep>* hosts, std::ostream& reason) {
+  std::string failed;
+  if (v.leader && hosts->count(v.my_host)) {
+    for (const std::string& f : hosts->at(v.my_host).present) {
+      if (!VerifyFile(v.env, dir, manifest, f).ok()) failed += f + '\n';
+    }
+  }
+  std::vector<std::string> failures;
+  RETURN_IF_ERROR(v.comm.AllGather(failed, &failures));
+  for (int h = 0; h < v.topo.hosts(); ++h) {
+    std::istringstream in(failures[v.topo.leader(h)]);
+    std::string f;
+    while (std::getline(in, f)) {
+      hosts->at(h).present.erase(f);
+      reason << "local step " << step << ": the copy of " << f << " on " << v.topo.names[h]
+             << " fails its checksums; ";
+    }
+  }
+  return Status::Ok();
+}
+
+// Sends every file of the step at `dir` (and its manifest) from `source` (file -> host) to the
+// leaders of the hosts that lack it; a host without the step commits it. Returns the transport's
+// error; `local`: this rank's.
+Status GatherStep(const HostView& v, const std::string& root, const std::string& dir, int64_t step,
+                  const std::map<int, HeldStep>& hosts, std::map<std::string, int> source,
+                  Status* local) {
+  auto holds = [&](int h, const std::string& f) {
+    auto found = hosts.find(h);
+    return found != hosts.end() && found->second.present.count(f) > 0;
+  };
+  const bool have_step = hosts.count(v.my_host) > 0;
+  const std::string tmp_name = TmpCheckpointDirName(step, RandomNonce());
+  const std::string tmp_dir = JoinPath(root, tmp_name);
+  if (v.leader && !have_step) *local = PrepareNamedTmpDir(v.env, root, tmp_name);
+  const std::string target = have_step ? dir : tmp_dir;
+  std::vector<std::string> files;
+  for (const auto& [f, h] : source) files.push_back(f);
+  for (const char* name : {kManifestSumName, kManifestName}) {
+    files.push_back(name);
+    source[name] = hosts.begin()->first;  // every host with the step has its manifest
+  }
+  for (const std::string& f : files) {
+    const bool is_manifest = f == kManifestName || f == kManifestSumName;
+    std::vector<int> lacking;
+    for (int h = 0; h < v.topo.hosts(); ++h) {
+      if (is_manifest ? !hosts.count(h) : !holds(h, f)) lacking.push_back(h);
+    }
+    std::vector<std::string_view> to(v.comm.size());
+    FileBytes bytes;
+    if (v.leader && v.my_host == source[f] && local->ok() && !lacking.empty()) {
+      *local = bytes.Open(v.env, JoinPath(dir, f));
+      for (int h : lacking) to[v.topo.leader(h)] = bytes.view();
+    }
+    std::vector<std::string> from;
+    RETURN_IF_ERROR(v.comm.AllToAll(to, &from));
+    const std::string& got = from[v.topo.leader(source[f])];
+    if (v.leader && !got.empty() && local->ok()) {
+      const std::string path = JoinPath(target, f);
+      *local = WriteFileDurably(v.env, TmpFileName(path), got);
+      if (local->ok()) *local = v.env->Rename(TmpFileName(path), path);
+    }
+  }
+  if (v.leader && !have_step && local->ok()) {
+    *local = v.env->SyncDir(tmp_dir);
+    if (local->ok()) *local = v.env->Rename(tmp_dir, dir);
+    if (local->ok()) *local = v.env->SyncDir(root);
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status Checkpointer::SaveLocal(const StateTree& tree, const SavePlan& plan, int64_t step,
                                std::string* out_dir) {
   const LocalTier& tier = options_.local;
-  const int rank = comm_.rank();
   const Topology topo = MakeTopology(comm_.hosts());
-  const bool leader = topo.leader(topo.host_of[rank]) == rank;
+  const HostView v = MakeView(comm_, env_, topo);
   const std::string where =
       "local save of step " + std::to_string(step) + " to '" + tier.root + "'";
   if (tier.replicas < 0) {
@@ -213,7 +360,7 @@ Status Checkpointer::SaveLocal(const StateTree& tree, const SavePlan& plan, int6
   // Fewer hosts than copies (a job resumed on the survivors): as many copies as there are other
   // hosts, said once; the manifest's holders show it.
   const int replicas = std::min(tier.replicas, topo.hosts() - 1);
-  if (replicas < tier.replicas && rank == 0 && !warned_fewer_replicas_) {
+  if (replicas < tier.replicas && v.rank == 0 && !warned_fewer_replicas_) {
     std::fprintf(stderr,
                  "distckpt: local tier: %d cop%s on other hosts asked for, the job runs on %d "
                  "host(s) (%s): keeping %d\n",
@@ -221,74 +368,37 @@ Status Checkpointer::SaveLocal(const StateTree& tree, const SavePlan& plan, int6
                  JoinNames(topo.names).c_str(), replicas);
     warned_fewer_replicas_ = true;
   }
-  // What this host will hold: its ranks' files and the copies it keeps for other hosts.
-  const int my_host = topo.host_of[rank];
-  int64_t host_bytes = 0;
-  for (int r = 0; r < comm_.size(); ++r) {
-    bool here = topo.host_of[r] == my_host;
-    for (int k = 1; k <= replicas; ++k) here = here || topo.host_of[Partner(topo, r, k)] == my_host;
-    if (here) host_bytes += PlannedBytes(plan, r);
-  }
+  const int64_t host_bytes = HostBytes(topo, plan, replicas, v.my_host);
   save_stats_.local_host_bytes = host_bytes;
-  std::string tmp_name = rank == 0 ? TmpCheckpointDirName(step, RandomNonce()) : "";
+  std::string tmp_name = v.rank == 0 ? TmpCheckpointDirName(step, RandomNonce()) : "";
   RETURN_IF_ERROR(comm_.Broadcast(&tmp_name, 0));
-  Status local = leader ? PrepareNamedTmpDir(env_, tier.root, tmp_name) : Status::Ok();
-  if (leader && local.ok()) {
-    // Checked before any byte is written: a full tmpfs would take the host's memory.
-    auto free = env_->AvailableBytes(tier.root);
-    if (free.ok() && free.value() < host_bytes) {
-      local = IoError("the local root '" + tier.root + "' on host " + topo.names[my_host] +
-                      " has " + std::to_string(free.value()) + " bytes free; a local step needs " +
-                      std::to_string(host_bytes) + " there (its ranks' files and the copies it " +
-                      "keeps for other hosts)");
-      (void)env_->RemoveAll(JoinPath(tier.root, tmp_name));
-    }
-  }
+  Status local =
+      v.leader ? PrepareLocalStep(env_, tier.root, tmp_name, topo.names[v.my_host], host_bytes)
+               : Status::Ok();
   RETURN_IF_ERROR(AgreeOnStatus(comm_, local).Annotate(where));
   const std::string tmp_dir = JoinPath(tier.root, tmp_name);
 
   std::string fragment;
   SaveStats stats;
-  local = WriteShare(env_, options_, tmp_dir, rank, 0, tree, plan, &fragment, &stats)
+  local = WriteShare(env_, options_, tmp_dir, v.rank, 0, tree, plan, &fragment, &stats)
               .Annotate("local tier");
   RETURN_IF_ERROR(AgreeOnStatus(comm_, local).Annotate(where));
   std::vector<std::string> fragments;
   RETURN_IF_ERROR(comm_.AllGather(fragment, &fragments));
-
-  // The copies on other hosts.
-  FileBytes mine;
-  if (!plan.per_rank[rank].empty()) local = mine.Open(env_, JoinPath(tmp_dir, RankFileName(rank)));
-  for (int k = 1; k <= replicas && local.ok(); ++k) {
-    std::vector<std::string_view> to(comm_.size());
-    std::vector<std::string> from;
-    to[Partner(topo, rank, k)] = mine.view();
-    RETURN_IF_ERROR(comm_.AllToAll(to, &from));
-    for (int r = 0; r < comm_.size() && local.ok(); ++r) {
-      if (from[r].empty()) continue;
-      local = WriteFileDurably(env_, JoinPath(tmp_dir, RankFileName(r)), from[r])
-                  .Annotate("copy of rank " + std::to_string(r) + "'s file");
-    }
-  }
+  RETURN_IF_ERROR(SendCopies(v, plan, tmp_dir, replicas, &local));
   RETURN_IF_ERROR(AgreeOnStatus(comm_, local).Annotate(where));
 
   std::string wire;
-  if (rank == 0) {
+  if (v.rank == 0) {
     Manifest m = ManifestSkeleton(tree, plan, step, comm_.size(), options_.piece_bytes);
     local = MergeFragments(fragments, &m);
-    for (int r = 0; r < comm_.size(); ++r) {
-      if (plan.per_rank[r].empty()) continue;
-      std::vector<std::string>& hosts = m.holders[RankFileName(r)];
-      hosts.push_back(topo.names[topo.host_of[r]]);
-      for (int k = 1; k <= replicas; ++k) {
-        hosts.push_back(topo.names[topo.host_of[Partner(topo, r, k)]]);
-      }
-    }
+    AddHolders(topo, plan, replicas, &m);
     if (local.ok()) wire = EncodeManifestWire(m);
   }
   RETURN_IF_ERROR(AgreeOnStatus(comm_, local).Annotate(where));
   RETURN_IF_ERROR(comm_.Broadcast(&wire, 0));
   const std::string final_dir = JoinPath(tier.root, CheckpointDirName(step));
-  if (leader) {
+  if (v.leader) {
     local = Guarded("committing the local step", [&]() -> Status {
       ASSIGN_OR_RETURN(Manifest m, DecodeManifestWire(wire));
       RETURN_IF_ERROR(Commit(env_, tier.root, tmp_dir, final_dir, m));
@@ -306,13 +416,12 @@ Status Checkpointer::SaveLocal(const StateTree& tree, const SavePlan& plan, int6
 
 Status Checkpointer::RestoreLocal(int64_t persistent_step, std::string* out_dir, std::string* why) {
   const LocalTier& tier = options_.local;
-  const int rank = comm_.rank();
   const Topology topo = MakeTopology(comm_.hosts());
-  const int my_host = topo.host_of[rank];
-  const bool leader = topo.leader(my_host) == rank;
+  const HostView v = MakeView(comm_, env_, topo);
   std::map<int64_t, Manifest> manifests;
   std::vector<std::string> reports;
-  RETURN_IF_ERROR(comm_.AllGather(leader ? ReportHeld(env_, tier.root, &manifests) : "", &reports));
+  RETURN_IF_ERROR(
+      comm_.AllGather(v.leader ? ReportHeld(env_, tier.root, &manifests) : "", &reports));
   HeldMap held = ParseReports(reports, topo);
   out_dir->clear();
   std::ostringstream reason;
@@ -326,24 +435,7 @@ Status Checkpointer::RestoreLocal(int64_t persistent_step, std::string* out_dir,
     const std::vector<std::string> needed = hosts.begin()->second.needed;
     const std::string dir = JoinPath(tier.root, CheckpointDirName(step));
     // Every byte of what this host holds, checked before any of it is trusted or sent.
-    std::string failed;
-    if (leader && hosts.count(my_host)) {
-      for (const std::string& f : hosts[my_host].present) {
-        Status st = VerifyFile(env_, dir, manifests[step], f);
-        if (!st.ok()) failed += f + '\n';
-      }
-    }
-    std::vector<std::string> failures;
-    RETURN_IF_ERROR(comm_.AllGather(failed, &failures));
-    for (int h = 0; h < topo.hosts(); ++h) {
-      std::istringstream in(failures[topo.leader(h)]);
-      std::string f;
-      while (std::getline(in, f)) {
-        hosts.at(h).present.erase(f);
-        reason << "local step " << step << ": the copy of " << f << " on " << topo.names[h]
-               << " fails its checksums; ";
-      }
-    }
+    RETURN_IF_ERROR(DropDamagedCopies(v, dir, manifests[step], step, &hosts, reason));
     // The first verified holder of every file sends it to each host that lacks it.
     std::map<std::string, int> source;
     for (const std::string& f : needed) {
@@ -362,54 +454,13 @@ Status Checkpointer::RestoreLocal(int64_t persistent_step, std::string* out_dir,
       reason << "; ";
       continue;
     }
-    std::set<int> has_step;
-    for (const auto& entry : hosts) has_step.insert(entry.first);
-    auto holds = [&](int h, const std::string& f) {
-      auto found = hosts.find(h);
-      return found != hosts.end() && found->second.present.count(f) > 0;
-    };
     Status local;
-    const bool have_step = has_step.count(my_host) > 0;
-    const std::string tmp_name = TmpCheckpointDirName(step, RandomNonce());
-    const std::string tmp_dir = JoinPath(tier.root, tmp_name);
-    if (leader && !have_step) local = PrepareNamedTmpDir(env_, tier.root, tmp_name);
-    const std::string target = have_step ? dir : tmp_dir;
-    const int manifest_host = hosts.begin()->first;
-    std::vector<std::string> files = needed;
-    files.push_back(kManifestSumName);
-    files.push_back(kManifestName);
-    for (const std::string& f : files) {
-      const bool is_manifest = f == kManifestName || f == kManifestSumName;
-      const int from_host = is_manifest ? manifest_host : source[f];
-      std::vector<std::string_view> to(comm_.size());
-      std::vector<std::string> from;
-      std::vector<int> lacking;
-      for (int h = 0; h < topo.hosts(); ++h) {
-        if (is_manifest ? !has_step.count(h) : !holds(h, f)) lacking.push_back(h);
-      }
-      FileBytes bytes;
-      if (leader && my_host == from_host && local.ok() && !lacking.empty()) {
-        local = bytes.Open(env_, JoinPath(dir, f));
-        for (int h : lacking) to[topo.leader(h)] = bytes.view();
-      }
-      RETURN_IF_ERROR(comm_.AllToAll(to, &from));
-      const std::string& got = from[topo.leader(from_host)];
-      if (leader && !got.empty() && local.ok()) {
-        const std::string path = JoinPath(target, f);
-        local = WriteFileDurably(env_, TmpFileName(path), got);
-        if (local.ok()) local = env_->Rename(TmpFileName(path), path);
-      }
-    }
-    if (leader && !have_step && local.ok()) {
-      local = env_->SyncDir(tmp_dir);
-      if (local.ok()) local = env_->Rename(tmp_dir, dir);
-      if (local.ok()) local = env_->SyncDir(tier.root);
-    }
+    RETURN_IF_ERROR(GatherStep(v, tier.root, dir, step, hosts, source, &local));
     RETURN_IF_ERROR(
         AgreeOnStatus(comm_, local)
             .Annotate("gathering local step " + std::to_string(step) + " in '" + tier.root + "'"));
     *out_dir = dir;
-    reason << "local step " << step << " (held by " << has_step.size() << " of " << topo.hosts()
+    reason << "local step " << step << " (held by " << hosts.size() << " of " << topo.hosts()
            << " hosts; persistent newest: "
            << (persistent_step < 0 ? std::string("none") : std::to_string(persistent_step)) << ")";
     break;
