@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "comm/deadline_watch.h"
+#include "comm/mpi_communicator.h"
 #include "core/bytes.h"
 #include "core/status_macros.h"
 #include "distckpt/comm.h"
@@ -50,8 +51,8 @@ class LocalCommunicator : public Communicator {
 
 class MpiCommunicator : public Communicator {
  public:
-  MpiCommunicator() {
-    MPI_Comm_dup(MPI_COMM_WORLD, &comm_);
+  explicit MpiCommunicator(MPI_Comm base) {
+    MPI_Comm_dup(base, &comm_);
     MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
@@ -268,7 +269,13 @@ std::unique_ptr<Communicator> MakeLocalCommunicator() {
   return std::make_unique<LocalCommunicator>();
 }
 
-std::unique_ptr<Communicator> MakeMpiCommunicator() { return std::make_unique<MpiCommunicator>(); }
+std::unique_ptr<Communicator> MakeMpiCommunicator() {
+  return std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
+}
+
+std::unique_ptr<Communicator> MakeMpiCommunicator(MPI_Comm base) {
+  return std::make_unique<MpiCommunicator>(base);
+}
 
 std::unique_ptr<Communicator> MakeDefaultCommunicator() {
   int initialized = 0;

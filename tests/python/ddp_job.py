@@ -32,7 +32,10 @@ if resume and ckpt.latest():
     model.load_state_dict(state["model_state_dict"])
     optimizer.load_state_dict(state["optimizer_state_dict"])
     first = state["epoch"] + 1
-ddp = torch.nn.parallel.DistributedDataParallel(model)
+# DDP rebuilds its gradient buckets after the first step unless find_unused_parameters is set;
+# a resumed run would then reduce its first step in other buckets than the run never stopped,
+# and gloo's ring all-reduce sums an element in an order that follows its offset in the bucket.
+ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
 for step in range(first, steps + 1):
     g = torch.Generator().manual_seed(step)
