@@ -241,7 +241,10 @@ class Writer {
 
 class Reader {
  public:
-  explicit Reader(const std::string& in) : in_(in) {}
+  explicit Reader(const std::string& in, size_t pos = 0) : in_(in), pos_(pos) {}
+
+  size_t pos() const { return pos_; }
+  bool truncated() const { return truncated_; }
 
   Result<PyPtr> Run() {
     while (true) {
@@ -257,7 +260,10 @@ class Reader {
   }
 
  private:
-  Status Truncated() { return Corrupt("pickle data is truncated at byte " + std::to_string(pos_)); }
+  Status Truncated() {
+    truncated_ = true;
+    return Corrupt("pickle data is truncated at byte " + std::to_string(pos_));
+  }
   bool Byte(uint8_t* b) {
     if (pos_ >= in_.size()) return false;
     *b = static_cast<uint8_t>(in_[pos_++]);
@@ -336,7 +342,7 @@ class Reader {
         return Corrupt("malformed tensor in pickle");
       }
       PyTensorRef ref = a[0]->tensor;
-      ref.offset = a[1]->i;
+      ref.offset += a[1]->i;  // a legacy storage view starts inside its storage
       for (const auto& x : a[2]->items) {
         if (x->kind != K::kInt) return Corrupt("malformed tensor size in pickle");
         ref.size.push_back(x->i);
@@ -380,10 +386,21 @@ class Reader {
   Status PersistentLoad(const PyPtr& pid) {
     using K = PyValue::Kind;
     const auto& a = pid->items;
-    if (pid->kind != K::kTuple || a.size() != 5 || a[0]->kind != K::kString ||
+    // Zip format: ('storage', type, key, location, numel); the legacy format adds view
+    // metadata: None, or (view key, element offset, elements) for a view of storage `key`.
+    // The location (e.g. 'cuda:0') is ignored: every storage is read onto the CPU.
+    if (pid->kind != K::kTuple || (a.size() != 5 && a.size() != 6) || a[0]->kind != K::kString ||
         a[0]->s != "storage" || a[1]->kind != K::kGlobal || a[2]->kind != K::kString ||
         a[4]->kind != K::kInt) {
       return Corrupt("unsupported persistent id in pickle");
+    }
+    int64_t view_offset = 0;
+    if (a.size() == 6 && a[5]->kind != K::kNone) {
+      const auto& view = a[5]->items;
+      if (a[5]->kind != K::kTuple || view.size() != 3 || view[1]->kind != K::kInt) {
+        return Corrupt("malformed storage view in pickle");
+      }
+      view_offset = view[1]->i;
     }
     auto storage = std::make_shared<PyValue>();
     storage->kind = K::kStorage;
@@ -399,6 +416,7 @@ class Reader {
     if (!found) return InvalidArgument("unsupported storage type '" + a[1]->s + "'");
     storage->tensor.storage_key = a[2]->s;
     storage->tensor.storage_numel = a[4]->i;
+    storage->tensor.offset = view_offset;
     stack_.push_back(storage);
     return Status::Ok();
   }
@@ -616,6 +634,7 @@ class Reader {
 
   const std::string& in_;
   size_t pos_ = 0;
+  bool truncated_ = false;
   std::vector<PyPtr> stack_;  // nullptr marks a MARK
   std::map<uint32_t, PyPtr> memo_;
 };
@@ -630,5 +649,13 @@ std::string StorageClassName(at::ScalarType dtype) {
 std::string Pickle(const PyValue& root) { return Writer().Finish(root); }
 
 Result<PyPtr> Unpickle(const std::string& bytes) { return Reader(bytes).Run(); }
+
+Result<PyPtr> Unpickle(const std::string& bytes, size_t* pos, bool* truncated) {
+  Reader reader(bytes, *pos);
+  Result<PyPtr> value = reader.Run();
+  *pos = reader.pos();
+  if (truncated) *truncated = reader.truncated();
+  return value;
+}
 
 }  // namespace distckpt

@@ -24,7 +24,7 @@ struct PyValue;
 using PyPtr = std::shared_ptr<PyValue>;
 
 struct PyTensorRef {
-  std::string storage_key;  // record "data/<key>" in the archive
+  std::string storage_key;  // record "data/<key>" in the archive (zip), or the legacy key
   at::ScalarType dtype = at::ScalarType::Float;
   int64_t storage_numel = 0;
   int64_t offset = 0;
@@ -73,5 +73,9 @@ std::string StorageClassName(at::ScalarType dtype);
 
 std::string Pickle(const PyValue& root);
 Result<PyPtr> Unpickle(const std::string& bytes);
+// The pickle that starts at byte *pos of `bytes` (a file of several pickles, as the legacy
+// torch.save format is); *pos moves past its STOP. `truncated` (when given) says whether the
+// pickle ran past the end of `bytes`.
+Result<PyPtr> Unpickle(const std::string& bytes, size_t* pos, bool* truncated = nullptr);
 
 }  // namespace distckpt
