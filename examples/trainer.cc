@@ -62,6 +62,7 @@ void AddOptions(CLI::App& app, Args* a) {
       ->check(distckpt::tools::NonNegativeInt());
   app.add_option("--replicas", a->replicas, "with --local-root: copies on other hosts")
       ->check(distckpt::tools::NonNegativeInt());
+  app.add_option("--tag", a->tag, "save the last step (--steps) to the root under this tag");
   app.add_option("--collective-timeout", a->collective_timeout,
                  "seconds a rank may be late to any collective (gradients, checkpoints) before the "
                  "job ends (0: no limit)")
@@ -286,7 +287,10 @@ class Trainer {
       if (rank_ == 0) std::printf("step %lld loss %.9g\n", static_cast<long long>(step), loss);
       std::fflush(stdout);
       const bool local = !a_.local_root.empty() && step % a_.local_every == 0;
-      if (local || (a_.save_every > 0 && step % a_.save_every == 0)) Save(step, loss);
+      const bool tagged = !a_.tag.empty() && step == a_.steps;
+      if (local || tagged || (a_.save_every > 0 && step % a_.save_every == 0)) {
+        Save(step, loss, tagged ? a_.tag : "");
+      }
     }
     if (async_) {
       std::string dir = async_->Wait();
@@ -452,7 +456,7 @@ class Trainer {
     }
   }
 
-  void Save(int64_t step, double loss) {
+  void Save(int64_t step, double loss, const std::string& tag) {
     const int64_t epoch = samples_seen_ / a_.dataset_size;
     distckpt::StateTree tree =
         distckpt::MakeTrainingState(*model_, a_.zero ? nullptr : optimizer_.get(), epoch, loss);
@@ -462,13 +466,13 @@ class Trainer {
     distckpt::AddPerRankTensor(tree, "rank_state/rng",
                                at::detail::getDefaultCPUGenerator().get_state(), comm_);
     if (async_) {
-      async_->SaveAsync(tree, step);
+      async_->SaveAsync(tree, step, tag);
       if (rank_ == 0) {
         std::printf("saving step %lld in the background (training blocked %.3f s)\n",
                     static_cast<long long>(step), async_->last_blocked_seconds());
       }
     } else {
-      std::string dir = checkpointer_->Save(tree, step);
+      std::string dir = checkpointer_->Save(tree, step, tag);
       if (rank_ == 0 && !dir.empty()) std::printf("saved %s\n", dir.c_str());
     }
   }

@@ -31,6 +31,7 @@ struct Args {
   int64_t local_every = 1;
   int64_t persist_every = 0;  // 0: --save-every
   int replicas = 1;
+  std::string tag;  // the last step is saved under this tag
 };
 
 void AddOptions(CLI::App& app, Args* a);

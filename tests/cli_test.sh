@@ -78,8 +78,30 @@ bad "\-\-zero" "$train" --ckpt-dir "$tmp/t" --zero 2
 bad "\-\-optimizer" "$train" --ckpt-dir "$tmp/t" --optimizer lamb
 bad "\-\-ckpt-dir" "$train" --steps 3
 bad "\-\-bogus" "$train" --ckpt-dir "$tmp/t" --bogus
+bad "cannot name a tag" "$cli" tag "$ck" ".hidden"
+bad "\-\-tag" "$cli" latest "$tmp/ck" --tag
+
+# Tags: a name for a checkpoint, found by name, shown by ls, kept by gc unless told otherwise.
+"$cli" tag "$ck" best >/dev/null
+check "latest --tag prints the checkpoint the tag names" \
+  "[ \"\$('$cli' latest '$tmp/ck' --tag best)\" = '$ck' ]"
+"$cli" ls "$tmp/ck" >"$tmp/ls-tags"
+check "ls shows the tag" "grep -Eq '^3 .* best +$ck\$' '$tmp/ls-tags' && grep -Eq '^6 .* - +$tmp/ck/step-00000006\$' '$tmp/ls-tags'"
+set +e; "$cli" latest "$tmp/ck" --tag nope 2>"$tmp/err"; rc=$?; set -e
+check "an unknown tag: exit 1 naming it" "[ $rc -eq 1 ] && grep -q \"no tag 'nope'\" '$tmp/err'"
+"$cli" gc "$tmp/ck" --keep-last 1 >/dev/null
+check "gc keeps a tagged checkpoint" "[ -d '$ck' ]"
+"$cli" gc "$tmp/ck" --keep-last 1 --drop-tagged >/dev/null
+check "gc --drop-tagged removes it and its tag" "[ ! -d '$ck' ] && [ ! -e '$tmp/ck/tags/best' ]"
+"$train" --ckpt-dir "$tmp/tagged" --steps 4 --save-every 3 --tag final >/dev/null
+check "the trainer's --tag saves the last step under the tag" \
+  "[ \"\$('$cli' latest '$tmp/tagged' --tag final)\" = '$tmp/tagged/step-00000004' ] && [ -d '$tmp/tagged/step-00000003' ]"
+"$cli" untag "$tmp/tagged" final >/dev/null
+check "untag removes the tag and keeps the checkpoint" \
+  "[ ! -e '$tmp/tagged/tags/final' ] && [ -d '$tmp/tagged/step-00000004' ]"
+
 check "nothing was created by the rejected commands" "[ ! -e '$tmp/imp' ] && [ ! -e '$tmp/t' ]"
-for sub in "" ls inspect verify export import gc latest; do
+for sub in "" ls inspect verify export import gc latest tag untag; do
   check "distckpt $sub --help exits 0 with usage" "'$cli' $sub --help | grep -qi usage"
 done
 check "distckpt-train --help exits 0 with usage" "'$train' --help | grep -qi usage"

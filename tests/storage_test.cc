@@ -6,9 +6,11 @@
 #include <set>
 #include <tuple>
 
+#include "checkpoint/access.h"
 #include "core/status_macros.h"
 #include "distckpt/checkpoint.h"
 #include "fault_env.h"
+#include "layout/filename.h"
 #include "test_util.h"
 
 namespace distckpt {
@@ -302,6 +304,48 @@ TEST(Retention, KeepLastAndKeepBestAreAUnionAndTheNewestSurvives) {
   std::vector<int64_t> steps;
   for (const auto& c : ListCheckpoints(root)) steps.push_back(c.step);
   EXPECT_EQ(steps, (std::vector<int64_t>{2, 5, 6}));
+}
+
+TEST(Tags, ASaveWithATagIsNamedMovedKeptByRetentionAndFound) {
+  const std::string root = testing::ScratchDir("root");
+  CheckpointerOptions options;
+  options.retention.keep_last = 1;
+  options.persist_every = 10;  // a tagged save goes to the root whatever the cadence
+  Checkpointer ckpt(root, Comm(), options);
+  EXPECT_EQ(ckpt.Save(SampleTree(1), 1, "best"), JoinPath(root, "step-00000001"));
+  ckpt.Save(SampleTree(2), 2);  // not due: nothing written
+  ckpt.Save(SampleTree(3), 3, "before-lr-drop");
+  ckpt.Save(SampleTree(10), 10);
+  std::vector<int64_t> steps;
+  for (const auto& c : ListCheckpoints(root)) steps.push_back(c.step);
+  EXPECT_EQ(steps, (std::vector<int64_t>{1, 3, 10}));  // keep_last 1 + the two tagged ones
+  EXPECT_EQ(ListCheckpoints(root).front().tags, std::vector<std::string>{"best"});
+  EXPECT_EQ(FindTag(root, "best").value(), JoinPath(root, "step-00000001"));
+
+  // Tagging again moves the name; the checkpoint it left is no longer protected.
+  ASSERT_TRUE(TagCheckpoint(JoinPath(root, "step-00000010"), "best").ok());
+  EXPECT_EQ(FindTag(root, "best").value(), JoinPath(root, "step-00000010"));
+  EXPECT_EQ(CollectGarbage(root, options.retention),
+            std::vector<std::string>{JoinPath(root, "step-00000001")});
+
+  // Told that tags do not protect: the tagged step 3 goes, and its tag with it.
+  RetentionPolicy drop = options.retention;
+  drop.keep_tagged = false;
+  EXPECT_EQ(CollectGarbage(root, drop), std::vector<std::string>{JoinPath(root, "step-00000003")});
+  EXPECT_EQ(ListTags(root),
+            (std::map<std::string, std::string>{{"best", JoinPath(root, "step-00000010")}}));
+
+  // Errors: a bad name (before anything is written), no such tag, not a checkpoint.
+  std::string dir;
+  EXPECT_EQ(CheckpointerAccess::Save(ckpt, SampleTree(11), 11, &dir, "no/slash").code(),
+            Code::kInvalidArgument);
+  EXPECT_FALSE(fs::exists(JoinPath(root, "step-00000011")));
+  EXPECT_EQ(FindTag(root, "nope").status().code(), Code::kNotFound);
+  EXPECT_TRUE(Contains(FindTag(root, "nope").status().message(), root));
+  EXPECT_EQ(TagCheckpoint(JoinPath(root, "step-00000002"), "x").code(), Code::kNotFound);
+  ASSERT_TRUE(RemoveTag(root, "best").ok());
+  EXPECT_EQ(RemoveTag(root, "best").code(), Code::kNotFound);
+  EXPECT_TRUE(ListTags(root).empty());
 }
 
 TEST(Retention, ACheckpointBeingLoadedIsNotDeleted) {

@@ -60,20 +60,23 @@ int List(const std::string& root) {
     std::printf("no checkpoints under %s\n", root.c_str());
     return 0;
   }
-  std::printf("%-8s %-6s %-14s %-10s %-5s %-9s %-19s %-10s %s\n", "STEP", "EPOCH", "LOSS", "SIZE",
-              "WORLD", "COMMITTED", "SAVED (UTC)", "COPIES", "DIRECTORY");
+  std::printf("%-8s %-6s %-14s %-10s %-5s %-9s %-19s %-10s %-12s %s\n", "STEP", "EPOCH", "LOSS",
+              "SIZE", "WORLD", "COMMITTED", "SAVED (UTC)", "COPIES", "TAGS", "DIRECTORY");
   for (const auto& c : all) {
+    std::string tags;
+    for (const std::string& t : c.tags) tags += (tags.empty() ? "" : ",") + t;
+    if (tags.empty()) tags = "-";
     if (c.manifest) {
       const Manifest& m = *c.manifest;
-      std::printf("%-8lld %-6s %-14s %-10s %-5d %-9s %-19s %-10s %s\n",
+      std::printf("%-8lld %-6s %-14s %-10s %-5d %-9s %-19s %-10s %-12s %s\n",
                   static_cast<long long>(c.step), ScalarText(m, "epoch").c_str(),
                   ScalarText(m, "loss").c_str(),
                   HumanBytes(static_cast<double>(m.TotalBytes())).c_str(), m.world_size, "yes",
-                  UtcTime(m.created_unix).c_str(), Copies(m).c_str(), c.dir.c_str());
+                  UtcTime(m.created_unix).c_str(), Copies(m).c_str(), tags.c_str(), c.dir.c_str());
     } else {
-      std::printf("%-8lld %-6s %-14s %-10s %-5s %-9s %-19s %-10s %s%s%s\n",
-                  static_cast<long long>(c.step), "-", "-", "-", "-", "no", "-", "-", c.dir.c_str(),
-                  c.problem.empty() ? "" : "  (",
+      std::printf("%-8lld %-6s %-14s %-10s %-5s %-9s %-19s %-10s %-12s %s%s%s\n",
+                  static_cast<long long>(c.step), "-", "-", "-", "-", "no", "-", "-", "-",
+                  c.dir.c_str(), c.problem.empty() ? "" : "  (",
                   c.problem.empty() ? "" : (c.problem + ")").c_str());
     }
   }
@@ -213,6 +216,33 @@ int Gc(const std::string& root, const distckpt::RetentionPolicy& policy) {
   return 0;
 }
 
+// A failed catalog call: one line; exit 2 for a bad argument (e.g. a tag name), 1 otherwise.
+int Failed(const char* command, const distckpt::Status& st) {
+  std::fprintf(stderr, "distckpt %s: %s\n", command, st.ToString().c_str());
+  return st.code() == distckpt::Code::kInvalidArgument ? 2 : 1;
+}
+
+int Tag(const std::string& dir, const std::string& tag) {
+  distckpt::Status st = distckpt::TagCheckpoint(dir, tag);
+  if (!st.ok()) return Failed("tag", st);
+  std::printf("tagged %s as '%s'\n", dir.c_str(), tag.c_str());
+  return 0;
+}
+
+int Untag(const std::string& root, const std::string& tag) {
+  distckpt::Status st = distckpt::RemoveTag(root, tag);
+  if (!st.ok()) return Failed("untag", st);
+  std::printf("removed tag '%s' of %s\n", tag.c_str(), root.c_str());
+  return 0;
+}
+
+int LatestTagged(const std::string& root, const std::string& tag) {
+  auto dir = distckpt::FindTag(root, tag);
+  if (!dir.ok()) return Failed("latest", dir.status());
+  std::printf("%s\n", dir->c_str());
+  return 0;
+}
+
 int Latest(const std::string& root, bool verified) {
   auto dir = verified ? distckpt::LatestVerifiedCheckpoint(
                             root,
@@ -309,7 +339,7 @@ int DiffEach(const std::string& a, const std::vector<std::string>& others,
 
 // Each subcommand with its arguments; Run() calls the one that was given.
 struct Command {
-  std::string root, dir, pt, out, format = "pt";
+  std::string root, dir, pt, out, format = "pt", tag;
   std::vector<std::string> others;  // diff: B [C ...]
   distckpt::DiffOptions diff;
   distckpt::SafetensorsExportOptions safetensors;
@@ -369,6 +399,15 @@ void AddCommands(CLI::App& app, Command& c) {
   gc->add_option("--metric", c.policy.metric, "numeric scalar to rank by (default: loss)");
   gc->add_flag(
       "--higher", [&c](int64_t) { c.policy.lower_is_better = false; }, "higher --metric is better");
+  gc->add_flag(
+      "--drop-tagged", [&c](int64_t) { c.policy.keep_tagged = false; },
+      "tags do not protect a checkpoint (a removed one loses its tags)");
+  auto* tag = app.add_subcommand("tag", "name a checkpoint (tagging again moves the name)");
+  tag->add_option("CKPT", c.dir, "checkpoint directory")->required()->check(CLI::ExistingDirectory);
+  tag->add_option("NAME", c.tag, "the tag, e.g. best")->required();
+  auto* untag = app.add_subcommand("untag", "remove a tag (the checkpoint stays)");
+  untag->add_option("ROOT", c.root, "checkpoint root")->required()->check(CLI::ExistingDirectory);
+  untag->add_option("NAME", c.tag, "the tag")->required();
   auto* diff = app.add_subcommand(
       "diff", "compare two checkpoints tensor by tensor (or A with each of B, C, ...)");
   diff->add_option("A", c.dir, "first checkpoint directory")
@@ -387,6 +426,7 @@ void AddCommands(CLI::App& app, Command& c) {
   auto* latest = app.add_subcommand("latest", "print the newest committed checkpoint");
   latest->add_option("ROOT", c.root, "checkpoint root")->required()->check(CLI::ExistingDirectory);
   latest->add_flag("--verified", c.verified, "the newest one whose every byte verifies");
+  latest->add_option("--tag", c.tag, "the checkpoint this tag names instead");
   app.require_subcommand(1);
 }
 
@@ -404,14 +444,18 @@ int Run(const CLI::App& app, Command& c, distckpt::Communicator& comm) {
   if (name == "import") return Import(c.pt, c.root, c.step);
   if (name == "gc") return Gc(c.root, c.policy);
   if (name == "diff") return DiffEach(c.dir, c.others, c.diff, c.json);
+  if (name == "tag") return Tag(c.dir, c.tag);
+  if (name == "untag") return Untag(c.root, c.tag);
+  if (!c.tag.empty()) return LatestTagged(c.root, c.tag);
   return Latest(c.root, c.verified);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app("distckpt: list, inspect, verify, compare, export, import and prune checkpoints",
-               "distckpt");
+  CLI::App app(
+      "distckpt: list, inspect, verify, compare, export, import, tag and prune checkpoints",
+      "distckpt");
   Command command;
   AddCommands(app, command);
   auto known = [&app](const std::string& name) {

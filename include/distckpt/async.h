@@ -37,8 +37,8 @@ class AsyncCheckpointer {
   ~AsyncCheckpointer();
 
   // Collective. Waits for the previous save (throwing its error), snapshots `tree`, starts the
-  // write in the background and returns.
-  void SaveAsync(const StateTree& tree, int64_t step);
+  // write in the background and returns. `tag`: as Checkpointer::Save.
+  void SaveAsync(const StateTree& tree, int64_t step, const std::string& tag = "");
   // Collective if a save is in flight. The last save's directory; throws its Error.
   std::string Wait();
   bool in_flight() const { return worker_.joinable(); }

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -45,8 +46,9 @@ class Checkpointer {
   // every rank if any rank fails; nothing is committed then. With a local tier, the step goes
   // to the local tier when due (options.local.every) and to root when due
   // (options.persist_every); the directory returned is the persistent one when both are
-  // written, "" when neither is due.
-  std::string Save(const StateTree& tree, int64_t step);
+  // written, "" when neither is due. With a `tag` (see TagCheckpoint) the step is written to
+  // root whatever the cadence and tagged once committed, before retention runs.
+  std::string Save(const StateTree& tree, int64_t step, const std::string& tag = "");
 
   // Collective. Fills every tensor of `tree` in place from checkpoint directory `dir` (each
   // rank the range its placement names) and sets every stored scalar in `tree`; `dir` empty:
@@ -75,7 +77,8 @@ class Checkpointer {
   // reach the Status forms and the planning hooks below through src/checkpoint/access.h.
   friend class CheckpointerAccess;
 
-  Status SaveStatus(const StateTree& tree, int64_t step, std::string* dir);
+  Status SaveStatus(const StateTree& tree, int64_t step, std::string* dir,
+                    const std::string& tag = "");
   Status LoadStatus(const std::string& dir, StateTree& tree, const LoadOptions& options = {});
   // Collective. Calls load(dir) on `dir` (empty: the newest committed under root) and, with
   // options.fall_back, on each older committed checkpoint while load throws a damaged-checkpoint
@@ -84,7 +87,8 @@ class Checkpointer {
                               const std::function<void(const std::string&)>& load);
   // Collective. The tiers due at `step` (options.local.every, options.persist_every), with a
   // plan from SharedPlan.
-  Status SaveDue(const StateTree& tree, const SavePlan& plan, int64_t step, std::string* dir);
+  Status SaveDue(const StateTree& tree, const SavePlan& plan, int64_t step, std::string* dir,
+                 const std::string& tag = "");
   bool LocalDue(int64_t step) const;
   bool PersistDue(int64_t step) const;
   // Collective. The local tier's share of Save: every rank's file into its host's local root and
@@ -101,7 +105,8 @@ class Checkpointer {
   Status SharedPlan(const StateTree& tree, std::shared_ptr<const SavePlan>* plan);
   // Collective. Save with a plan from SharedPlan for this very tree shape (the async save plans
   // once and saves its snapshot with the same plan).
-  Status SavePlanned(const StateTree& tree, const SavePlan& plan, int64_t step, std::string* dir);
+  Status SavePlanned(const StateTree& tree, const SavePlan& plan, int64_t step, std::string* dir,
+                     const std::string& tag = "");
   Result<SavePlan> PlanFromRanges(const std::vector<LocalTensorInfo>& mine,
                                   const std::string& held);
   Result<SavePlan> PlanFromAll(const std::vector<LocalTensorInfo>& mine);
@@ -133,6 +138,7 @@ struct CheckpointInfo {
   bool committed = false;
   std::optional<Manifest> manifest;  // set when committed and readable
   std::string problem;               // why the manifest could not be read
+  std::vector<std::string> tags;     // the tags that name it, sorted
 };
 
 // Non-collective. Every checkpoint directory under root (committed or not), oldest first.
@@ -149,8 +155,22 @@ std::optional<std::string> LatestVerifiedCheckpoint(
     const std::string& root, const std::function<void(const std::string&)>& log = nullptr,
     Env* env = nullptr);
 
+// Tags name checkpoints ("best", "before-lr-drop"): ROOT/tags/NAME holds the name of the
+// checkpoint directory it points to. A tag names one checkpoint; tagging again moves it. Names:
+// 1-100 of [A-Za-z0-9._-], not starting with '.' (kInvalidArgument otherwise).
+// Non-collective. Tags committed checkpoint `dir` (kNotFound when it is not one).
+Status TagCheckpoint(const std::string& dir, const std::string& tag, Env* env = nullptr);
+// Non-collective. Removes a tag (the checkpoint stays); kNotFound when there is no such tag.
+Status RemoveTag(const std::string& root, const std::string& tag, Env* env = nullptr);
+// Non-collective. Every tag of root and the directory it names.
+std::map<std::string, std::string> ListTags(const std::string& root, Env* env = nullptr);
+// Non-collective. The directory tag `tag` names; kNotFound when there is no such tag or its
+// checkpoint is gone.
+Result<std::string> FindTag(const std::string& root, const std::string& tag, Env* env = nullptr);
+
 // Non-collective. Removes uncommitted leftovers and the committed checkpoints that `policy` does
-// not keep; never the newest committed one, never one that a load holds (see LoadGuard). Returns
+// not keep; never the newest committed one, never a tagged one unless policy.keep_tagged is
+// false (its tags then go with it), never one that a load holds (see LoadGuard). Returns
 // the removed directories.
 std::vector<std::string> CollectGarbage(const std::string& root, const RetentionPolicy& policy,
                                         Env* env = nullptr);

@@ -22,6 +22,9 @@ struct RetentionPolicy {
   int keep_best = 0;  // keep the K best by `metric` (0: no limit from this rule)
   std::string metric = "loss";  // a numeric scalar of the tree
   bool lower_is_better = true;
+  // A tagged checkpoint always survives; false: tags protect nothing (a removed checkpoint's
+  // tags are removed with it).
+  bool keep_tagged = true;
   // Checkpoints kept by either rule survive (a union); the newest committed one always does.
   bool active() const { return keep_last > 0 || keep_best > 0; }
 };

@@ -230,23 +230,30 @@ class Checkpointer:
     def world_size(self):
         return self._engine.size
 
-    def save(self, state, step):
-        """Saves the nested dict `state` as checkpoint `step`; returns its directory."""
+    def save(self, state, step, tag=None):
+        """Saves the nested dict `state` as checkpoint `step`; returns its directory. With
+        `tag` ("best"), the step goes to the persistent root whatever the cadence and is named
+        `tag` (moved from an older checkpoint if it named one); retention keeps it."""
         entries, scalars = _flatten(state)
-        return self._engine.save(entries, scalars, int(step))
+        return self._engine.save(entries, scalars, int(step), _tag_name(tag))
 
-    def save_async(self, state, step):
+    def save_async(self, state, step, tag=None):
         """Snapshots this rank's share of `state` and saves it in the background; the model may
         change as soon as this returns. One save in flight: the next waits for this one."""
         entries, scalars = _flatten(state)
-        self._engine.save_async(entries, scalars, int(step))
+        self._engine.save_async(entries, scalars, int(step), _tag_name(tag))
         return AsyncSave(self)
 
-    def load(self, state, dir=None, fall_back=False, log=print):
-        """Fills every tensor of `state` in place from checkpoint `dir` (default: the newest),
-        all or nothing, and writes its scalars back into `state`. With `fall_back`, a damaged
-        checkpoint is reported through `log` (on rank 0) and the next older one is loaded
-        instead. Returns the directory loaded; Error("not found") when there is none."""
+    def load(self, state, dir=None, fall_back=False, log=print, tag=None):
+        """Fills every tensor of `state` in place from checkpoint `dir` (default: the newest;
+        with `tag`, the checkpoint that tag names), all or nothing, and writes its scalars back
+        into `state`. With `fall_back`, a damaged checkpoint is reported through `log` (on
+        rank 0) and the next older one is loaded instead. Returns the directory loaded;
+        Error("not found") when there is none."""
+        if tag is not None:
+            if dir is not None:
+                raise ValueError("give dir or tag, not both")
+            dir = _C.find_tag(self.root, str(tag))
         entries = [_entry(p, v) for p, v in _tensor_entries(state)]
         loaded, scalars = self._engine.load("" if dir is None else str(dir), entries,
                                             bool(fall_back), log)
@@ -266,6 +273,15 @@ class Checkpointer:
 
     def barrier(self):
         self._engine.barrier()
+
+
+def _tag_name(tag):
+    return "" if tag is None else str(tag)
+
+
+def tag(dir, name):
+    """Names checkpoint `dir` `name` (tagging again moves the name); retention keeps it."""
+    _C.tag(str(dir), str(name))
 
 
 def load(dir):
@@ -289,5 +305,5 @@ def verify(dir):
 
 
 def ls(root):
-    """Every checkpoint directory under `root`, oldest first, with step, epoch and loss."""
+    """Every checkpoint directory under `root`, oldest first, with step, epoch, loss and tags."""
     return _C.ls(str(root))

@@ -107,10 +107,11 @@ class Checkpointer {
         root_(root),
         options_(options) {}
 
-  std::string Save(const py::list& entries, const py::dict& scalars, int64_t step) {
+  std::string Save(const py::list& entries, const py::dict& scalars, int64_t step,
+                   const std::string& tag) {
     const StateTree tree = MakeTree(entries, scalars);
     py::gil_scoped_release unlocked;
-    return ckpt_->Save(tree, step);
+    return ckpt_->Save(tree, step, tag);
   }
   // `dir` empty: the newest under root. Returns (the directory loaded, its scalars).
   py::tuple Load(const std::string& dir, const py::list& entries, bool fall_back,
@@ -137,11 +138,12 @@ class Checkpointer {
   }
   std::string LatestReason() const { return ckpt_->latest_reason(); }
   // The save in the background (one in flight); a second object with its own communicator.
-  void SaveAsync(const py::list& entries, const py::dict& scalars, int64_t step) {
+  void SaveAsync(const py::list& entries, const py::dict& scalars, int64_t step,
+                 const std::string& tag) {
     const StateTree tree = MakeTree(entries, scalars);
     py::gil_scoped_release unlocked;
     if (!async_) async_ = std::make_unique<distckpt::AsyncCheckpointer>(root_, options_);
-    async_->SaveAsync(tree, step);
+    async_->SaveAsync(tree, step, tag);
   }
   std::string Wait() {
     py::gil_scoped_release unlocked;
@@ -222,6 +224,7 @@ py::list List(const std::string& root) {
     d["dir"] = info.dir;
     d["step"] = info.step;
     d["committed"] = info.committed;
+    d["tags"] = info.tags;
     if (info.manifest) {
       for (const char* key : {"epoch", "loss"}) {
         auto it = info.manifest->scalars.find(key);
@@ -275,5 +278,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("export", &Export);
   m.def("verify", &Verify);
   m.def("ls", &List);
+  m.def("tag", [](const std::string& dir, const std::string& name) {
+    distckpt::ThrowIfError(distckpt::TagCheckpoint(dir, name));
+  });
+  m.def("find_tag", [](const std::string& root, const std::string& name) {
+    return distckpt::ValueOrThrow(distckpt::FindTag(root, name));
+  });
   m.attr("version") = distckpt::kLibraryVersion;
 }

@@ -16,8 +16,9 @@ namespace distckpt {
 
 class CheckpointerAccess {
  public:
-  static Status Save(Checkpointer& c, const StateTree& tree, int64_t step, std::string* dir) {
-    return c.SaveStatus(tree, step, dir);
+  static Status Save(Checkpointer& c, const StateTree& tree, int64_t step, std::string* dir,
+                     const std::string& tag = "") {
+    return c.SaveStatus(tree, step, dir, tag);
   }
   static Status Load(Checkpointer& c, const std::string& dir, StateTree& tree,
                      const LoadOptions& options = {}) {
@@ -42,8 +43,8 @@ class CheckpointerAccess {
     return c.SharedPlan(tree, plan);
   }
   static Status SavePlanned(Checkpointer& c, const StateTree& tree, const SavePlan& plan,
-                            int64_t step, std::string* dir) {
-    return c.SaveDue(tree, plan, step, dir);  // the tiers due at `step`
+                            int64_t step, std::string* dir, const std::string& tag = "") {
+    return c.SaveDue(tree, plan, step, dir, tag);  // the tiers due at `step`
   }
 };
 

@@ -88,7 +88,7 @@ std::string AsyncCheckpointer::Wait() {
   return dir_;
 }
 
-void AsyncCheckpointer::SaveAsync(const StateTree& tree, int64_t step) {
+void AsyncCheckpointer::SaveAsync(const StateTree& tree, int64_t step, const std::string& tag) {
   const auto t0 = std::chrono::steady_clock::now();
   Wait();
   // Planned once; the background save writes the snapshot with this very plan.
@@ -100,12 +100,12 @@ void AsyncCheckpointer::SaveAsync(const StateTree& tree, int64_t step) {
   for (const auto& [path, value] : tree.scalars()) snapshot_.SetScalar(path, value);
   status_ = Status::Ok();
   dir_.clear();
-  worker_ = std::thread([this, step] {
+  worker_ = std::thread([this, step, tag] {
     // Training keeps its cores: the writer yields to it where CPUs are contended (per-thread
     // nice value on Linux; failure to lower priority is harmless).
     setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
     Checkpointer writer(root_, *comm_, options_);
-    status_ = CheckpointerAccess::SavePlanned(writer, snapshot_, *plan_, step, &dir_);
+    status_ = CheckpointerAccess::SavePlanned(writer, snapshot_, *plan_, step, &dir_, tag);
   });
   last_blocked_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <map>
 
 #include "core/status_macros.h"
 #include "distckpt/checkpoint.h"
@@ -14,19 +15,6 @@ namespace {
 
 Env* OrDefault(Env* env) { return env ? env : Env::Default(); }
 
-// Reads every byte of one shard in bounded slices; the first problem is returned.
-Status VerifyShard(ShardReader& reader, const TensorRecord& t, const ShardRecord& s,
-                   std::vector<char>& buffer) {
-  const int64_t esize = c10::elementSize(t.dtype);
-  const int64_t slice = std::max<int64_t>(1, (64 << 20) / esize);
-  for (int64_t e = 0; e < s.flat_count; e += slice) {
-    const int64_t n = std::min(slice, s.flat_count - e);
-    buffer.resize(static_cast<size_t>(n * esize));
-    RETURN_IF_ERROR(reader.Read(t, s, e, n, buffer.data()));
-  }
-  return Status::Ok();
-}
-
 }  // namespace
 
 std::vector<CheckpointInfo> ListCheckpoints(const std::string& root, Env* env) {
@@ -34,6 +22,8 @@ std::vector<CheckpointInfo> ListCheckpoints(const std::string& root, Env* env) {
   std::vector<CheckpointInfo> out;
   auto names = env->ListDir(root);
   if (!names.ok()) return out;
+  std::map<std::string, std::vector<std::string>> tags_of;  // dir -> its tags
+  for (const auto& [tag, dir] : ListTags(root, env)) tags_of[dir].push_back(tag);
   for (const std::string& name : names.value()) {
     CheckpointInfo info;
     info.dir = JoinPath(root, name);
@@ -42,6 +32,7 @@ std::vector<CheckpointInfo> ListCheckpoints(const std::string& root, Env* env) {
     if (kind == DirKind::kCommitted) {
       auto m = ReadManifest(info.dir, env);
       info.committed = env->Exists(JoinPath(info.dir, kManifestName));
+      info.tags = tags_of[info.dir];
       if (m.ok()) {
         info.manifest = std::move(m).value();
       } else {
@@ -76,13 +67,12 @@ Result<VerifyReport> VerifyCheckpoint(const std::string& dir, Env* env,
   }
   int64_t done = 0;
   const int64_t total = manifest.TotalBytes();
-  std::vector<char> buffer;
   for (const TensorRecord& t : manifest.tensors) {
     ++report.tensors_checked;
     done += t.nbytes();
     if (progress) progress(done, total);
     for (const ShardRecord& s : t.shards) {
-      Status st = VerifyShard(reader, t, s, buffer);
+      Status st = reader.Verify(t, s);
       if (!st.ok()) report.problems.push_back(st);
     }
   }

@@ -65,10 +65,15 @@ std::vector<std::string> CollectGarbage(const std::string& root, const Retention
   }
   for (const std::string& dir : BestByMetric(committed, policy)) keep.insert(dir);
   for (const auto& c : committed) {
+    if (policy.keep_tagged && !c.tags.empty()) keep.insert(c.dir);
+  }
+  for (const auto& c : committed) {
     if (keep.count(c.dir)) continue;
     // A load holds a shared lock: leave that checkpoint for a later pass.
     auto lock = env->LockDir(c.dir, LockMode::kExclusiveNoWait);
-    if (lock.ok() && env->RemoveAll(c.dir).ok()) removed.push_back(c.dir);
+    if (!lock.ok() || !env->RemoveAll(c.dir).ok()) continue;
+    removed.push_back(c.dir);
+    for (const std::string& tag : c.tags) (void)RemoveTag(root, tag, env);
   }
   return removed;
 }

@@ -16,6 +16,7 @@
 
 #include "checkpoint/rank_writer.h"
 #include "checkpoint/save_steps.h"
+#include "checkpoint/tags.h"
 #include "core/checksum.h"
 #include "core/guarded.h"
 #include "core/status_macros.h"
@@ -180,13 +181,15 @@ Result<SavePlan> Checkpointer::PlanFromAll(const std::vector<LocalTensorInfo>& m
   return PlanSave(all, options_.min_split_bytes);
 }
 
-Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string* out_dir) {
+Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string* out_dir,
+                                const std::string& tag) {
   if (root_.empty()) return InvalidArgument("this Checkpointer has no root to save into");
+  if (!tag.empty()) RETURN_IF_ERROR(CheckTagName(tag));
   if (step < 0 || step > kMaxStep) {
     return InvalidArgument("step " + std::to_string(step) + " is outside [0, " +
                            std::to_string(kMaxStep) + "]");
   }
-  if (!LocalDue(step) && !PersistDue(step)) {
+  if (!LocalDue(step) && !PersistDue(step) && tag.empty()) {
     save_stats_ = SaveStats();
     return Status::Ok();  // nothing due at this step
   }
@@ -195,7 +198,7 @@ Status Checkpointer::SaveStatus(const StateTree& tree, int64_t step, std::string
   std::shared_ptr<const SavePlan> plan;
   RETURN_IF_ERROR(SharedPlan(tree, &plan));
   const double plan_seconds = MonotonicSeconds() - start;
-  Status saved = SaveDue(tree, *plan, step, out_dir);
+  Status saved = SaveDue(tree, *plan, step, out_dir, tag);
   save_stats_.plan_seconds = plan_seconds;
   save_stats_.total_seconds = MonotonicSeconds() - start;
   return saved;
@@ -211,7 +214,7 @@ bool Checkpointer::PersistDue(int64_t step) const {
 }
 
 Status Checkpointer::SaveDue(const StateTree& tree, const SavePlan& plan, int64_t step,
-                             std::string* out_dir) {
+                             std::string* out_dir, const std::string& tag) {
   double local_seconds = 0;
   int64_t local_bytes = 0;
   if (LocalDue(step)) {
@@ -220,14 +223,15 @@ Status Checkpointer::SaveDue(const StateTree& tree, const SavePlan& plan, int64_
     local_seconds = MonotonicSeconds() - start;
     local_bytes = save_stats_.local_host_bytes;
   }
-  Status saved = PersistDue(step) ? SavePlanned(tree, plan, step, out_dir) : Status::Ok();
+  Status saved =
+      PersistDue(step) || !tag.empty() ? SavePlanned(tree, plan, step, out_dir, tag) : Status::Ok();
   save_stats_.local_seconds = local_seconds;
   save_stats_.local_host_bytes = local_bytes;
   return saved;
 }
 
 Status Checkpointer::SavePlanned(const StateTree& tree, const SavePlan& plan, int64_t step,
-                                 std::string* out_dir) {
+                                 std::string* out_dir, const std::string& tag) {
   const int rank = comm_.rank();
   const double start = MonotonicSeconds();
   const bool reused = save_stats_.plan_reused;
@@ -263,6 +267,10 @@ Status Checkpointer::SavePlanned(const StateTree& tree, const SavePlan& plan, in
       Manifest m = ManifestSkeleton(tree, plan, step, comm_.size(), options_.piece_bytes);
       RETURN_IF_ERROR(MergeFragments(fragments, &m));
       RETURN_IF_ERROR(Commit(env_, root_, tmp_dir, final_dir, m));
+      if (!tag.empty()) {
+        RETURN_IF_ERROR(TagCheckpoint(final_dir, tag, env_)
+                            .Annotate("step " + std::to_string(step) + " was committed untagged"));
+      }
       if (options_.retention.active()) CollectGarbage(root_, options_.retention, env_);
       return Status::Ok();
     });
@@ -276,9 +284,9 @@ Status Checkpointer::SavePlanned(const StateTree& tree, const SavePlan& plan, in
   return Status::Ok();
 }
 
-std::string Checkpointer::Save(const StateTree& tree, int64_t step) {
+std::string Checkpointer::Save(const StateTree& tree, int64_t step, const std::string& tag) {
   std::string dir;
-  ThrowIfError(SaveStatus(tree, step, &dir));
+  ThrowIfError(SaveStatus(tree, step, &dir, tag));
   return dir;
 }
 

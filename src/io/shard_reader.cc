@@ -82,6 +82,16 @@ Status ShardReader::CheckFile(const std::string& name) {
   return file.ok() ? Status::Ok() : file.status().Annotate("rank " + std::to_string(rank_));
 }
 
+Status ShardReader::VerifyFile(const std::string& name) {
+  RETURN_IF_ERROR(CheckFile(name));
+  for (const TensorRecord& t : manifest_->tensors) {
+    for (const ShardRecord& s : t.shards) {
+      if (s.file == name) RETURN_IF_ERROR(Verify(t, s));
+    }
+  }
+  return Status::Ok();
+}
+
 Status ShardReader::Read(const TensorRecord& tensor, const ShardRecord& shard, int64_t elem_begin,
                          int64_t count, void* dest) {
   const int64_t esize = c10::elementSize(tensor.dtype);

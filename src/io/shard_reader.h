@@ -33,6 +33,14 @@ class ShardReader {
   Status Read(const TensorRecord& tensor, const ShardRecord& shard, int64_t elem_begin,
               int64_t count, void* dest);
 
+  // Checks every byte of `shard` against its checksums, copying nothing out.
+  Status Verify(const TensorRecord& tensor, const ShardRecord& shard) {
+    return Read(tensor, shard, 0, shard.flat_count, nullptr);
+  }
+
+  // CheckFile, then every byte of every shard stored in rank file `name`.
+  Status VerifyFile(const std::string& name);
+
   // Elements [begin, begin + count) of the flattened tensor into `dest`, from whichever of its
   // shards hold them.
   Status ReadElements(const TensorRecord& tensor, int64_t begin, int64_t count, void* dest);

@@ -41,6 +41,17 @@ std::string RankFileName(int rank) {
 
 std::string TmpFileName(const std::string& name) { return name + ".tmp"; }
 
+bool IsValidTagName(const std::string& name) {
+  if (name.empty() || name.size() > 100 || name[0] == '.') return false;
+  if (name.size() >= 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) return false;
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
 DirKind ParseCheckpointDirName(const std::string& name, int64_t* step) {
   const size_t step_len = sizeof(kStepPrefix) - 1, tmp_len = sizeof(kTmpPrefix) - 1;
   if (StartsWith(name, kStepPrefix) && name.size() == step_len + kStepDigits &&

@@ -1,7 +1,8 @@
 // Every name distckpt gives to a file or directory, and the parsers that recognise them.
 //
-// A checkpoint root holds committed checkpoints `step-<8 digits>/` and, while a save runs,
-// `.tmp-step-<8 digits>-<nonce>/`. Inside a checkpoint: `rank-<5 digits>.h5` per writing rank,
+// A checkpoint root holds committed checkpoints `step-<8 digits>/`, while a save runs
+// `.tmp-step-<8 digits>-<nonce>/`, and `tags/<name>` files that each hold a checkpoint's
+// directory name. Inside a checkpoint: `rank-<5 digits>.h5` per writing rank,
 // `manifest.h5` (the index) and `manifest.xxh3` (the index file's checksum). Nothing else in the
 // library spells these names. Plain functions of their arguments: thread-safe.
 #pragma once
@@ -13,6 +14,7 @@ namespace distckpt {
 
 inline constexpr char kManifestName[] = "manifest.h5";
 inline constexpr char kManifestSumName[] = "manifest.xxh3";
+inline constexpr char kTagsDirName[] = "tags";
 // The largest step a directory name can carry (8 digits).
 inline constexpr int64_t kMaxStep = 99999999;
 
@@ -24,6 +26,10 @@ std::string TmpCheckpointDirName(int64_t step, const std::string& nonce);
 std::string RankFileName(int rank);
 // A name with ".tmp" appended: where a file is written before it is renamed into place.
 std::string TmpFileName(const std::string& name);
+
+// Whether `name` can name a tag: 1-100 of [A-Za-z0-9._-], not starting with '.' nor ending in
+// ".tmp" (a tag being written).
+bool IsValidTagName(const std::string& name);
 
 enum class DirKind { kOther, kCommitted, kTemporary };
 // What a directory entry under a checkpoint root is; sets *step for the two checkpoint kinds.

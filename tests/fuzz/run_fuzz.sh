@@ -21,7 +21,7 @@ for d in core layout plan manifest io hdf5; do
 done
 sources+=(src/comm/communicator.cc src/comm/deadline_watch.cc src/gpu/staging.cc src/gpu/device_copy_engine.cc
   src/checkpoint/rank_writer.cc src/checkpoint/manifest_store.cc
-  src/checkpoint/save.cc src/checkpoint/catalog.cc src/checkpoint/retention.cc
+  src/checkpoint/save.cc src/checkpoint/catalog.cc src/checkpoint/retention.cc src/checkpoint/tags.cc
   src/checkpoint/local_tier.cc src/pt/pickle.cc
   tests/fuzz/parsers_fuzz.cc)
 # ccache (when present) keeps rebuilds of a fresh clone cheap; paths relative to the source.

@@ -214,3 +214,25 @@ def test_local_tier_saves_and_resumes_from_the_newer_local_step(root):
     assert "local step 3" in again.latest_reason and "persistent newest: 2" in again.latest_reason
     with pytest.raises(ValueError):
         distckpt.Checkpointer(root, local_root=local, local_every=0)
+
+
+def test_tags_name_checkpoints_and_load_by_name(root):
+    ckpt = distckpt.Checkpointer(root, keep_last=1, timeout=60)
+    for step in (1, 2, 3):
+        ckpt.save({"w": torch.full((10,), float(step)), "loss": 1.0 / step}, step=step,
+                  tag="best" if step == 2 else None)
+    ckpt.barrier()
+    listed = {c["step"]: c["tags"] for c in distckpt.ls(root)}
+    assert listed == {2: ["best"], 3: []}  # keep_last=1, and the tagged one
+    state = {"w": torch.zeros(10), "loss": 0.0}
+    assert ckpt.load(state, tag="best") == os.path.join(root, "step-00000002")
+    assert torch.equal(state["w"], torch.full((10,), 2.0)) and state["loss"] == 0.5
+    if ckpt.rank == 0:
+        distckpt.tag(os.path.join(root, "step-00000003"), "best")  # moves the tag
+    ckpt.barrier()
+    assert ckpt.load(state, tag="best") == os.path.join(root, "step-00000003")
+    with pytest.raises(distckpt.Error, match="no tag 'nope'"):
+        ckpt.load(state, tag="nope")
+    with pytest.raises(distckpt.Error, match="cannot name a tag"):
+        ckpt.save({"w": torch.zeros(10)}, step=4, tag="a b")
+    assert not os.path.exists(os.path.join(root, "step-00000004"))
