@@ -77,26 +77,6 @@ std::string JoinNames(const std::vector<std::string>& names) {
   return out;
 }
 
-// Reads every byte of every shard stored in `file` and checks it against the manifest.
-Status VerifyFile(Env* env, const std::string& dir, const Manifest& m, const std::string& file) {
-  ShardReader reader(env, dir, &m, 0);
-  RETURN_IF_ERROR(reader.CheckFile(file));
-  std::vector<char> buffer;
-  for (const TensorRecord& t : m.tensors) {
-    const int64_t esize = static_cast<int64_t>(c10::elementSize(t.dtype));
-    const int64_t slice = std::max<int64_t>(1, (64 << 20) / esize);
-    for (const ShardRecord& s : t.shards) {
-      if (s.file != file) continue;
-      for (int64_t e = 0; e < s.flat_count; e += slice) {
-        const int64_t n = std::min(slice, s.flat_count - e);
-        buffer.resize(static_cast<size_t>(n * esize));
-        RETURN_IF_ERROR(reader.Read(t, s, e, n, buffer.data()));
-      }
-    }
-  }
-  return Status::Ok();
-}
-
 // Tensor bytes of rank r's file under `plan` (HDF5's own structure adds a little).
 int64_t PlannedBytes(const SavePlan& plan, int r) {
   std::map<std::string, at::ScalarType> dtypes;
@@ -277,7 +257,7 @@ Status DropDamagedCopies(const HostView& v, const std::string& dir, const Manife
   std::string failed;
   if (v.leader && hosts->count(v.my_host)) {
     for (const std::string& f : hosts->at(v.my_host).present) {
-      if (!VerifyFile(v.env, dir, manifest, f).ok()) failed += f + '\n';
+      if (!ShardReader(v.env, dir, &manifest, 0).VerifyFile(f).ok()) failed += f + '\n';
     }
   }
   std::vector<std::string> failures;
@@ -290,6 +270,60 @@ Status DropDamagedCopies(const HostView& v, const std::string& dir, const Manife
       reason << "local step " << step << ": the copy of " << f << " on " << v.topo.names[h]
              << " fails its checksums; ";
     }
+  }
+  return Status::Ok();
+}
+
+// One file of a gathered step sent from the host that holds it to the hosts that lack it.
+struct Transfer {
+  std::string file;
+  int from = 0;
+  std::vector<int> to;
+};
+
+// Transfers grouped into rounds in which a host sends at most one file to each other host, so
+// that one exchange moves every file of a round at once (hosts send and receive side by side).
+std::vector<std::vector<Transfer>> ScheduleRounds(std::vector<Transfer> transfers) {
+  std::vector<std::vector<Transfer>> rounds;
+  std::vector<std::set<std::pair<int, int>>> links;  // per round: (from, to) pairs in use
+  for (Transfer& t : transfers) {
+    size_t r = 0;
+    auto busy = [&](size_t round) {
+      return std::any_of(t.to.begin(), t.to.end(), [&](int h) {
+        return links[round].count({t.from, h}) > 0;
+      });
+    };
+    while (r < rounds.size() && busy(r)) ++r;
+    if (r == rounds.size()) {
+      rounds.emplace_back();
+      links.emplace_back();
+    }
+    for (int h : t.to) links[r].insert({t.from, h});
+    rounds[r].push_back(std::move(t));
+  }
+  return rounds;
+}
+
+// Moves one round: each source leader maps its files, each receiving leader writes what it got
+// into `target`.
+Status MoveRound(const HostView& v, const std::string& dir, const std::string& target,
+                 const std::vector<Transfer>& round, Status* local) {
+  std::vector<std::string_view> to(v.comm.size());
+  std::vector<FileBytes> sending(round.size());
+  for (size_t i = 0; i < round.size(); ++i) {
+    const Transfer& t = round[i];
+    if (!v.leader || v.my_host != t.from || !local->ok()) continue;
+    *local = sending[i].Open(v.env, JoinPath(dir, t.file));
+    for (int h : t.to) to[v.topo.leader(h)] = sending[i].view();
+  }
+  std::vector<std::string> from;
+  RETURN_IF_ERROR(v.comm.AllToAll(to, &from));
+  for (const Transfer& t : round) {
+    const std::string& got = from[v.topo.leader(t.from)];
+    if (!v.leader || got.empty() || !local->ok()) continue;
+    const std::string path = JoinPath(target, t.file);
+    *local = WriteFileDurably(v.env, TmpFileName(path), got);
+    if (local->ok()) *local = v.env->Rename(TmpFileName(path), path);
   }
   return Status::Ok();
 }
@@ -308,33 +342,21 @@ Status GatherStep(const HostView& v, const std::string& root, const std::string&
   const std::string tmp_name = TmpCheckpointDirName(step, RandomNonce());
   const std::string tmp_dir = JoinPath(root, tmp_name);
   if (v.leader && !have_step) *local = PrepareNamedTmpDir(v.env, root, tmp_name);
-  const std::string target = have_step ? dir : tmp_dir;
-  std::vector<std::string> files;
-  for (const auto& [f, h] : source) files.push_back(f);
+  std::vector<Transfer> transfers;
+  for (const auto& [f, h] : source) transfers.push_back({f, h, {}});
   for (const char* name : {kManifestSumName, kManifestName}) {
-    files.push_back(name);
-    source[name] = hosts.begin()->first;  // every host with the step has its manifest
+    // Every host with the step has its manifest.
+    transfers.push_back({name, hosts.begin()->first, {}});
   }
-  for (const std::string& f : files) {
-    const bool is_manifest = f == kManifestName || f == kManifestSumName;
-    std::vector<int> lacking;
+  for (Transfer& t : transfers) {
+    const bool is_manifest = t.file == kManifestName || t.file == kManifestSumName;
     for (int h = 0; h < v.topo.hosts(); ++h) {
-      if (is_manifest ? !hosts.count(h) : !holds(h, f)) lacking.push_back(h);
+      if (is_manifest ? !hosts.count(h) : !holds(h, t.file)) t.to.push_back(h);
     }
-    std::vector<std::string_view> to(v.comm.size());
-    FileBytes bytes;
-    if (v.leader && v.my_host == source[f] && local->ok() && !lacking.empty()) {
-      *local = bytes.Open(v.env, JoinPath(dir, f));
-      for (int h : lacking) to[v.topo.leader(h)] = bytes.view();
-    }
-    std::vector<std::string> from;
-    RETURN_IF_ERROR(v.comm.AllToAll(to, &from));
-    const std::string& got = from[v.topo.leader(source[f])];
-    if (v.leader && !got.empty() && local->ok()) {
-      const std::string path = JoinPath(target, f);
-      *local = WriteFileDurably(v.env, TmpFileName(path), got);
-      if (local->ok()) *local = v.env->Rename(TmpFileName(path), path);
-    }
+  }
+  std::erase_if(transfers, [](const Transfer& t) { return t.to.empty(); });
+  for (const std::vector<Transfer>& round : ScheduleRounds(std::move(transfers))) {
+    RETURN_IF_ERROR(MoveRound(v, dir, have_step ? dir : tmp_dir, round, local));
   }
   if (v.leader && !have_step && local->ok()) {
     *local = v.env->SyncDir(tmp_dir);
