@@ -11,6 +11,7 @@ Launched with `mpirun -np N python train.py`, every rank saves its share in para
 checkpoint loads on any number of ranks, or with `distckpt.load(dir)` in one process.
 """
 import json
+import os
 
 import torch
 
@@ -215,6 +216,7 @@ class Checkpointer:
                 raise ValueError(f"{name} must be a positive number of steps, not {value}")
         if int(replicas) < 0:
             raise ValueError(f"replicas must be 0 or more, not {replicas}")
+        _refuse_other_launchers()
         self.root = str(root)
         self._engine = _C.Checkpointer(self.root, keep_last, keep_best, metric,
                                        higher_is_better, float(timeout), float(save_timeout),
@@ -273,6 +275,20 @@ class Checkpointer:
 
     def barrier(self):
         self._engine.barrier()
+
+
+def _refuse_other_launchers():
+    """A job of several processes started without mpirun (torchrun, or srun with
+    torch.distributed's environment) would make each process a world of one, each committing
+    its share as if it were the whole state: refused until such launchers are supported."""
+    mpi = any(k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"))
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not mpi and world.isdigit() and int(world) > 1:
+        raise Error(f"this process is rank {os.environ.get('RANK', '?')} of {world} started "
+                    f"without mpirun (WORLD_SIZE is set, e.g. by torchrun): distckpt's "
+                    f"Checkpointer needs the job to be launched with mpirun (mpirun -np {world} "
+                    f"python ...); distckpt.load(dir) works in any single process",
+                    "invalid argument")
 
 
 def _tag_name(tag):

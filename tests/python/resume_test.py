@@ -57,6 +57,16 @@ for np in (4, 2, 1):
     check(f"DDP + Adam saved on 4 ranks, resumed on {np}: steps 4-6 "
           f"{'and the final state bit-identical' if np == 4 else 'within 1e-6'}", ok, detail)
 
+# Several processes started without mpirun (as torchrun starts them) are refused, not each
+# treated as a world of one that commits its share as the whole state.
+plain_env = {k: v for k, v in env.items() if not k.startswith(("OMPI_", "PMI", "PMIX"))}
+r = subprocess.run([python, "-c", "import distckpt; distckpt.Checkpointer('unused')"],
+                   capture_output=True, text=True, timeout=120,
+                   env=dict(plain_env, WORLD_SIZE="2", RANK="1", LOCAL_RANK="1"))
+check("a rank started by torchrun (WORLD_SIZE=2, no mpirun) is refused with a clear error",
+      r.returncode != 0 and "rank 1 of 2 started without mpirun" in r.stderr
+      and not os.path.exists("unused"), r.stderr[-800:])
+
 # C++ -> Python -> C++
 cpp = os.path.join(work, "cpp")
 want = job(2, train, "--ckpt-dir", os.path.join(work, "cpp-ref"), "--steps", 6, "--save-every", 0,
