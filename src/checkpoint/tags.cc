@@ -2,8 +2,6 @@
 // of the checkpoint it names (written to a temporary file and renamed: a tag moves atomically).
 #include "checkpoint/tags.h"
 
-#include <algorithm>
-
 #include "core/status_macros.h"
 #include "distckpt/checkpoint.h"
 #include "io/file_util.h"
@@ -78,13 +76,13 @@ std::map<std::string, std::string> ListTags(const std::string& root, Env* env) {
 Result<std::string> FindTag(const std::string& root, const std::string& tag, Env* env) {
   env = OrDefault(env);
   RETURN_IF_ERROR(CheckTagName(tag));
-  const std::map<std::string, std::string> tags = ListTags(root, env);
-  auto it = tags.find(tag);
-  if (it == tags.end()) return NotFound("no tag '" + tag + "' in '" + root + "'");
-  if (!env->Exists(JoinPath(it->second, kManifestName))) {
-    return NotFound("tag '" + tag + "' names '" + it->second + "', which is gone");
+  const std::string name = ReadTag(env, JoinPath(JoinPath(root, kTagsDirName), tag));
+  if (name.empty()) return NotFound("no tag '" + tag + "' in '" + root + "'");
+  const std::string dir = JoinPath(root, name);
+  if (!env->Exists(JoinPath(dir, kManifestName))) {
+    return NotFound("tag '" + tag + "' names '" + dir + "', which is gone");
   }
-  return it->second;
+  return dir;
 }
 
 }  // namespace distckpt
