@@ -199,8 +199,9 @@ int ExportSafetensors(const std::string& dir, const std::string& out,
 int Import(const std::string& in, const std::string& root, int64_t step) {
   distckpt::ImportOptions options;
   options.step = step;
-  auto dir = distckpt::IsSafetensors(in) ? distckpt::ImportSafetensors(in, root, options)
-                                         : distckpt::ImportPt(in, root, options);
+  auto dir = distckpt::IsDcpCheckpoint(in) ? distckpt::ImportDcp(in, root, options)
+             : distckpt::IsSafetensors(in) ? distckpt::ImportSafetensors(in, root, options)
+                                           : distckpt::ImportPt(in, root, options);
   if (!dir.ok()) {
     std::fprintf(stderr, "distckpt import: %s\n", dir.status().ToString().c_str());
     return 1;
@@ -383,8 +384,10 @@ void AddCommands(CLI::App& app, Command& c) {
                   "job ends naming the late rank")
       ->check(CLI::PositiveNumber);
   auto* imp = app.add_subcommand(
-      "import", "commit a torch.save file, a .safetensors file or a safetensors model directory");
-  imp->add_option("IN", c.pt, "the .pt or .safetensors file, or a model directory")
+      "import",
+      "commit a torch.save file, a .safetensors file, a safetensors model directory or a "
+      "PyTorch DCP checkpoint directory");
+  imp->add_option("IN", c.pt, "the .pt or .safetensors file, a model directory or a DCP directory")
       ->required()
       ->check(CLI::ExistingPath);
   imp->add_option("ROOT", c.root, "checkpoint root (created if missing)")->required();

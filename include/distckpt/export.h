@@ -10,6 +10,10 @@
 // Import reads a torch.save file (the {"epoch", "model_state_dict", "optimizer_state_dict",
 // "loss"} layout or a bare state_dict) without running any code from it: only containers,
 // numbers, strings, None and tensors are accepted, and any other global is refused by name.
+// Import of a PyTorch DCP checkpoint directory (torch.distributed.checkpoint with its
+// FileSystemWriter: a .metadata file and .distcp files) reads the metadata as plain records,
+// assembles each tensor from the chunks the saving ranks wrote, and rebuilds the nested dict
+// from the keys DCP recorded; compressed (transformed) items are refused by name.
 // Functions here are not collective unless they say so; not thread-safe (HDF5).
 #pragma once
 
@@ -59,5 +63,13 @@ Result<StateTree> ReadPt(const std::string& pt_path, Env* env = nullptr);
 // Reads `pt_path` and commits it as a checkpoint under `root`; returns its directory.
 Result<std::string> ImportPt(const std::string& pt_path, const std::string& root,
                              const ImportOptions& options = {});
+
+// Whether `path` is a PyTorch DCP checkpoint directory (it holds a .metadata file).
+bool IsDcpCheckpoint(const std::string& path, Env* env = nullptr);
+// Reads a PyTorch DCP checkpoint directory into a tree (replicated tensors, CPU).
+Result<StateTree> ReadDcp(const std::string& dcp_dir, Env* env = nullptr);
+// Reads `dcp_dir` and commits it as a checkpoint under `root`; returns its directory.
+Result<std::string> ImportDcp(const std::string& dcp_dir, const std::string& root,
+                              const ImportOptions& options = {});
 
 }  // namespace distckpt

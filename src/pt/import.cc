@@ -13,6 +13,7 @@
 #include "distckpt/checkpoint.h"
 #include "distckpt/export.h"
 #include "pt/pickle.h"
+#include "pt/pt_reader.h"
 
 namespace distckpt {
 namespace {
@@ -20,16 +21,17 @@ namespace {
 using Archive = caffe2::serialize::PyTorchStreamReader;
 using K = PyValue::Kind;
 
-// The zip reader reads the file through the Env; a failed read throws (caught by the caller).
+// The zip reader reads the file (or `size` bytes of it from `base`) through the Env; a failed
+// read throws (caught by the caller).
 class EnvReadAdapter : public caffe2::serialize::ReadAdapterInterface {
  public:
-  EnvReadAdapter(std::unique_ptr<ReadableFile> file, size_t size)
-      : file_(std::move(file)), size_(size) {}
+  EnvReadAdapter(std::unique_ptr<ReadableFile> file, size_t size, uint64_t base = 0)
+      : file_(std::move(file)), size_(size), base_(base) {}
   size_t size() const override { return size_; }
   size_t read(uint64_t pos, void* buf, size_t n, const char* what) const override {
     if (pos >= size_) return 0;
     n = std::min<size_t>(n, size_ - pos);
-    Status st = file_->PRead(pos, buf, n);
+    Status st = file_->PRead(base_ + pos, buf, n);
     if (!st.ok()) throw Error(st.Annotate(what ? what : "reading"));
     return n;
   }
@@ -37,6 +39,7 @@ class EnvReadAdapter : public caffe2::serialize::ReadAdapterInterface {
  private:
   std::unique_ptr<ReadableFile> file_;
   size_t size_;
+  uint64_t base_;
 };
 
 // Where the bytes of each storage come from: the zip archive's records, or the storages that
@@ -62,17 +65,7 @@ std::string Join(const std::string& path, const std::string& key) {
 
 Status FlattenDict(FlattenContext& ctx, const PyValue& v, const std::string& path) {
   for (const auto& [key, value] : v.dict) {
-    std::string k;
-    if (key->kind == K::kString) {
-      k = key->s;
-    } else if (key->kind == K::kInt) {
-      k = std::to_string(key->i);
-    } else {
-      return InvalidArgument("'" + path + "' has a key that is neither a string nor an int");
-    }
-    if (k.empty() || k.find('/') != std::string::npos) {
-      return InvalidArgument("'" + path + "' has key '" + k + "', which cannot be a path part");
-    }
+    ASSIGN_OR_RETURN(std::string k, PathPart(*key, path));
     RETURN_IF_ERROR(Flatten(ctx, value, Join(path, k)));
   }
   return Status::Ok();
@@ -202,9 +195,9 @@ Result<std::unique_ptr<ReadableFile>> OpenPt(Env* env, const std::string& pt_pat
 }
 
 Result<std::unique_ptr<Archive>> OpenArchive(std::unique_ptr<ReadableFile> file, uint64_t size,
-                                             const std::string& pt_path) {
+                                             const std::string& pt_path, uint64_t base = 0) {
   try {
-    auto adapter = std::make_shared<EnvReadAdapter>(std::move(file), size);
+    auto adapter = std::make_shared<EnvReadAdapter>(std::move(file), size, base);
     return std::make_unique<Archive>(adapter);
   } catch (const Error& e) {
     return e.status();
@@ -383,6 +376,21 @@ Result<PtContents> ReadPtContents(Env* env, const std::string& pt_path) {
 
 }  // namespace
 
+Result<std::string> PathPart(const PyValue& key, const std::string& where) {
+  std::string part;
+  if (key.kind == K::kString) {
+    part = key.s;
+  } else if (key.kind == K::kInt) {
+    part = std::to_string(key.i);
+  } else {
+    return InvalidArgument("'" + where + "' has a key that is neither a string nor an int");
+  }
+  if (part.empty() || part.find('/') != std::string::npos) {
+    return InvalidArgument("'" + where + "' has key '" + part + "', which cannot be a path part");
+  }
+  return part;
+}
+
 Result<StateTree> ReadPt(const std::string& pt_path, Env* env) {
   if (!env) env = Env::Default();
   auto contents = ReadPtContents(env, pt_path);
@@ -404,20 +412,37 @@ Result<StateTree> ReadPt(const std::string& pt_path, Env* env) {
   return tree;
 }
 
+Status ReadPtObject(Env* env, const std::string& file_path, uint64_t offset, uint64_t length,
+                    const std::string& path, StateTree* tree) {
+  const std::string what = "'" + file_path + "' bytes [" + std::to_string(offset) + ", " +
+                           std::to_string(offset + length) + ")";
+  ASSIGN_OR_RETURN(auto file, OpenPt(env, file_path));
+  ASSIGN_OR_RETURN(uint64_t size, file->Size());
+  if (offset + length > size) {
+    return Corrupt(what + " lie past the end of the file (" + std::to_string(size) + " bytes)");
+  }
+  ASSIGN_OR_RETURN(auto archive, OpenArchive(std::move(file), length, what, offset));
+  ASSIGN_OR_RETURN(PyPtr root, ReadZipPickle(*archive, what));
+  ZipStorages storages(*archive);
+  FlattenContext ctx{storages, tree, {}};
+  Status st = Flatten(ctx, root, path);
+  return st.ok() ? st : st.Annotate(what);
+}
+
+int64_t ImportStep(const StateTree& tree, const ImportOptions& options) {
+  if (options.step >= 0) return options.step;
+  for (const char* key : {"step", "epoch"}) {
+    if (tree.HasScalar(key) && std::holds_alternative<int64_t>(tree.scalar(key))) {
+      return tree.GetInt(key);
+    }
+  }
+  return 0;
+}
+
 Result<std::string> ImportPt(const std::string& pt_path, const std::string& root,
                              const ImportOptions& options) {
   ASSIGN_OR_RETURN(StateTree tree, ReadPt(pt_path, options.env));
-  int64_t step = options.step;
-  if (step < 0) {
-    step = 0;
-    for (const char* key : {"step", "epoch"}) {
-      if (tree.HasScalar(key) && std::holds_alternative<int64_t>(tree.scalar(key))) {
-        step = tree.GetInt(key);
-        break;
-      }
-    }
-  }
-  return CommitImport(tree, root, step, options.env);
+  return CommitImport(tree, root, ImportStep(tree, options), options.env);
 }
 
 }  // namespace distckpt

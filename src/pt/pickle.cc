@@ -101,6 +101,13 @@ enum : uint8_t {
   kLong1 = 0x8a,
   kShortBinUnicode = 0x8c,
   kBinUnicode8 = 0x8d,
+  kBinBytes = 'B',
+  kShortBinBytes = 'C',
+  kNewObj = 0x81,
+  kEmptySet = 0x8f,
+  kAddItems = 0x90,
+  kFrozenSet = 0x91,
+  kNewObjEx = 0x92,
   kStackGlobal = 0x93,
   kMemoize = 0x94,
   kFrame = 0x95,
@@ -241,7 +248,8 @@ class Writer {
 
 class Reader {
  public:
-  explicit Reader(const std::string& in, size_t pos = 0) : in_(in), pos_(pos) {}
+  explicit Reader(const std::string& in, size_t pos = 0, bool objects = false)
+      : in_(in), pos_(pos), objects_(objects) {}
 
   size_t pos() const { return pos_; }
   bool truncated() const { return truncated_; }
@@ -309,7 +317,7 @@ class Reader {
     at::ScalarType dtype;
     if (module == "torch" && DtypeFromName(name, &dtype)) allowed = true;  // torch.float8_e5m2
     if (module == "torch" && FindDtypeByStorageClass(name)) allowed = true;
-    if (!allowed) {
+    if (!allowed && !objects_) {
       return InvalidArgument("refusing to load global '" + full +
                              "': only plain containers, numbers, strings and tensors are "
                              "accepted (no code runs from a .pt file)");
@@ -326,6 +334,16 @@ class Reader {
       return Corrupt("pickle REDUCE on something that is not a global");
     }
     const auto& a = args->items;
+    if (objects_ && callable->s == "torch.Size") {
+      if (a.size() != 1 || a[0]->kind != K::kTuple) return Corrupt("malformed torch.Size");
+      stack_.push_back(a[0]);
+      return Status::Ok();
+    }
+    if (objects_ && callable->s.rfind("torch._utils.", 0) != 0 &&
+        callable->s != "collections.OrderedDict") {
+      stack_.push_back(Object(callable->s, a));
+      return Status::Ok();
+    }
     if (callable->s == "collections.OrderedDict") {
       stack_.push_back(PyValue::Dict());
       return Status::Ok();
@@ -376,6 +394,42 @@ class Reader {
     if (storage.dtype != dtype) return Corrupt("one storage read as two dtypes");
     std::vector<PyPtr> v2(a.begin(), a.begin() + 4);
     return Reduce(GlobalValue("torch._utils._rebuild_tensor_v2"), PyValue::Tuple(std::move(v2)));
+  }
+  static PyPtr Object(const std::string& cls, std::vector<PyPtr> args) {
+    auto o = std::make_shared<PyValue>();
+    o->kind = PyValue::Kind::kObject;
+    o->s = cls;
+    o->items = std::move(args);
+    return o;
+  }
+  // NEWOBJ / NEWOBJ_EX: an instance of `cls`, recorded (objects mode only).
+  Status NewObject(const PyPtr& cls, const PyPtr& args) {
+    if (!objects_) return InvalidArgument("refusing to create an object from a pickle");
+    if (cls->kind != PyValue::Kind::kGlobal || args->kind != PyValue::Kind::kTuple) {
+      return Corrupt("pickle NEWOBJ on something that is not a class");
+    }
+    stack_.push_back(Object(cls->s, args->items));
+    return Status::Ok();
+  }
+  // BUILD: an object's state is a dict of attributes, (None, slots) or (dict, slots) for
+  // classes with __slots__, or whatever __getstate__ returned (kept in items).
+  Status Build(const PyPtr& state) {
+    if (stack_.empty() || !stack_.back()) return Corrupt("pickle BUILD without an object");
+    PyValue& target = *stack_.back();
+    if (!objects_ || target.kind != PyValue::Kind::kObject) return Status::Ok();  // dropped
+    using K = PyValue::Kind;
+    if (state->kind == K::kTuple && state->items.size() == 2 &&
+        (state->items[0]->kind == K::kNone || state->items[0]->kind == K::kDict) &&
+        state->items[1]->kind == K::kDict) {
+      for (const PyPtr& part : state->items) {
+        for (const auto& kv : part->dict) target.dict.push_back(kv);
+      }
+    } else if (state->kind == K::kDict) {
+      for (const auto& kv : state->dict) target.dict.push_back(kv);
+    } else {
+      target.items = state->kind == K::kTuple ? state->items : std::vector<PyPtr>{state};
+    }
+    return Status::Ok();
   }
   static PyPtr GlobalValue(const std::string& full) {
     auto g = std::make_shared<PyValue>();
@@ -516,14 +570,16 @@ class Reader {
       }
       case kBinUnicode:
       case kShortBinUnicode:
-      case kBinUnicode8: {
+      case kBinUnicode8:
+      case kBinBytes:  // bytes, read as a string
+      case kShortBinBytes: {
         uint64_t n = 0;
-        if (op == kShortBinUnicode) {
+        if (op == kShortBinUnicode || op == kShortBinBytes) {
           uint8_t b;
           NEED(Byte(&b));
           n = b;
         } else {
-          NEED(Bytes(&n, op == kBinUnicode ? 4 : 8));
+          NEED(Bytes(&n, op == kBinUnicode8 ? 8 : 4));
         }
         NEED(pos_ + n <= in_.size());
         stack_.push_back(PyValue::Str(in_.substr(pos_, n)));
@@ -619,7 +675,29 @@ class Reader {
       case kBuild: {
         // OrderedDict state (e.g. a state_dict's _metadata): not needed, dropped.
         ASSIGN_OR_RETURN(auto state, Pop());
-        if (stack_.empty() || !stack_.back()) return Corrupt("pickle BUILD without an object");
+        return Build(state);
+      }
+      case kNewObj: {
+        ASSIGN_OR_RETURN(auto args, Pop());
+        ASSIGN_OR_RETURN(auto cls, Pop());
+        return NewObject(cls, args);
+      }
+      case kNewObjEx: {
+        ASSIGN_OR_RETURN(auto kwargs, Pop());
+        ASSIGN_OR_RETURN(auto args, Pop());
+        ASSIGN_OR_RETURN(auto cls, Pop());
+        return NewObject(cls, args);
+      }
+      case kEmptySet:
+        stack_.push_back(PyValue::List({}));  // a set, read as a list
+        return Status::Ok();
+      case kAddItems: {
+        ASSIGN_OR_RETURN(auto items, PopMark());
+        return Appends(std::move(items));
+      }
+      case kFrozenSet: {
+        ASSIGN_OR_RETURN(auto items, PopMark());
+        stack_.push_back(PyValue::List(std::move(items)));
         return Status::Ok();
       }
       default: {
@@ -634,6 +712,7 @@ class Reader {
 
   const std::string& in_;
   size_t pos_ = 0;
+  bool objects_ = false;  // UnpickleObjects: any class recorded by name
   bool truncated_ = false;
   std::vector<PyPtr> stack_;  // nullptr marks a MARK
   std::map<uint32_t, PyPtr> memo_;
@@ -649,6 +728,8 @@ std::string StorageClassName(at::ScalarType dtype) {
 std::string Pickle(const PyValue& root) { return Writer().Finish(root); }
 
 Result<PyPtr> Unpickle(const std::string& bytes) { return Reader(bytes).Run(); }
+
+Result<PyPtr> UnpickleObjects(const std::string& bytes) { return Reader(bytes, 0, true).Run(); }
 
 Result<PyPtr> Unpickle(const std::string& bytes, size_t* pos, bool* truncated) {
   Reader reader(bytes, *pos);

@@ -44,15 +44,16 @@ struct PyValue {
     kDict,
     kTensor,
     kGlobal,
-    kStorage
+    kStorage,
+    kObject  // an instance, by its class's name (s); never constructed (UnpickleObjects)
   };
   Kind kind = Kind::kNone;
   bool b = false;
   int64_t i = 0;
   double d = 0;
   std::string s;                              // string, or "module.name" of a global
-  std::vector<PyPtr> items;                   // tuple, list
-  std::vector<std::pair<PyPtr, PyPtr>> dict;  // insertion order
+  std::vector<PyPtr> items;                   // tuple, list; an object's args or tuple state
+  std::vector<std::pair<PyPtr, PyPtr>> dict;  // insertion order; an object's attributes
   PyTensorRef tensor;                         // tensor, or storage (key, dtype, numel)
 
   static PyPtr None();
@@ -67,6 +68,11 @@ struct PyValue {
   // The value stored under string key `key` in a dict, or nullptr.
   PyPtr Get(const std::string& key) const;
 };
+
+// Unpickle, and besides any class instance as a kObject that records its class name, the
+// arguments it was created with and the state it was given (attributes); torch.Size becomes a
+// tuple. Nothing is called: for metadata files of plain records (PyTorch DCP's .metadata).
+Result<PyPtr> UnpickleObjects(const std::string& bytes);
 
 // The Python name of a dtype's legacy storage class ("FloatStorage"); "" if none.
 std::string StorageClassName(at::ScalarType dtype);

@@ -50,6 +50,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string bytes(reinterpret_cast<const char*>(data), size);
   (void)distckpt::Manifest::FromJson(bytes);
   (void)distckpt::Unpickle(bytes);
+  (void)distckpt::UnpickleObjects(bytes);  // DCP metadata: any class, recorded by name
   { std::ofstream(FixtureDir() + "/rank-00000.h5", std::ios::binary | std::ios::trunc) << bytes; }
   (void)distckpt::VerifyCheckpoint(FixtureDir());
   return 0;
