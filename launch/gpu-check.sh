@@ -54,7 +54,7 @@ echo; echo "| ranks | passed | skipped | result |"; echo "|---|---|---|---|"
 printf '%s\n' "${table[@]}"
 if ls "$build"/python/distckpt/_C*.so >/dev/null 2>&1; then
   echo "== Python frontend tests (1 rank)"
-  timeout 300 bash tests/python/run.sh 1 mpirun python3 "$build/python" \
+  timeout 300 bash tests/python/run.sh mpirun 1 mpirun python3 "$build/python" \
     tests/python/test_frontend.py 2>&1 | tail -n 8
 else
   echo "== Python frontend tests NOT RUN: the package did not build (see build-gpu.log)"

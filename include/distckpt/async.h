@@ -33,6 +33,10 @@ class AsyncCheckpointer {
  public:
   // Collective: duplicates the MPI world communicator (or uses a local one without MPI).
   explicit AsyncCheckpointer(std::string root, CheckpointerOptions options = {});
+  // Collective: the background thread votes over `comm`, which no other thread may use (give
+  // it a communicator of its own, e.g. a separate process group).
+  AsyncCheckpointer(std::string root, CheckpointerOptions options,
+                    std::unique_ptr<Communicator> comm);
   // Waits for the save in flight; its error, if any, is dropped (call Wait() to see it).
   ~AsyncCheckpointer();
 

@@ -1,14 +1,15 @@
 """distckpt for Python: verified, parallel, re-shardable checkpoints of the dict you already save.
 
     import distckpt
-    ckpt = distckpt.Checkpointer("ckpts", keep_last=3)        # collective under mpirun
+    ckpt = distckpt.Checkpointer("ckpts", keep_last=3)        # collective (mpirun, torchrun)
     if ckpt.latest():                                         # resume, if there is a checkpoint
         ckpt.load(state, fall_back=True)                      # (past damaged ones, saying so)
     ckpt.save({"epoch": epoch, "model_state_dict": model.state_dict(),
                "optimizer_state_dict": optimizer.state_dict(), "loss": loss}, step=epoch)
 
-Launched with `mpirun -np N python train.py`, every rank saves its share in parallel and the
-checkpoint loads on any number of ranks, or with `distckpt.load(dir)` in one process.
+Launched with `mpirun -np N python train.py` or `torchrun --nproc_per_node=N train.py`, every
+rank saves its share in parallel and the checkpoint loads on any number of ranks, or with
+`distckpt.load(dir)` in one process.
 """
 import json
 import os
@@ -27,6 +28,7 @@ class Error(RuntimeError):
 
 
 from . import _C  # noqa: E402  (after Error: the engine raises it)
+from . import _dtensor, _torch_comm  # noqa: E402
 
 __version__ = _C.version
 _LAYOUT = "_distckpt/python_layout"  # how to rebuild the Python containers of a saved dict
@@ -57,25 +59,13 @@ def _scalar_list(v):
         all(isinstance(x, str) for x in v)
 
 
-def _dtensor_entry(path, t):
-    """A DTensor on a 1-D mesh: Replicate() is replicated, Shard(0) a row shard."""
-    from torch.distributed.tensor import Replicate
-    from torch.distributed.tensor import Shard as DShard
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-    placement = t.placements[0] if len(t.placements) == 1 else None
-    local = t._local_tensor.detach()  # the storage itself, so that a load fills it in place
-    if isinstance(placement, Replicate):
-        return (path, local, "replicated", list(t.shape), 0)
-    if isinstance(placement, DShard) and placement.dim == 0:
-        _, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
-        return (path, local, "rows", list(t.shape), int(offset[0]) if len(offset) else 0)
-    raise Error(f"tensor '{path}': DTensor placements {t.placements} are not supported "
-                "(Shard(0) or Replicate() on a 1-D mesh)", "invalid argument")
-
-
-def _entry(path, value):
+def _entry(path, value, fixups=None):
+    """The engine's entry for `value`; `fixups` (when loading) collects DTensors that are
+    loaded through a buffer of rows and redistributed afterwards."""
     if type(value).__name__ == "DTensor":
-        return _dtensor_entry(path, value)
+        if fixups is None:
+            return _dtensor.save_entry(path, value, Error)
+        return _dtensor.load_entry(path, value, Error, fixups)
     if isinstance(value, Shard):
         t, kind, shape, offset = value.tensor, value.kind, value.global_shape, value.offset
     else:
@@ -190,8 +180,11 @@ class AsyncSave:
 
 
 class Checkpointer:
-    """Checkpoints under `root`. Collective under mpirun (every rank constructs it and makes
-    the same calls in the same order); one process otherwise. Retention keeps the `keep_last`
+    """Checkpoints under `root`. Collective in a job of several processes, started by mpirun
+    or by torchrun (or any launcher that sets up torch.distributed): every rank constructs it
+    and makes the same calls in the same order; one process otherwise. Under torchrun the
+    engine talks over a gloo process group of its own, beside the training's (the default
+    group is initialised from the launcher's environment if the script has not done it). Retention keeps the `keep_last`
     newest and the `keep_best` best by scalar `metric`; `timeout` bounds how long a rank may be
     late to a checkpoint step before the job is ended naming it. CUDA tensors are saved and
     loaded through `staging_budget` bytes of page-locked host memory per rank, whatever their
@@ -216,13 +209,16 @@ class Checkpointer:
                 raise ValueError(f"{name} must be a positive number of steps, not {value}")
         if int(replicas) < 0:
             raise ValueError(f"replicas must be 0 or more, not {replicas}")
-        _refuse_other_launchers()
         self.root = str(root)
+        torch_comm = async_comm = None
+        if _torch_comm.wanted():  # torchrun and other launchers of torch.distributed
+            torch_comm = _torch_comm.TorchComm(timeout)
+            async_comm = lambda: _torch_comm.TorchComm(timeout)  # noqa: E731
         self._engine = _C.Checkpointer(self.root, keep_last, keep_best, metric,
                                        higher_is_better, float(timeout), float(save_timeout),
                                        int(staging_budget), str(local_root or ""),
                                        int(local_every), int(persist_every), int(replicas),
-                                       int(local_keep))
+                                       int(local_keep), torch_comm, async_comm)
 
     @property
     def rank(self):
@@ -256,9 +252,11 @@ class Checkpointer:
             if dir is not None:
                 raise ValueError("give dir or tag, not both")
             dir = _C.find_tag(self.root, str(tag))
-        entries = [_entry(p, v) for p, v in _tensor_entries(state)]
+        fixups = []
+        entries = [_entry(p, v, fixups) for p, v in _tensor_entries(state)]
         loaded, scalars = self._engine.load("" if dir is None else str(dir), entries,
                                             bool(fall_back), log)
+        _dtensor.apply_fixups(fixups)
         scalars.pop(_LAYOUT, None)
         _set_scalars(state, scalars)
         return loaded
@@ -275,20 +273,6 @@ class Checkpointer:
 
     def barrier(self):
         self._engine.barrier()
-
-
-def _refuse_other_launchers():
-    """A job of several processes started without mpirun (torchrun, or srun with
-    torch.distributed's environment) would make each process a world of one, each committing
-    its share as if it were the whole state: refused until such launchers are supported."""
-    mpi = any(k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"))
-    world = os.environ.get("WORLD_SIZE", "1")
-    if not mpi and world.isdigit() and int(world) > 1:
-        raise Error(f"this process is rank {os.environ.get('RANK', '?')} of {world} started "
-                    f"without mpirun (WORLD_SIZE is set, e.g. by torchrun): distckpt's "
-                    f"Checkpointer needs the job to be launched with mpirun (mpirun -np {world} "
-                    f"python ...); distckpt.load(dir) works in any single process",
-                    "invalid argument")
 
 
 def _tag_name(tag):

@@ -16,6 +16,7 @@
 #include "distckpt/export.h"
 #include "distckpt/manifest_io.h"
 #include "distckpt/safetensors.h"
+#include "torch_communicator.h"
 
 namespace py = pybind11;
 using distckpt::ScalarValue;
@@ -99,13 +100,29 @@ distckpt::CheckpointerOptions Options(int keep_last, int keep_best, const std::s
   return o;
 }
 
+// MPI under mpirun (or a world of one), otherwise the torch.distributed one given.
+std::unique_ptr<distckpt::Communicator> MakeCommunicator(const py::object& torch_comm) {
+  if (!torch_comm.is_none()) return distckpt_python::MakeTorchCommunicator(torch_comm);
+  EnsureMpi();
+  return distckpt::MakeDefaultCommunicator();
+}
+
 class Checkpointer {
  public:
-  Checkpointer(const std::string& root, const distckpt::CheckpointerOptions& options)
-      : comm_((EnsureMpi(), distckpt::MakeDefaultCommunicator())),
+  // `torch_comm`, `async_comm`: TorchComm objects for a job started without mpirun, or None.
+  Checkpointer(const std::string& root, const distckpt::CheckpointerOptions& options,
+               const py::object& torch_comm, py::object async_comm)
+      : comm_(MakeCommunicator(torch_comm)),
         ckpt_(std::make_unique<distckpt::Checkpointer>(root, *comm_, options)),
         root_(root),
-        options_(options) {}
+        options_(options),
+        async_comm_(std::move(async_comm)) {}
+  ~Checkpointer() {
+    if (async_ && async_->in_flight()) {
+      py::gil_scoped_release unlocked;  // the background save may need the GIL to finish
+      async_.reset();
+    }
+  }
 
   std::string Save(const py::list& entries, const py::dict& scalars, int64_t step,
                    const std::string& tag) {
@@ -142,7 +159,16 @@ class Checkpointer {
                  const std::string& tag) {
     const StateTree tree = MakeTree(entries, scalars);
     py::gil_scoped_release unlocked;
-    if (!async_) async_ = std::make_unique<distckpt::AsyncCheckpointer>(root_, options_);
+    if (!async_) {
+      // The background thread votes over a communicator of its own.
+      if (async_comm_.is_none()) {
+        async_ = std::make_unique<distckpt::AsyncCheckpointer>(root_, options_);
+      } else {
+        py::gil_scoped_acquire locked;
+        async_ = std::make_unique<distckpt::AsyncCheckpointer>(
+            root_, options_, distckpt_python::MakeTorchCommunicator(async_comm_()));
+      }
+    }
     async_->SaveAsync(tree, step, tag);
   }
   std::string Wait() {
@@ -160,6 +186,7 @@ class Checkpointer {
   std::unique_ptr<distckpt::Checkpointer> ckpt_;
   std::string root_;
   distckpt::CheckpointerOptions options_;
+  py::object async_comm_;  // makes the async save's TorchComm (collective), or None
   std::unique_ptr<distckpt::AsyncCheckpointer> async_;
 };
 
@@ -253,17 +280,19 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init([](const std::string& root, int keep_last, int keep_best,
                        const std::string& metric, bool higher, double timeout, double save_timeout,
                        int64_t staging_budget, const std::string& local_root, int local_every,
-                       int persist_every, int replicas, int local_keep) {
+                       int persist_every, int replicas, int local_keep,
+                       const py::object& torch_comm, const py::object& async_comm) {
              auto options = Options(keep_last, keep_best, metric, higher, timeout, save_timeout,
                                     staging_budget);
              options.local = {local_root, local_every, replicas, local_keep};
              options.persist_every = persist_every;
-             return new Checkpointer(root, options);
+             return new Checkpointer(root, options, torch_comm, async_comm);
            }),
            py::arg("root"), py::arg("keep_last"), py::arg("keep_best"), py::arg("metric"),
            py::arg("higher"), py::arg("timeout"), py::arg("save_timeout"),
            py::arg("staging_budget"), py::arg("local_root"), py::arg("local_every"),
-           py::arg("persist_every"), py::arg("replicas"), py::arg("local_keep"))
+           py::arg("persist_every"), py::arg("replicas"), py::arg("local_keep"),
+           py::arg("torch_comm"), py::arg("async_comm"))
       .def("save", &Checkpointer::Save)
       .def("load", &Checkpointer::Load)
       .def("latest", &Checkpointer::Latest)

@@ -72,6 +72,13 @@ AsyncCheckpointer::AsyncCheckpointer(std::string root, CheckpointerOptions optio
   comm_ = MakeDefaultCommunicator();  // a duplicate of MPI_COMM_WORLD: its own message space
 }
 
+AsyncCheckpointer::AsyncCheckpointer(std::string root, CheckpointerOptions options,
+                                     std::unique_ptr<Communicator> comm)
+    : root_(std::move(root)),
+      options_(options),
+      engine_(EngineFor(options.device_staging, &built_in_engine_)),
+      comm_(std::move(comm)) {}
+
 AsyncCheckpointer::~AsyncCheckpointer() {
   if (worker_.joinable()) worker_.join();
 }

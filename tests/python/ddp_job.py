@@ -4,6 +4,7 @@ Each step takes a fixed global batch of 24 samples, split evenly among the ranks
 printed is the global mean. Saves the four-key dict every --save-every steps; with --resume,
 starts from the newest good checkpoint (loaded as torch.load would give it).
 usage: mpirun -np N python ddp_job.py ROOT STEPS SAVE_EVERY [--resume]
+   or: torchrun --nproc_per_node=N ddp_job.py ROOT STEPS SAVE_EVERY [--resume]
 """
 import os
 import sys
@@ -15,8 +16,8 @@ import distckpt
 
 root, steps, save_every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 resume = "--resume" in sys.argv
-rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", 0))
-world = int(os.environ.get("OMPI_COMM_WORLD_SIZE", 1))
+rank = int(os.environ.get("RANK", os.environ.get("OMPI_COMM_WORLD_RANK", 0)))
+world = int(os.environ.get("WORLD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", 1)))
 os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
 os.environ.setdefault("MASTER_PORT", os.environ.get("DDP_PORT", "29671"))
 torch.set_num_threads(1)

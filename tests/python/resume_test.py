@@ -1,6 +1,7 @@
 """Resumes across rank counts and across languages, each job under its own mpirun.
 
-- The Python DDP job (ddp_job.py, Adam) saved on 4 ranks at step 3, resumed on 4, 2 and 1:
+- The Python DDP job (ddp_job.py, Adam) saved on 4 ranks under mpirun at step 3, resumed on 4
+  under torchrun (no MPI: the engine over torch.distributed) and on 2 and 1 under mpirun:
   steps 4-6 equal to the run never stopped (on 4 ranks its final checkpoint bit-identical,
   `distckpt diff` exit 0; on 2 and 1 the losses within 1e-6 relative, since DDP's all-reduce
   sums in an order that follows the rank count).
@@ -26,9 +27,13 @@ os.makedirs(work)
 env = dict(os.environ, PYTHONPATH=package)
 
 
-def job(np, *args):
-    r = subprocess.run([mpirun, "-np", str(np), "--oversubscribe", *map(str, args)],
-                       capture_output=True, text=True, env=env, timeout=300)
+def job(np, *args, launcher="mpirun"):
+    if launcher == "torchrun":  # args[0] is the Python interpreter
+        command = [args[0], "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={np}", *map(str, args[1:])]
+    else:
+        command = [mpirun, "-np", str(np), "--oversubscribe", *map(str, args)]
+    r = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return [line for line in r.stdout.splitlines() if line.startswith("step ")]
 
@@ -44,7 +49,8 @@ for np in (4, 2, 1):
     root = os.path.join(work, f"resume-{np}")
     shutil.copytree(os.path.join(work, "ref"), root)
     shutil.rmtree(os.path.join(root, "step-00000006"))
-    rest = job(np, python, ddp, root, 6, 3, "--resume")
+    rest = job(np, python, ddp, root, 6, 3, "--resume",
+               launcher="torchrun" if np == 4 else "mpirun")
     if np == 4:
         diff = subprocess.run([cli, "diff", os.path.join(work, "ref", "step-00000006"),
                                os.path.join(root, "step-00000006")], capture_output=True, text=True)
@@ -54,18 +60,24 @@ for np in (4, 2, 1):
         ok = len(rest) == 3 and all(abs(a - b) <= 1e-6 * abs(b)
                                     for a, b in zip(losses(rest), losses(reference[3:])))
         detail = f"{rest} vs {reference[3:]}"
-    check(f"DDP + Adam saved on 4 ranks, resumed on {np}: steps 4-6 "
+    check(f"DDP + Adam saved on 4 ranks, resumed on {np}"
+          f"{' under torchrun' if np == 4 else ''}: steps 4-6 "
           f"{'and the final state bit-identical' if np == 4 else 'within 1e-6'}", ok, detail)
 
-# Several processes started without mpirun (as torchrun starts them) are refused, not each
-# treated as a world of one that commits its share as the whole state.
-plain_env = {k: v for k, v in env.items() if not k.startswith(("OMPI_", "PMI", "PMIX"))}
-r = subprocess.run([python, "-c", "import distckpt; distckpt.Checkpointer('unused')"],
-                   capture_output=True, text=True, timeout=120,
-                   env=dict(plain_env, WORLD_SIZE="2", RANK="1", LOCAL_RANK="1"))
-check("a rank started by torchrun (WORLD_SIZE=2, no mpirun) is refused with a clear error",
-      r.returncode != 0 and "rank 1 of 2 started without mpirun" in r.stderr
-      and not os.path.exists("unused"), r.stderr[-800:])
+# Under torchrun a stalled rank makes the others raise within the timeout, naming the collective,
+# and nothing is committed; the launcher then ends the job.
+stalled = os.path.join(work, "stalled")
+r = subprocess.run([python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3",
+                    os.path.join(HERE, "stall_job.py"), stalled, "4"],
+                   capture_output=True, text=True, env=env, timeout=300)
+raised = [line for line in r.stdout.splitlines() if "raised after" in line]
+check("torchrun, rank 1 stalled: ranks 0 and 2 raise distckpt.Error within the 4 s timeout, "
+      "naming rank, host and collective; nothing committed",
+      r.returncode != 0 and len(raised) == 2
+      and all(float(line.split("raised after ")[1].split()[0]) < 30 for line in raised)
+      and all("did not complete within 4 s" in line and "(host " in line for line in raised)
+      and not os.path.exists(os.path.join(stalled, "step-00000001")),
+      r.stdout[-1500:] + r.stderr[-1500:])
 
 # C++ -> Python -> C++
 cpp = os.path.join(work, "cpp")
