@@ -187,6 +187,11 @@ Status Flatten(FlattenContext& ctx, const PyPtr& v, const std::string& path) {
 }
 
 Result<std::unique_ptr<ReadableFile>> OpenPt(Env* env, const std::string& pt_path) {
+  if (env->IsDirectory(pt_path)) {
+    return InvalidArgument("'" + pt_path +
+                           "' is a directory, but neither a PyTorch DCP checkpoint (it has no "
+                           ".metadata file) nor a safetensors model directory");
+  }
   auto file = env->OpenReadable(pt_path);
   if (!file.ok() && file.status().code() == Code::kNotFound) {
     return NotFound("'" + pt_path + "' does not exist");

@@ -27,13 +27,23 @@ sources+=(src/comm/communicator.cc src/comm/deadline_watch.cc src/gpu/staging.cc
 # ccache (when present) keeps rebuilds of a fresh clone cheap; paths relative to the source.
 cxx=(clang++); command -v ccache >/dev/null && cxx=(ccache clang++)
 export CCACHE_BASEDIR=$src
+export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
+# LibTorch's ATen headers precompiled once, with the same flags: they are most of each compile
+# (about half the time of the heavier sources on a fresh machine). No timestamp in the PCH, so
+# that ccache can key the compiles that use it on its contents.
+pch=$out/aten.pch
+if [ ! -f "$pch" ] || [ "$torch/include/ATen/ATen.h" -nt "$pch" ]; then
+  printf '#include <ATen/ATen.h>\n' >"$out/aten.h"
+  clang++ "${flags[@]}" -Xclang -fno-pch-timestamp -x c++-header "$out/aten.h" -o "$pch.tmp"
+  mv "$pch.tmp" "$pch"
+fi
 objs=()
 for f in "${sources[@]}"; do
   o="$out/$(echo "$f" | tr / _ | sed 's/\.cc$/.o/')"; objs+=("$o")
   # Rebuild when the source or any project header is newer than the object (a stale object
   # compiled against an older class layout breaks the link silently).
   if [ ! "$o" -nt "$src/$f" ] || [ -n "$(find "$src/include" "$src/src" -name '*.h' -newer "$o" | head -n 1)" ]; then
-    "${cxx[@]}" "${flags[@]}" -c "$src/$f" -o "$o"
+    "${cxx[@]}" "${flags[@]}" -include-pch "$pch" -c "$src/$f" -o "$o"
   fi
 done
 clang++ "${flags[@]}" "${objs[@]}" -o "$out/parsers_fuzz" -L"$torch/lib" -Wl,-rpath,"$torch/lib" \

@@ -42,6 +42,14 @@ def losses(lines):
     return [float(line.split()[-1]) for line in lines]
 
 
+# Under torchrun a stalled rank makes the others raise within the timeout, naming the collective,
+# and nothing is committed; the launcher then ends the job. Mostly waiting: runs beside the rest.
+stalled = os.path.join(work, "stalled")
+stall_job = subprocess.Popen([python, "-m", "torch.distributed.run", "--standalone",
+                              "--nproc_per_node=3", os.path.join(HERE, "stall_job.py"), stalled,
+                              "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env)
+
 ddp = os.path.join(HERE, "ddp_job.py")
 # The run never stopped saves at steps 3 and 6; each resume starts from a copy of its step 3.
 reference = job(4, python, ddp, os.path.join(work, "ref"), 6, 3)
@@ -64,20 +72,15 @@ for np in (4, 2, 1):
           f"{' under torchrun' if np == 4 else ''}: steps 4-6 "
           f"{'and the final state bit-identical' if np == 4 else 'within 1e-6'}", ok, detail)
 
-# Under torchrun a stalled rank makes the others raise within the timeout, naming the collective,
-# and nothing is committed; the launcher then ends the job.
-stalled = os.path.join(work, "stalled")
-r = subprocess.run([python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3",
-                    os.path.join(HERE, "stall_job.py"), stalled, "4"],
-                   capture_output=True, text=True, env=env, timeout=300)
-raised = [line for line in r.stdout.splitlines() if "raised after" in line]
+out, err = stall_job.communicate(timeout=300)
+raised = [line for line in out.splitlines() if "raised after" in line]
 check("torchrun, rank 1 stalled: ranks 0 and 2 raise distckpt.Error within the 4 s timeout, "
       "naming rank, host and collective; nothing committed",
-      r.returncode != 0 and len(raised) == 2
+      stall_job.returncode != 0 and len(raised) == 2
       and all(float(line.split("raised after ")[1].split()[0]) < 30 for line in raised)
       and all("did not complete within 4 s" in line and "(host " in line for line in raised)
       and not os.path.exists(os.path.join(stalled, "step-00000001")),
-      r.stdout[-1500:] + r.stderr[-1500:])
+      out[-1500:] + err[-1500:])
 
 # C++ -> Python -> C++
 cpp = os.path.join(work, "cpp")

@@ -176,5 +176,6 @@ def test_a_dcp_checkpoint_imports_byte_for_byte(ckpt, saved):
         os.remove(os.path.join(broken, ".metadata"))
         out = subprocess.run([cli, "import", broken, os.path.join(TMP, "imported-broken")],
                              capture_output=True, text=True)
-        assert out.returncode != 0 and out.stderr.count("\n") == 1, out.stderr
+        assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+        assert "neither a PyTorch DCP checkpoint" in out.stderr, out.stderr
     ckpt.barrier()
