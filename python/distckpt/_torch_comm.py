@@ -6,6 +6,7 @@ training's collectives (on the default group, NCCL or gloo), and gloo moves the 
 host-memory messages without touching a GPU. The engine calls these methods from C++ (holding
 the GIL for each call); every byte string goes through uint8 tensors.
 """
+import atexit
 import datetime
 import os
 import socket
@@ -59,6 +60,19 @@ class TorchComm:
         self.size = dist.get_world_size()
         self.backend = "torch.distributed (gloo)"
         self.hosts = [h.decode() for h in self.all_gather(socket.gethostname().encode())]
+        # The group goes while Python is whole: left to the interpreter's teardown, gloo's
+        # threads can be destroyed unjoined (std::terminate at exit, seen after the script's
+        # own destroy_process_group()).
+        atexit.register(self.release)
+
+    def release(self):
+        group, self.group = self.group, None
+        if group is None or not dist.is_initialized():
+            return
+        try:
+            dist.destroy_process_group(group)
+        except (RuntimeError, ValueError):
+            pass  # already destroyed with the others
 
     def _sizes(self, n):
         mine = torch.tensor([n], dtype=torch.int64)
