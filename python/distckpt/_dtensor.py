@@ -62,17 +62,20 @@ def _in_place(t):
     return None
 
 
+def _entry(path, t, local, kind):
+    offset = 0 if kind == "replicated" else _row_offset(t)[1]
+    return (path, local, kind, list(t.shape), offset)
+
+
 def save_entry(path, t, error):
     """(path, local rows, kind, global shape, row offset) for saving DTensor `t`."""
     _check(path, t, error)
     kind = _in_place(t)
-    if kind == "replicated":
-        return (path, t._local_tensor.detach(), kind, list(t.shape), 0)
-    local = t._local_tensor.detach()
-    if kind is None:
-        with _quiet_redistribute():
-            local = t.detach().redistribute(t.device_mesh, _rows_placements(t))._local_tensor
-    return (path, local, "rows", list(t.shape), _row_offset(t)[1])
+    if kind is not None:
+        return _entry(path, t, t._local_tensor.detach(), kind)
+    with _quiet_redistribute():
+        rows = t.detach().redistribute(t.device_mesh, _rows_placements(t))._local_tensor
+    return _entry(path, t, rows, "rows")
 
 
 def load_entry(path, t, error, fixups):
@@ -81,7 +84,7 @@ def load_entry(path, t, error, fixups):
     _check(path, t, error)
     kind = _in_place(t)
     if kind is not None:
-        return save_entry(path, t, error)
+        return _entry(path, t, t._local_tensor.detach(), kind)
     import torch
     shape, offset = _row_offset(t)
     local = torch.empty(shape, dtype=t.dtype, device=t._local_tensor.device)

@@ -40,6 +40,9 @@ def ensure_process_group():
 
 
 def _bytes_tensor(data, length):
+    """`data` as a uint8 tensor of `length` bytes (zero-padded); one copy."""
+    if data and len(data) == length:
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
     t = torch.zeros(length, dtype=torch.uint8)
     if data:
         t[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)

@@ -40,8 +40,10 @@ class TorchCommunicator : public distckpt::Communicator {
   int local_size() const override { return local_size_; }
   std::vector<std::string> hosts() const override { return hosts_; }
   std::string name() const override { return name_; }
-  void set_collective_timeout(double seconds) override { timeout_ = seconds; }
-  double collective_timeout() const override { return timeout_; }
+  // The deadline is the gloo group's, fixed when the group was made from the same Checkpointer
+  // timeout that the engine sets here.
+  void set_collective_timeout(double) override {}
+  double collective_timeout() const override { return group_timeout_; }
 
   Status Barrier() override {
     return Call("barrier", [&] { comm_.attr("barrier")(); });
@@ -121,8 +123,7 @@ class TorchCommunicator : public distckpt::Communicator {
   int rank_ = 0, size_ = 1, node_count_ = 1, local_rank_ = 0, local_size_ = 1;
   std::vector<std::string> hosts_;
   std::string name_;
-  double timeout_ = 0;
-  double group_timeout_ = 0;  // the gloo group's own deadline, fixed when it was made
+  double group_timeout_ = 0;
 };
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <map>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -117,9 +118,7 @@ class DcpReader {
       if (name->kind != K::kString) return Corrupt("a state entry without a name");
       ASSIGN_OR_RETURN(std::string path, TreePath(name->s, planner_data));
       if (IsObject(entry, "BytesStorageMetadata")) {
-        ASSIGN_OR_RETURN(ItemLocation where, Find(name->s, {}));
-        RETURN_IF_ERROR(
-            ReadPtObject(env_, dir_ + "/" + where.file, where.offset, where.length, path, &tree));
+        RETURN_IF_ERROR(ReadItem(name->s, {}, path, &tree));
       } else if (IsObject(entry, "TensorStorageMetadata")) {
         Status st = ReadTensor(name->s, *entry, path, &tree);
         if (!st.ok()) return st.Annotate("tensor '" + path + "'");
@@ -211,17 +210,33 @@ class DcpReader {
   }
 
   Result<at::Tensor> ReadChunk(const std::string& fqn, const std::vector<int64_t>& offsets) {
-    ASSIGN_OR_RETURN(ItemLocation where, Find(fqn, offsets));
     StateTree chunk;
-    RETURN_IF_ERROR(
-        ReadPtObject(env_, dir_ + "/" + where.file, where.offset, where.length, "chunk", &chunk));
+    RETURN_IF_ERROR(ReadItem(fqn, offsets, "chunk", &chunk));
     if (!chunk.HasTensor("chunk")) return Corrupt("a chunk that is not a tensor");
     return chunk.tensor("chunk").tensor;
+  }
+
+  // The item (fqn, offsets) flattened into `tree` under `path`; each .distcp file is opened
+  // once for all the items it holds.
+  Status ReadItem(const std::string& fqn, const std::vector<int64_t>& offsets,
+                  const std::string& path, StateTree* tree) {
+    ASSIGN_OR_RETURN(ItemLocation where, Find(fqn, offsets));
+    std::shared_ptr<ReadableFile>& file = files_[where.file];
+    if (!file) {
+      const std::string file_path = dir_ + "/" + where.file;
+      auto opened = env_->OpenReadable(file_path);
+      if (!opened.ok() && opened.status().code() == Code::kNotFound) {
+        return NotFound("'" + file_path + "' does not exist");
+      }
+      ASSIGN_OR_RETURN(file, std::move(opened));
+    }
+    return ReadPtObject(file, where.offset, where.length, path, tree);
   }
 
   Env* env_;
   std::string dir_;
   std::map<ItemKey, ItemLocation> items_;
+  std::map<std::string, std::shared_ptr<ReadableFile>> files_;  // by name in the directory
 };
 
 }  // namespace

@@ -25,7 +25,7 @@ using K = PyValue::Kind;
 // read throws (caught by the caller).
 class EnvReadAdapter : public caffe2::serialize::ReadAdapterInterface {
  public:
-  EnvReadAdapter(std::unique_ptr<ReadableFile> file, size_t size, uint64_t base = 0)
+  EnvReadAdapter(std::shared_ptr<ReadableFile> file, size_t size, uint64_t base = 0)
       : file_(std::move(file)), size_(size), base_(base) {}
   size_t size() const override { return size_; }
   size_t read(uint64_t pos, void* buf, size_t n, const char* what) const override {
@@ -37,7 +37,7 @@ class EnvReadAdapter : public caffe2::serialize::ReadAdapterInterface {
   }
 
  private:
-  std::unique_ptr<ReadableFile> file_;
+  std::shared_ptr<ReadableFile> file_;  // shared by the archives of one file's byte ranges
   size_t size_;
   uint64_t base_;
 };
@@ -199,7 +199,7 @@ Result<std::unique_ptr<ReadableFile>> OpenPt(Env* env, const std::string& pt_pat
   return file;
 }
 
-Result<std::unique_ptr<Archive>> OpenArchive(std::unique_ptr<ReadableFile> file, uint64_t size,
+Result<std::unique_ptr<Archive>> OpenArchive(std::shared_ptr<ReadableFile> file, uint64_t size,
                                              const std::string& pt_path, uint64_t base = 0) {
   try {
     auto adapter = std::make_shared<EnvReadAdapter>(std::move(file), size, base);
@@ -417,16 +417,15 @@ Result<StateTree> ReadPt(const std::string& pt_path, Env* env) {
   return tree;
 }
 
-Status ReadPtObject(Env* env, const std::string& file_path, uint64_t offset, uint64_t length,
+Status ReadPtObject(const std::shared_ptr<ReadableFile>& file, uint64_t offset, uint64_t length,
                     const std::string& path, StateTree* tree) {
-  const std::string what = "'" + file_path + "' bytes [" + std::to_string(offset) + ", " +
+  const std::string what = "'" + file->path() + "' bytes [" + std::to_string(offset) + ", " +
                            std::to_string(offset + length) + ")";
-  ASSIGN_OR_RETURN(auto file, OpenPt(env, file_path));
   ASSIGN_OR_RETURN(uint64_t size, file->Size());
   if (offset + length > size) {
     return Corrupt(what + " lie past the end of the file (" + std::to_string(size) + " bytes)");
   }
-  ASSIGN_OR_RETURN(auto archive, OpenArchive(std::move(file), length, what, offset));
+  ASSIGN_OR_RETURN(auto archive, OpenArchive(file, length, what, offset));
   ASSIGN_OR_RETURN(PyPtr root, ReadZipPickle(*archive, what));
   ZipStorages storages(*archive);
   FlattenContext ctx{storages, tree, {}};

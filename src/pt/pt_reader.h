@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "distckpt/env.h"
@@ -12,10 +13,10 @@
 
 namespace distckpt {
 
-// Reads the torch.save archive (zip format) held in bytes [offset, offset + length) of
-// `file_path` and flattens its object into `tree` under `path` (a tensor, a number, a string,
-// a container of them).
-Status ReadPtObject(Env* env, const std::string& file_path, uint64_t offset, uint64_t length,
+// Reads the torch.save archive (zip format) held in bytes [offset, offset + length) of `file`
+// (one open file serves every range of it) and flattens its object into `tree` under `path` (a
+// tensor, a number, a string, a container of them).
+Status ReadPtObject(const std::shared_ptr<ReadableFile>& file, uint64_t offset, uint64_t length,
                     const std::string& path, StateTree* tree);
 
 // A dict key as a part of a tree path: a string, or an int in decimal; never empty or with '/'.
