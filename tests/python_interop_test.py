@@ -224,4 +224,41 @@ try:
 except Exception as e:  # noqa: BLE001 - any failure is the finding
     check("optimizer.load_state_dict accepts it", False, repr(e))
 
+# A DCP checkpoint imports one tensor at a time: the import's peak memory grows by far less than
+# the state it holds (the same import of a one-tensor checkpoint is the baseline).
+def peak_rss_mb(*args):
+    """The command's peak resident memory in MiB, its exit code and its stderr. A small Python
+    starts it: Linux counts the memory a process had before exec into its peak, and this one
+    holds torch and the state."""
+    helper = ("import os, subprocess, sys\n"
+              "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+              "_, status, usage = os.wait4(p.pid, 0)\n"
+              "print(usage.ru_maxrss, os.waitstatus_to_exitcode(status))\n")
+    out = subprocess.run([sys.executable, "-S", "-c", helper, *args], capture_output=True,
+                         text=True)
+    kib, code = out.stdout.split()
+    return int(kib) / 1024, int(code), out.stderr
+
+
+import torch.distributed.checkpoint as dcp  # noqa: E402
+
+big = {"model_state_dict": {f"layer{i}.weight": torch.randn(2048, 1024) for i in range(32)},
+       "epoch": 4}
+big["model_state_dict"]["head.bias"] = torch.randn(1000).to(torch.bfloat16)
+dcp.save(big, checkpoint_id=f"{work}/dcp-big", no_dist=True)
+dcp.save({"model_state_dict": {"w": torch.randn(4)}, "epoch": 1}, checkpoint_id=f"{work}/dcp-tiny",
+         no_dist=True)
+base, code_tiny, err_tiny = peak_rss_mb(cli, "import", f"{work}/dcp-tiny", f"{work}/dcp-tiny-ckpt")
+peak, code, err = peak_rss_mb(cli, "import", f"{work}/dcp-big", f"{work}/dcp-big-ckpt")
+state_mb = sum(t.numel() * t.element_size() for t in big["model_state_dict"].values()) / 2**20
+check(f"a {state_mb:.0f} MiB DCP checkpoint imports in bounded memory: peak {peak:.0f} MiB against "
+      f"{base:.0f} MiB for a one-tensor checkpoint (less than half the state more)",
+      code == 0 and code_tiny == 0 and peak - base < state_mb / 2, err[-500:] + err_tiny[-500:])
+run(cli, "export", f"{work}/dcp-big-ckpt/step-00000004", f"{work}/dcp-big.pt")
+back = torch.load(f"{work}/dcp-big.pt", weights_only=True)
+bad = same_tensors(big["model_state_dict"], back["model_state_dict"])
+check("every tensor of the DCP import bit-identical to what dcp.save was given",
+      not bad and back["epoch"] == 4 and run(cli, "verify", f"{work}/dcp-big-ckpt/step-00000004").returncode == 0,
+      f"differing: {bad}")
+
 finish()

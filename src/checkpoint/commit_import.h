@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "distckpt/copy_engine.h"
 #include "distckpt/env.h"
 #include "distckpt/status.h"
 #include "distckpt/tree.h"
@@ -11,7 +12,9 @@
 namespace distckpt {
 
 // Saves `tree` as checkpoint `step` under `root` from this one process; returns its directory.
+// With `source`, the tensors it Handles() are read from it piece by piece through a small ring
+// of buffers (an import that hands the save one tensor at a time).
 Result<std::string> CommitImport(const StateTree& tree, const std::string& root, int64_t step,
-                                 Env* env);
+                                 Env* env, CopyEngine* source = nullptr);
 
 }  // namespace distckpt

@@ -159,7 +159,7 @@ Status StagingRing::FromDevice(const std::vector<RingSpan>& spans, const Consume
                               return engine_->CopyToHost(span.flat.narrow(0, c.elem_begin, c.count),
                                                          host, next);
                             }),
-                            span, "copying from the device"));
+                            span, "copying out its bytes"));
       busy_[next] = true;
       ++copies_queued_;
       ticket_of[queued] = next;
@@ -177,7 +177,7 @@ Status StagingRing::FromDevice(const std::vector<RingSpan>& spans, const Consume
     if (span.staged) {
       const int t = ticket_of[i];
       status = Named(Call([&] { return engine_->Wait(t, deadline); }), span,
-                     "waiting for a copy from the device");
+                     "waiting for a copy of its bytes");
       busy_[t] = false;
       if (!status.ok()) break;
       data = static_cast<const char*>(buffers_[t].data_ptr());

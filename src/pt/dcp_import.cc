@@ -11,6 +11,7 @@
 
 #include "checkpoint/commit_import.h"
 #include "core/status_macros.h"
+#include "distckpt/copy_engine.h"
 #include "distckpt/env.h"
 #include "distckpt/export.h"
 #include "pt/pickle.h"
@@ -100,11 +101,23 @@ Result<std::string> TreePath(const std::string& fqn, const PyPtr& planner_data) 
   return path;
 }
 
+// A tensor of the checkpoint as its metadata describes it.
+struct TensorItem {
+  std::string fqn;
+  std::string path;  // in the tree
+  PyPtr entry;       // TensorStorageMetadata
+  at::ScalarType dtype = at::kFloat;
+  std::vector<int64_t> size;
+};
+
 class DcpReader {
  public:
   DcpReader(Env* env, std::string dir) : env_(env), dir_(std::move(dir)) {}
 
-  Result<StateTree> Read() {
+  // The checkpoint as a tree: every value read, and every tensor assembled from its chunks
+  // unless `deferred` collects it instead (then the tree holds only its shape and dtype, as a
+  // tensor on the meta device).
+  Result<StateTree> Read(std::vector<TensorItem>* deferred = nullptr) {
     ASSIGN_OR_RETURN(PyPtr metadata, ReadMetadata());
     const PyPtr entries = metadata->Get("state_dict_metadata");
     const PyPtr storage = metadata->Get("storage_data");
@@ -120,8 +133,17 @@ class DcpReader {
       if (IsObject(entry, "BytesStorageMetadata")) {
         RETURN_IF_ERROR(ReadItem(name->s, {}, path, &tree));
       } else if (IsObject(entry, "TensorStorageMetadata")) {
-        Status st = ReadTensor(name->s, *entry, path, &tree);
-        if (!st.ok()) return st.Annotate("tensor '" + path + "'");
+        auto item = Describe(name->s, path, entry);
+        if (!item.ok()) return item.status().Annotate("tensor '" + path + "'");
+        if (deferred) {
+          tree.SetTensor(path, at::empty(item->size,
+                                         at::TensorOptions().dtype(item->dtype).device(at::kMeta)));
+          deferred->push_back(std::move(*item));
+          continue;
+        }
+        auto tensor = Assemble(*item);
+        if (!tensor.ok()) return tensor.status().Annotate("tensor '" + path + "'");
+        tree.SetTensor(path, *tensor);
       } else {
         return InvalidArgument("'" + name->s + "' is stored as " +
                                (entry ? entry->s : std::string("nothing")) +
@@ -129,6 +151,39 @@ class DcpReader {
       }
     }
     return tree;
+  }
+
+  // The tensor assembled from its chunks (a single chunk that is the whole tensor is used as is).
+  Result<at::Tensor> Assemble(const TensorItem& item) {
+    const PyPtr chunks = item.entry->Get("chunks");
+    at::Tensor whole;
+    int64_t covered = 0;
+    for (const PyPtr& chunk : chunks->items) {
+      ASSIGN_OR_RETURN(std::vector<int64_t> offsets, Ints(chunk->Get("offsets"), "chunk offsets"));
+      ASSIGN_OR_RETURN(std::vector<int64_t> sizes, Ints(chunk->Get("sizes"), "chunk sizes"));
+      ASSIGN_OR_RETURN(at::Tensor part, ReadChunk(item.fqn, offsets));
+      if (offsets.size() != item.size.size() || part.sizes().vec() != sizes ||
+          part.scalar_type() != item.dtype) {
+        return Corrupt("a chunk's shape or dtype differs from the metadata");
+      }
+      if (chunks->items.size() == 1 && sizes == item.size) return part;
+      if (!whole.defined()) whole = at::empty(item.size, at::TensorOptions().dtype(item.dtype));
+      at::Tensor target = whole;
+      for (size_t d = 0; d < item.size.size(); ++d) {
+        if (offsets[d] < 0 || offsets[d] + sizes[d] > item.size[d]) {
+          return Corrupt("a chunk lies outside the tensor");
+        }
+        target = target.narrow(static_cast<int64_t>(d), offsets[d], sizes[d]);
+      }
+      target.copy_(part);
+      covered += part.numel();
+    }
+    if (!whole.defined()) whole = at::empty(item.size, at::TensorOptions().dtype(item.dtype));
+    if (covered != whole.numel()) {
+      return Corrupt("its chunks hold " + std::to_string(covered) + " of " +
+                     std::to_string(whole.numel()) + " elements");
+    }
+    return whole;
   }
 
  private:
@@ -155,58 +210,25 @@ class DcpReader {
     return metadata;
   }
 
+  static Result<TensorItem> Describe(const std::string& fqn, const std::string& path,
+                                     const PyPtr& entry) {
+    TensorItem item{fqn, path, entry};
+    const PyPtr properties = entry->Get("properties");
+    if (!properties || properties->items.empty() || properties->items[0]->kind != K::kGlobal ||
+        properties->items[0]->s.rfind("torch.", 0) != 0 ||
+        !DtypeFromName(properties->items[0]->s.substr(6), &item.dtype)) {
+      return InvalidArgument("its dtype is not one distckpt knows");
+    }
+    ASSIGN_OR_RETURN(item.size, Ints(entry->Get("size"), "its size"));
+    const PyPtr chunks = entry->Get("chunks");
+    if (!chunks || chunks->kind != K::kList) return Corrupt("no list of chunks");
+    return item;
+  }
+
   Result<ItemLocation> Find(const std::string& fqn, const std::vector<int64_t>& offsets) {
     auto it = items_.find({fqn, offsets});
     if (it == items_.end()) return Corrupt("'" + fqn + "': a chunk is in no .distcp file");
     return it->second;
-  }
-
-  // A tensor assembled from its chunks (a single chunk that is the whole tensor is used as is).
-  Status ReadTensor(const std::string& fqn, const PyValue& entry, const std::string& path,
-                    StateTree* tree) {
-    const PyPtr properties = entry.Get("properties");
-    at::ScalarType dtype;
-    if (!properties || properties->items.empty() || properties->items[0]->kind != K::kGlobal ||
-        properties->items[0]->s.rfind("torch.", 0) != 0 ||
-        !DtypeFromName(properties->items[0]->s.substr(6), &dtype)) {
-      return InvalidArgument("its dtype is not one distckpt knows");
-    }
-    ASSIGN_OR_RETURN(std::vector<int64_t> size, Ints(entry.Get("size"), "its size"));
-    const PyPtr chunks = entry.Get("chunks");
-    if (!chunks || chunks->kind != K::kList) return Corrupt("no list of chunks");
-    at::Tensor whole;
-    int64_t covered = 0;
-    for (const PyPtr& chunk : chunks->items) {
-      ASSIGN_OR_RETURN(std::vector<int64_t> offsets, Ints(chunk->Get("offsets"), "chunk offsets"));
-      ASSIGN_OR_RETURN(std::vector<int64_t> sizes, Ints(chunk->Get("sizes"), "chunk sizes"));
-      ASSIGN_OR_RETURN(at::Tensor part, ReadChunk(fqn, offsets));
-      if (offsets.size() != size.size() || part.sizes().vec() != sizes ||
-          part.scalar_type() != dtype) {
-        return Corrupt("a chunk's shape or dtype differs from the metadata");
-      }
-      if (chunks->items.size() == 1 && sizes == size) {
-        whole = part;
-        covered = part.numel();
-        break;
-      }
-      if (!whole.defined()) whole = at::empty(size, at::TensorOptions().dtype(dtype));
-      at::Tensor target = whole;
-      for (size_t d = 0; d < size.size(); ++d) {
-        if (offsets[d] < 0 || offsets[d] + sizes[d] > size[d]) {
-          return Corrupt("a chunk lies outside the tensor");
-        }
-        target = target.narrow(static_cast<int64_t>(d), offsets[d], sizes[d]);
-      }
-      target.copy_(part);
-      covered += part.numel();
-    }
-    if (!whole.defined()) whole = at::empty(size, at::TensorOptions().dtype(dtype));
-    if (covered != whole.numel()) {
-      return Corrupt("its chunks hold " + std::to_string(covered) + " of " +
-                     std::to_string(whole.numel()) + " elements");
-    }
-    tree->SetTensor(path, whole);
-    return Status::Ok();
   }
 
   Result<at::Tensor> ReadChunk(const std::string& fqn, const std::vector<int64_t>& offsets) {
@@ -239,6 +261,57 @@ class DcpReader {
   std::map<std::string, std::shared_ptr<ReadableFile>> files_;  // by name in the directory
 };
 
+// Hands the save the deferred tensors of an import one at a time. The save's staging ring asks
+// this engine for the bytes of each meta-device placeholder piece by piece, in order; a tensor
+// is assembled from its chunks when its first piece is asked for and dropped after its last, so
+// the import holds about one tensor (and the ring's buffers) instead of the whole state.
+class DeferredTensorSource : public CopyEngine {
+ public:
+  DeferredTensorSource(DcpReader* reader, const StateTree& tree, std::vector<TensorItem> items)
+      : reader_(reader) {
+    for (TensorItem& item : items) {
+      const at::Tensor& placeholder = tree.tensor(item.path).tensor;
+      const int64_t nbytes = static_cast<int64_t>(placeholder.nbytes());
+      pending_.emplace(placeholder.storage().unsafeGetStorageImpl(),
+                       Pending{std::move(item), at::Tensor(), nbytes});
+    }
+  }
+
+  bool Handles(const at::Tensor& tensor) const override { return tensor.is_meta(); }
+  Result<at::Tensor> AllocateHost(int64_t bytes) override {
+    return at::empty({bytes}, at::TensorOptions().dtype(at::kByte));
+  }
+  Status Start() override { return Status::Ok(); }
+  Status CopyToDevice(const at::Tensor&, const at::Tensor&, int) override {
+    return Internal("an import does not load tensors");
+  }
+  // `placeholder` is a range of a placeholder's flat elements: it is filled from the tensor.
+  Status CopyToHost(const at::Tensor& placeholder, const at::Tensor& host, int) override {
+    auto it = pending_.find(placeholder.storage().unsafeGetStorageImpl());
+    if (it == pending_.end()) return Internal("a tensor the import did not defer");
+    Pending& p = it->second;
+    if (!p.whole.defined()) {
+      ASSIGN_OR_RETURN(p.whole, reader_->Assemble(p.item));
+      p.whole = p.whole.contiguous().reshape({-1});
+    }
+    host.copy_(p.whole.narrow(0, placeholder.storage_offset(), placeholder.numel()));
+    p.bytes_left -= static_cast<int64_t>(placeholder.nbytes());
+    if (p.bytes_left <= 0) pending_.erase(it);
+    return Status::Ok();
+  }
+  Status Wait(int, double) override { return Status::Ok(); }
+  Status Finish(double) override { return Status::Ok(); }
+
+ private:
+  struct Pending {
+    TensorItem item;
+    at::Tensor whole;  // flat, while its pieces are being copied
+    int64_t bytes_left = 0;
+  };
+  DcpReader* reader_;
+  std::map<const void*, Pending> pending_;  // by the placeholder's storage
+};
+
 }  // namespace
 
 bool IsDcpCheckpoint(const std::string& path, Env* env) {
@@ -251,14 +324,20 @@ Result<StateTree> ReadDcp(const std::string& dcp_dir, Env* env) {
   return DcpReader(env, dcp_dir).Read();
 }
 
+// Tensors are read while the save writes them, one at a time (DeferredTensorSource).
 Result<std::string> ImportDcp(const std::string& dcp_dir, const std::string& root,
                               const ImportOptions& options) {
-  auto tree = ReadDcp(dcp_dir, options.env);
-  if (!tree.ok()) {
-    const Status& st = tree.status();
-    return st.message().find(dcp_dir) == std::string::npos ? st.Annotate("'" + dcp_dir + "'") : st;
+  DcpReader reader(options.env ? options.env : Env::Default(), dcp_dir);
+  std::vector<TensorItem> deferred;
+  auto tree = reader.Read(&deferred);
+  Result<std::string> dir = tree.status();
+  if (tree.ok()) {
+    DeferredTensorSource source(&reader, *tree, std::move(deferred));
+    dir = CommitImport(*tree, root, ImportStep(*tree, options), options.env, &source);
   }
-  return CommitImport(*tree, root, ImportStep(*tree, options), options.env);
+  if (dir.ok()) return dir;
+  const Status& st = dir.status();
+  return st.message().find(dcp_dir) == std::string::npos ? st.Annotate("'" + dcp_dir + "'") : st;
 }
 
 }  // namespace distckpt
