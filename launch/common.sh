@@ -49,8 +49,16 @@ install_python_packages() {
 setup() {
   # Machines without a package registry (the GPU machine) bring their own (launch/gpu-env.sh).
   [ "${DISTCKPT_SKIP_SETUP:-0}" = 1 ] && return 0
-  install_apt_packages
-  install_python_packages
+  if "$PYTHON" -m pip --version >/dev/null 2>&1; then
+    # pip needs nothing from apt here: the torch wheel downloads while Debian's packages install.
+    install_python_packages &
+    local pip_job=$!
+    install_apt_packages || { wait "$pip_job" || true; return 1; }
+    wait "$pip_job"
+  else
+    install_apt_packages
+    install_python_packages
+  fi
 }
 
 build() {
