@@ -16,7 +16,11 @@
 // every sample of the epoch is still seen exactly once (--log-samples records them per rank).
 #include "examples/trainer.h"
 
-#include <torch/torch.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/adamw.h>
+#include <torch/optim/sgd.h>
+#include <torch/utils.h>
 
 #include <cstdio>
 #include <cstring>

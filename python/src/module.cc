@@ -5,7 +5,7 @@
 //   scalars: {path: int | float | bool | str | [int] | [float] | [str]}
 // Long calls release the GIL; errors become distckpt.Error(message, code) on every rank alike.
 #include <mpi.h>
-#include <torch/extension.h>
+#include <torch/csrc/utils/pybind.h>  // pybind11 with casters for tensors
 
 #include <cstdlib>
 #include <memory>

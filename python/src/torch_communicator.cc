@@ -1,5 +1,7 @@
 #include "torch_communicator.h"
 
+#include <pybind11/stl.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstring>

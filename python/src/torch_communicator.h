@@ -4,7 +4,7 @@
 // that names this rank, its host and the collective.
 #pragma once
 
-#include <torch/extension.h>
+#include <pybind11/pybind11.h>
 
 #include <memory>
 
