@@ -125,6 +125,26 @@ TEST(Coordinator, OneFailingRankFailsEveryRankWithTheSameMessage) {
   EXPECT_TRUE(BitEqual(back.tensor("replicated/big").tensor, BigReplicated()));
 }
 
+TEST(Coordinator, ACollectiveTooLargeForMpiIsRefusedByEveryRankAlike) {
+  if (Comm().size() < 2) GTEST_SKIP() << "needs 2 or more ranks";
+  const int victim = Comm().size() - 1;
+  const std::string mine =
+      Comm().rank() == victim ? std::string((size_t{1} << 31) + 1, 'x') : std::string("small");
+  std::vector<std::string> all;
+  const Status gathered = Comm().Gather(mine, &all, 0);
+  const Status all_gathered = Comm().AllGather(mine, &all);
+  for (const Status& s : {gathered, all_gathered}) {
+    EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.ToString();
+    EXPECT_NE(s.message().find("2147483649 bytes from rank " + std::to_string(victim) + " (host "),
+              std::string::npos)
+        << s.ToString();
+  }
+  // Every rank got the verdict at once (a rank left waiting would fail here by its deadline).
+  std::vector<std::string> verdicts;
+  ASSERT_TRUE(Comm().AllGather(gathered.message() + all_gathered.message(), &verdicts).ok());
+  for (const std::string& v : verdicts) EXPECT_EQ(v, verdicts[0]);
+}
+
 TEST(Coordinator, RanksThatDisagreeGetOneClearError) {
   const std::string root = testing::ScratchDir("root");
   Checkpointer ckpt(root, Comm());

@@ -99,24 +99,11 @@ class MpiCommunicator : public Communicator {
     return watch_->Complete(&request, "barrier");
   }
   Status AllGather(const std::string& mine, std::vector<std::string>* all) override {
-    if (mine.size() > static_cast<size_t>(INT32_MAX)) {
-      return InvalidArgument("all-gather of more than 2 GiB from one rank");
-    }
-    int my_size = static_cast<int>(mine.size());
-    std::vector<int> sizes(size_), displs(size_);
+    std::vector<int> sizes, displs;
+    RETURN_IF_ERROR(ShareSizes(mine, "all-gather", &sizes, &displs));
+    std::string buffer(static_cast<size_t>(displs.back() + sizes.back()), '\0');
     MPI_Request request;
-    RETURN_IF_ERROR(
-        Check(MPI_Iallgather(&my_size, 1, MPI_INT, sizes.data(), 1, MPI_INT, comm_, &request),
-              "all-gather of sizes"));
-    RETURN_IF_ERROR(watch_->Complete(&request, "all-gather of sizes"));
-    int64_t total = 0;
-    for (int r = 0; r < size_; ++r) {
-      displs[r] = static_cast<int>(total);
-      total += sizes[r];
-    }
-    if (total > INT32_MAX) return InvalidArgument("all-gather of more than 2 GiB in total");
-    std::string buffer(static_cast<size_t>(total), '\0');
-    RETURN_IF_ERROR(Check(MPI_Iallgatherv(mine.data(), my_size, MPI_BYTE, buffer.data(),
+    RETURN_IF_ERROR(Check(MPI_Iallgatherv(mine.data(), sizes[rank_], MPI_BYTE, buffer.data(),
                                           sizes.data(), displs.data(), MPI_BYTE, comm_, &request),
                           "all-gather"));
     RETURN_IF_ERROR(watch_->Complete(&request, "all-gather"));
@@ -125,28 +112,14 @@ class MpiCommunicator : public Communicator {
     return Status::Ok();
   }
   Status Gather(const std::string& mine, std::vector<std::string>* all, int root) override {
-    if (mine.size() > static_cast<size_t>(INT32_MAX)) {
-      return InvalidArgument("gather of more than 2 GiB from one rank");
-    }
-    int my_size = static_cast<int>(mine.size());
-    std::vector<int> sizes(size_), displs(size_);
+    std::vector<int> sizes, displs;
+    RETURN_IF_ERROR(ShareSizes(mine, "gather", &sizes, &displs));
+    std::string buffer(rank_ == root ? static_cast<size_t>(displs.back() + sizes.back()) : 0, '\0');
     MPI_Request request;
     RETURN_IF_ERROR(
-        Check(MPI_Igather(&my_size, 1, MPI_INT, sizes.data(), 1, MPI_INT, root, comm_, &request),
-              "gather of sizes"));
-    RETURN_IF_ERROR(watch_->Complete(&request, "gather of sizes"));
-    int64_t total = 0;
-    for (int r = 0; r < size_; ++r) {
-      displs[r] = static_cast<int>(total);
-      total += sizes[r];
-    }
-    if (rank_ == root && total > INT32_MAX) {
-      return InvalidArgument("gather of more than 2 GiB in total");
-    }
-    std::string buffer(rank_ == root ? static_cast<size_t>(total) : 0, '\0');
-    RETURN_IF_ERROR(Check(MPI_Igatherv(mine.data(), my_size, MPI_BYTE, buffer.data(), sizes.data(),
-                                       displs.data(), MPI_BYTE, root, comm_, &request),
-                          "gather"));
+        Check(MPI_Igatherv(mine.data(), sizes[rank_], MPI_BYTE, buffer.data(), sizes.data(),
+                           displs.data(), MPI_BYTE, root, comm_, &request),
+              "gather"));
     RETURN_IF_ERROR(watch_->Complete(&request, "gather"));
     all->clear();
     if (rank_ != root) return Status::Ok();
@@ -244,6 +217,39 @@ class MpiCommunicator : public Communicator {
   std::string name() const override { return "mpi"; }
 
  private:
+  // Every rank's byte count, shared with every rank, as MPI's int counts and displacements; a
+  // collective that MPI cannot count (more than 2 GiB) is refused by every rank alike, naming
+  // the rank, instead of by one while the others wait for it.
+  Status ShareSizes(const std::string& mine, const std::string& what, std::vector<int>* sizes,
+                    std::vector<int>* displs) {
+    const int64_t my_size = static_cast<int64_t>(mine.size());
+    std::vector<int64_t> all(size_);
+    MPI_Request request;
+    const std::string exchange = what + " of sizes";
+    RETURN_IF_ERROR(
+        Check(MPI_Iallgather(&my_size, 1, MPI_INT64_T, all.data(), 1, MPI_INT64_T, comm_, &request),
+              exchange.c_str()));
+    RETURN_IF_ERROR(watch_->Complete(&request, exchange.c_str()));
+    sizes->assign(size_, 0);
+    displs->assign(size_, 0);
+    int64_t total = 0;
+    for (int r = 0; r < size_; ++r) {
+      if (all[r] > INT32_MAX) {
+        return InvalidArgument(what + " of " + std::to_string(all[r]) + " bytes from rank " +
+                               std::to_string(r) + " (host " + hosts_[r] +
+                               "): more than the 2 GiB one MPI call moves");
+      }
+      (*displs)[r] = static_cast<int>(total);
+      (*sizes)[r] = static_cast<int>(all[r]);
+      total += all[r];
+    }
+    if (total > INT32_MAX) {
+      return InvalidArgument(what + " of " + std::to_string(total) +
+                             " bytes in total: more than the 2 GiB one MPI call moves");
+    }
+    return Status::Ok();
+  }
+
   Status Check(int rc, const char* what) const {
     if (rc == MPI_SUCCESS) return Status::Ok();
     char text[MPI_MAX_ERROR_STRING];
