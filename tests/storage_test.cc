@@ -133,6 +133,44 @@ TEST(Storage, LeftoversOfAnUncommittedSaveAreIgnoredThenRemoved) {
   EXPECT_EQ(LatestCheckpoint(root), root + "/step-00000004");
 }
 
+// When the save opens its first rank file: a leftover of some other save appears, and
+// `distckpt gc` (CollectGarbage) runs.
+class GcDuringSaveEnv : public EnvWrapper {
+ public:
+  GcDuringSaveEnv(std::string root, std::string leftover)
+      : EnvWrapper(Env::Default()), root_(std::move(root)), leftover_(std::move(leftover)) {}
+  Result<std::unique_ptr<WritableFile>> OpenWritable(const std::string& path) override {
+    if (!ran_ && path.find("rank-") != std::string::npos) {
+      ran_ = true;
+      fs::create_directories(leftover_);
+      removed_ = CollectGarbage(root_, RetentionPolicy(), target());
+    }
+    return target()->OpenWritable(path);
+  }
+  std::vector<std::string> removed_;
+
+ private:
+  std::string root_, leftover_;
+  bool ran_ = false;
+};
+
+TEST(Storage, GcLeavesASaveInProgressAloneAndRemovesLeftovers) {
+  const std::string root = testing::ScratchDir("root");
+  const std::string leftover = root + "/.tmp-step-00000001-deadbeef";
+  GcDuringSaveEnv env(root, leftover);
+  CheckpointerOptions options;
+  options.env = &env;
+  Checkpointer ckpt(root, Comm(), options);
+  const std::string dir = ckpt.Save(SampleTree(2), 2);
+  EXPECT_EQ(env.removed_, std::vector<std::string>{leftover});
+  EXPECT_FALSE(fs::exists(leftover));
+  EXPECT_TRUE(VerifyCheckpoint(dir).ok());
+  StateTree back = ZerosLike(SampleTree(2));
+  ckpt.Load(dir, back);
+  EXPECT_TRUE(BitEqual(back.tensor("model_state_dict/w").tensor,
+                       SampleTree(2).tensor("model_state_dict/w").tensor));
+}
+
 TEST(Storage, ResavingAStepReplacesItAtomically) {
   const std::string root = testing::ScratchDir("root");
   Checkpointer ckpt(root, Comm());

@@ -205,10 +205,13 @@ int64_t HostBytes(const Topology& topo, const SavePlan& plan, int replicas, int 
 // A leader: the step's temporary directory, after checking that the local root has room for it
 // (a full tmpfs would take the host's memory).
 Status PrepareLocalStep(Env* env, const std::string& root, const std::string& tmp_name,
-                        const std::string& host, int64_t host_bytes) {
-  RETURN_IF_ERROR(PrepareNamedTmpDir(env, root, tmp_name));
+                        const std::string& host, int64_t host_bytes,
+                        std::unique_ptr<FileLock>* in_use) {
+  ASSIGN_OR_RETURN(TmpDir tmp, PrepareNamedTmpDir(env, root, tmp_name));
+  *in_use = std::move(tmp.in_use);
   auto free = env->AvailableBytes(root);
   if (!free.ok() || free.value() >= host_bytes) return Status::Ok();
+  in_use->reset();
   (void)env->RemoveAll(JoinPath(root, tmp_name));
   return IoError("the local root '" + root + "' on host " + host + " has " +
                  std::to_string(free.value()) + " bytes free; a local step needs " +
@@ -341,7 +344,12 @@ Status GatherStep(const HostView& v, const std::string& root, const std::string&
   const bool have_step = hosts.count(v.my_host) > 0;
   const std::string tmp_name = TmpCheckpointDirName(step, RandomNonce());
   const std::string tmp_dir = JoinPath(root, tmp_name);
-  if (v.leader && !have_step) *local = PrepareNamedTmpDir(v.env, root, tmp_name);
+  std::unique_ptr<FileLock> in_use;  // held until the step is committed
+  if (v.leader && !have_step) {
+    auto tmp = PrepareNamedTmpDir(v.env, root, tmp_name);
+    *local = tmp.status();
+    if (tmp.ok()) in_use = std::move(tmp->in_use);
+  }
   std::vector<Transfer> transfers;
   for (const auto& [f, h] : source) transfers.push_back({f, h, {}});
   for (const char* name : {kManifestSumName, kManifestName}) {
@@ -394,9 +402,10 @@ Status Checkpointer::SaveLocal(const StateTree& tree, const SavePlan& plan, int6
   save_stats_.local_host_bytes = host_bytes;
   std::string tmp_name = v.rank == 0 ? TmpCheckpointDirName(step, RandomNonce()) : "";
   RETURN_IF_ERROR(comm_.Broadcast(&tmp_name, 0));
-  Status local =
-      v.leader ? PrepareLocalStep(env_, tier.root, tmp_name, topo.names[v.my_host], host_bytes)
-               : Status::Ok();
+  std::unique_ptr<FileLock> in_use;  // held until the step is committed or removed
+  Status local = v.leader ? PrepareLocalStep(env_, tier.root, tmp_name, topo.names[v.my_host],
+                                             host_bytes, &in_use)
+                          : Status::Ok();
   RETURN_IF_ERROR(AgreeOnStatus(comm_, local).Annotate(where));
   const std::string tmp_dir = JoinPath(tier.root, tmp_name);
 

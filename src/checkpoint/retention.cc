@@ -3,6 +3,7 @@
 #include <cmath>
 #include <set>
 
+#include "checkpoint/save_steps.h"
 #include "distckpt/checkpoint.h"
 #include "layout/filename.h"
 
@@ -53,7 +54,7 @@ std::vector<std::string> CollectGarbage(const std::string& root, const Retention
   for (CheckpointInfo& info : ListCheckpoints(root, env)) {
     int64_t step = 0;
     if (ParseCheckpointDirName(BaseName(info.dir), &step) == DirKind::kTemporary) {
-      if (env->RemoveAll(info.dir).ok()) removed.push_back(info.dir);
+      if (RemoveLeftover(env, info.dir)) removed.push_back(info.dir);
     } else if (info.committed && info.manifest) {
       committed.push_back(std::move(info));
     }

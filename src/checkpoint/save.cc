@@ -38,13 +38,18 @@ static double UnixSeconds() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-Result<std::string> PrepareTmpDir(Env* env, const std::string& root, int64_t step) {
-  const std::string name = TmpCheckpointDirName(step, RandomNonce());
-  RETURN_IF_ERROR(PrepareNamedTmpDir(env, root, name));
-  return name;
+Result<TmpDir> PrepareTmpDir(Env* env, const std::string& root, int64_t step) {
+  return PrepareNamedTmpDir(env, root, TmpCheckpointDirName(step, RandomNonce()));
 }
 
-Status PrepareNamedTmpDir(Env* env, const std::string& root, const std::string& name) {
+bool RemoveLeftover(Env* env, const std::string& dir) {
+  auto lock = env->LockDir(dir, LockMode::kExclusiveNoWait);
+  // In use: a save in progress. Any other failure: a file system without locks, as before.
+  if (!lock.ok() && lock.status().code() == Code::kAborted) return false;
+  return env->RemoveAll(dir).ok();
+}
+
+Result<TmpDir> PrepareNamedTmpDir(Env* env, const std::string& root, const std::string& name) {
   RETURN_IF_ERROR(env->CreateDir(root));
   auto names = env->ListDir(root);
   if (names.ok()) {
@@ -52,11 +57,16 @@ Status PrepareNamedTmpDir(Env* env, const std::string& root, const std::string& 
       int64_t other = 0;
       // Best effort: a leftover that cannot be removed now is removed by a later save or gc.
       if (ParseCheckpointDirName(n, &other) == DirKind::kTemporary) {
-        (void)env->RemoveAll(JoinPath(root, n));
+        (void)RemoveLeftover(env, JoinPath(root, n));
       }
     }
   }
-  return env->CreateDir(JoinPath(root, name));
+  TmpDir tmp{name, nullptr};
+  const std::string dir = JoinPath(root, name);
+  RETURN_IF_ERROR(env->CreateDir(dir));
+  auto lock = env->LockDir(dir, LockMode::kShared);
+  if (lock.ok()) tmp.in_use = std::move(lock.value());
+  return tmp;
 }
 
 Manifest ManifestSkeleton(const StateTree& tree, const SavePlan& plan, int64_t step, int world,
@@ -240,11 +250,15 @@ Status Checkpointer::SavePlanned(const StateTree& tree, const SavePlan& plan, in
   const double deadline =
       options_.save_timeout_seconds > 0 ? MonotonicSeconds() + options_.save_timeout_seconds : 0;
   std::string tmp_name;
+  std::unique_ptr<FileLock> in_use;  // held until the step is committed or removed
   Status local;
   if (rank == 0) {
     auto prepared = PrepareTmpDir(env_, root_, step);
     local = prepared.status();
-    if (prepared.ok()) tmp_name = prepared.value();
+    if (prepared.ok()) {
+      tmp_name = prepared->name;
+      in_use = std::move(prepared->in_use);
+    }
   }
   RETURN_IF_ERROR(AgreeOnStatus(comm_, local));
   RETURN_IF_ERROR(comm_.Broadcast(&tmp_name, 0));

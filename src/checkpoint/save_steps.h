@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "distckpt/env.h"
@@ -13,11 +14,22 @@
 namespace distckpt {
 
 std::string RandomNonce();
+// A save's temporary directory, locked (shared) while the save writes it: leftovers of other
+// saves are removed only when nobody holds their lock, so `distckpt gc` or another process's
+// retention never removes a save in progress. The lock is best effort (nullptr where the file
+// system has no locks).
+struct TmpDir {
+  std::string name;
+  std::unique_ptr<FileLock> in_use;
+};
 // Clears leftovers of saves that never committed under `root` and creates the temporary
-// directory; returns its name.
-Result<std::string> PrepareTmpDir(Env* env, const std::string& root, int64_t step);
+// directory.
+Result<TmpDir> PrepareTmpDir(Env* env, const std::string& root, int64_t step);
 // The same with the name chosen by the caller (every host of the local tier uses one name).
-Status PrepareNamedTmpDir(Env* env, const std::string& root, const std::string& name);
+Result<TmpDir> PrepareNamedTmpDir(Env* env, const std::string& root, const std::string& name);
+// Removes the temporary directory `dir` of a save unless a save in progress holds it; true when
+// it is gone.
+bool RemoveLeftover(Env* env, const std::string& dir);
 // The manifest without shards: one record per planned tensor, sorted by path.
 Manifest ManifestSkeleton(const StateTree& tree, const SavePlan& plan, int64_t step, int world,
                           int64_t piece_bytes);
