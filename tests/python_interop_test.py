@@ -261,4 +261,17 @@ check("every tensor of the DCP import bit-identical to what dcp.save was given",
       not bad and back["epoch"] == 4 and run(cli, "verify", f"{work}/dcp-big-ckpt/step-00000004").returncode == 0,
       f"differing: {bad}")
 
+# Metadata whose chunks overlap (two chunks claim the same elements) is refused before anything
+# is written.
+import shutil  # noqa: E402
+
+shutil.copytree(f"{work}/dcp-tiny", f"{work}/dcp-overlap")
+metadata = pickle.load(open(f"{work}/dcp-overlap/.metadata", "rb"))
+metadata.state_dict_metadata["model_state_dict.w"].chunks *= 2
+pickle.dump(metadata, open(f"{work}/dcp-overlap/.metadata", "wb"))
+out = run(cli, "import", f"{work}/dcp-overlap", f"{work}/dcp-overlap-ckpt", check=False)
+check("DCP chunks that overlap are refused, naming the tensor, nothing committed",
+      out.returncode == 1 and "model_state_dict/w" in out.stderr and "overlap" in out.stderr
+      and not os.path.exists(f"{work}/dcp-overlap-ckpt/step-00000001"), out.stderr)
+
 finish()

@@ -154,39 +154,70 @@ class DcpReader {
   }
 
   // The tensor assembled from its chunks (a single chunk that is the whole tensor is used as is).
+  // The chunks are checked to tile the tensor before any is read.
   Result<at::Tensor> Assemble(const TensorItem& item) {
-    const PyPtr chunks = item.entry->Get("chunks");
-    at::Tensor whole;
-    int64_t covered = 0;
-    for (const PyPtr& chunk : chunks->items) {
-      ASSIGN_OR_RETURN(std::vector<int64_t> offsets, Ints(chunk->Get("offsets"), "chunk offsets"));
-      ASSIGN_OR_RETURN(std::vector<int64_t> sizes, Ints(chunk->Get("sizes"), "chunk sizes"));
-      ASSIGN_OR_RETURN(at::Tensor part, ReadChunk(item.fqn, offsets));
-      if (offsets.size() != item.size.size() || part.sizes().vec() != sizes ||
-          part.scalar_type() != item.dtype) {
-        return Corrupt("a chunk's shape or dtype differs from the metadata");
-      }
-      if (chunks->items.size() == 1 && sizes == item.size) return part;
-      if (!whole.defined()) whole = at::empty(item.size, at::TensorOptions().dtype(item.dtype));
+    ASSIGN_OR_RETURN(std::vector<Box> boxes, Tiles(item));
+    if (boxes.size() == 1 && boxes[0].sizes == item.size) {
+      ASSIGN_OR_RETURN(at::Tensor part, ReadChunk(item, boxes[0]));
+      return part;
+    }
+    at::Tensor whole = at::empty(item.size, at::TensorOptions().dtype(item.dtype));
+    for (const Box& box : boxes) {
+      ASSIGN_OR_RETURN(at::Tensor part, ReadChunk(item, box));
       at::Tensor target = whole;
       for (size_t d = 0; d < item.size.size(); ++d) {
-        if (offsets[d] < 0 || offsets[d] + sizes[d] > item.size[d]) {
-          return Corrupt("a chunk lies outside the tensor");
-        }
-        target = target.narrow(static_cast<int64_t>(d), offsets[d], sizes[d]);
+        target = target.narrow(static_cast<int64_t>(d), box.offsets[d], box.sizes[d]);
       }
       target.copy_(part);
-      covered += part.numel();
-    }
-    if (!whole.defined()) whole = at::empty(item.size, at::TensorOptions().dtype(item.dtype));
-    if (covered != whole.numel()) {
-      return Corrupt("its chunks hold " + std::to_string(covered) + " of " +
-                     std::to_string(whole.numel()) + " elements");
     }
     return whole;
   }
 
  private:
+  // Where a chunk lies in its tensor.
+  struct Box {
+    std::vector<int64_t> offsets, sizes;
+  };
+
+  // The chunks of `item`, checked to lie inside it, not to overlap, and to cover it.
+  static Result<std::vector<Box>> Tiles(const TensorItem& item) {
+    std::vector<Box> boxes;
+    int64_t covered = 0;
+    for (const PyPtr& chunk : item.entry->Get("chunks")->items) {
+      Box box;
+      ASSIGN_OR_RETURN(box.offsets, Ints(chunk->Get("offsets"), "chunk offsets"));
+      ASSIGN_OR_RETURN(box.sizes, Ints(chunk->Get("sizes"), "chunk sizes"));
+      if (box.offsets.size() != item.size.size() || box.sizes.size() != item.size.size()) {
+        return Corrupt("a chunk's shape differs from the metadata");
+      }
+      int64_t volume = 1;
+      for (size_t d = 0; d < item.size.size(); ++d) {
+        if (box.offsets[d] < 0 || box.sizes[d] < 0 ||
+            box.offsets[d] + box.sizes[d] > item.size[d]) {
+          return Corrupt("a chunk lies outside the tensor");
+        }
+        volume *= box.sizes[d];
+      }
+      for (const Box& other : boxes) {
+        bool apart = false;
+        for (size_t d = 0; d < item.size.size() && !apart; ++d) {
+          apart = box.offsets[d] + box.sizes[d] <= other.offsets[d] ||
+                  other.offsets[d] + other.sizes[d] <= box.offsets[d];
+        }
+        if (!apart && volume > 0) return Corrupt("two of its chunks overlap");
+      }
+      covered += volume;
+      boxes.push_back(std::move(box));
+    }
+    int64_t numel = 1;
+    for (int64_t n : item.size) numel *= n;
+    if (covered != numel) {
+      return Corrupt("its chunks hold " + std::to_string(covered) + " of " + std::to_string(numel) +
+                     " elements");
+    }
+    return boxes;
+  }
+
   std::string MetadataPath() const { return dir_ + "/" + kMetadataName; }
 
   Result<PyPtr> ReadMetadata() {
@@ -222,6 +253,7 @@ class DcpReader {
     ASSIGN_OR_RETURN(item.size, Ints(entry->Get("size"), "its size"));
     const PyPtr chunks = entry->Get("chunks");
     if (!chunks || chunks->kind != K::kList) return Corrupt("no list of chunks");
+    RETURN_IF_ERROR(Tiles(item).status());  // before the save starts writing
     return item;
   }
 
@@ -231,11 +263,15 @@ class DcpReader {
     return it->second;
   }
 
-  Result<at::Tensor> ReadChunk(const std::string& fqn, const std::vector<int64_t>& offsets) {
+  Result<at::Tensor> ReadChunk(const TensorItem& item, const Box& box) {
     StateTree chunk;
-    RETURN_IF_ERROR(ReadItem(fqn, offsets, "chunk", &chunk));
+    RETURN_IF_ERROR(ReadItem(item.fqn, box.offsets, "chunk", &chunk));
     if (!chunk.HasTensor("chunk")) return Corrupt("a chunk that is not a tensor");
-    return chunk.tensor("chunk").tensor;
+    const at::Tensor& part = chunk.tensor("chunk").tensor;
+    if (part.sizes().vec() != box.sizes || part.scalar_type() != item.dtype) {
+      return Corrupt("a chunk's shape or dtype differs from the metadata");
+    }
+    return part;
   }
 
   // The item (fqn, offsets) flattened into `tree` under `path`; each .distcp file is opened
