@@ -53,7 +53,20 @@ def _to_bytes(t, length):
     return t[:length].numpy().tobytes()
 
 
+def _default_store():
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except (RuntimeError, AttributeError, ValueError):
+        return None
+
+
 class TorchComm:
+    """Every collective first records, in the launcher's key-value store, that this rank has
+    arrived at it (one key per rank, overwritten), so that a rank whose collective timed out
+    can name the ranks that never arrived (gloo says only that it waited)."""
+
+    _made = 0  # communicators made by this process; every rank makes them in the same order
+
     def __init__(self, timeout_seconds):
         ensure_process_group()
         self.timeout = float(timeout_seconds) if timeout_seconds else 1800.0
@@ -62,6 +75,10 @@ class TorchComm:
         self.rank = dist.get_rank()
         self.size = dist.get_world_size()
         self.backend = "torch.distributed (gloo)"
+        TorchComm._made += 1
+        self._store = _default_store()
+        self._key = f"distckpt/comm{TorchComm._made}/arrived/"
+        self._arrived = 0
         self.hosts = [h.decode() for h in self.all_gather(socket.gethostname().encode())]
         # The group goes while Python is whole: left to the interpreter's teardown, gloo's
         # threads can be destroyed unjoined (std::terminate at exit, seen after the script's
@@ -77,6 +94,27 @@ class TorchComm:
         except (RuntimeError, ValueError):
             pass  # already destroyed with the others
 
+    def _arrive(self):
+        self._arrived += 1
+        if self._store is not None:
+            self._store.set(self._key + str(self.rank), str(self._arrived))
+
+    def laggards(self):
+        """The ranks that have not arrived at this rank's latest collective, as the store
+        records them; [] when it cannot tell."""
+        if self._store is None:
+            return []
+        late = []
+        for r in range(self.size):
+            key = self._key + str(r)
+            try:
+                at = int(self._store.get(key)) if self._store.check([key]) else 0
+            except (RuntimeError, ValueError):
+                return []
+            if at < self._arrived:
+                late.append(r)
+        return late
+
     def _sizes(self, n):
         mine = torch.tensor([n], dtype=torch.int64)
         out = [torch.zeros(1, dtype=torch.int64) for _ in range(self.size)]
@@ -84,9 +122,11 @@ class TorchComm:
         return [int(x) for x in out]
 
     def barrier(self):
+        self._arrive()
         self._sizes(0)
 
     def all_gather(self, data):
+        self._arrive()
         sizes = self._sizes(len(data))
         longest = max(sizes)
         out = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.size)]
@@ -94,6 +134,7 @@ class TorchComm:
         return [_to_bytes(t, n) for t, n in zip(out, sizes)]
 
     def gather(self, data, root):
+        self._arrive()
         sizes = self._sizes(len(data))
         longest = max(sizes)
         out = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.size)]
@@ -102,6 +143,7 @@ class TorchComm:
         return [_to_bytes(t, n) for t, n in zip(out, sizes)] if self.rank == root else []
 
     def broadcast(self, data, root):
+        self._arrive()
         n = torch.tensor([len(data)], dtype=torch.int64)
         dist.broadcast(n, src=root, group=self.group)
         t = _bytes_tensor(data if self.rank == root else b"", int(n))
@@ -109,6 +151,7 @@ class TorchComm:
         return _to_bytes(t, int(n))
 
     def all_to_all(self, pieces):
+        self._arrive()
         send_sizes = torch.tensor([len(p) for p in pieces], dtype=torch.int64)
         recv_sizes = torch.empty(self.size, dtype=torch.int64)
         dist.all_to_all_single(recv_sizes, send_sizes, group=self.group)
@@ -123,6 +166,7 @@ class TorchComm:
         return out
 
     def all_reduce_sum(self, values):
+        self._arrive()
         t = torch.tensor(values, dtype=torch.float64)
         dist.all_reduce(t, group=self.group)
         return t.tolist()

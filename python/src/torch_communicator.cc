@@ -112,13 +112,32 @@ class TorchCommunicator : public distckpt::Communicator {
       if (message.find("Timed out") != std::string::npos) {
         char seconds[32];
         std::snprintf(seconds, sizeof(seconds), "%g", group_timeout_);
+        const std::string late = Laggards();
         head += " did not complete within " + std::string(seconds) +
-                " s (the checkpointer's timeout): another rank stopped, died or never arrived";
+                " s (the checkpointer's timeout): " +
+                (late.empty() ? "another rank stopped, died or never arrived"
+                              : late + " did not arrive (stopped, died or hung)");
       } else {
         head += " failed";
       }
       return Status(distckpt::Code::kAborted, head + " (" + message + ")");
     }
+  }
+
+  // "rank 1 (host h2), rank 3 (host h4)": the ranks the store says never reached this rank's
+  // collective; "" when it cannot tell. Called with the GIL held.
+  std::string Laggards() {
+    std::string text;
+    try {
+      for (int r : comm_.attr("laggards")().cast<std::vector<int>>()) {
+        if (r < 0 || r >= size_) continue;
+        text += (text.empty() ? "" : ", ") + std::string("rank ") + std::to_string(r) + " (host " +
+                hosts_[r] + ")";
+      }
+    } catch (py::error_already_set&) {
+      return "";
+    }
+    return text;
   }
 
   py::object comm_;

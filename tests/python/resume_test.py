@@ -11,6 +11,7 @@ usage: resume_test.py MPIRUN PYTHON PACKAGE_DIR TRAIN_BIN CLI_BIN WORKDIR
 """
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -75,10 +76,11 @@ for np in (4, 2, 1):
 out, err = stall_job.communicate(timeout=300)
 raised = [line for line in out.splitlines() if "raised after" in line]
 check("torchrun, rank 1 stalled: ranks 0 and 2 raise distckpt.Error within the 4 s timeout, "
-      "naming rank, host and collective; nothing committed",
+      "naming rank, host and collective and the stalled rank; nothing committed",
       stall_job.returncode != 0 and len(raised) == 2
       and all(float(line.split("raised after ")[1].split()[0]) < 30 for line in raised)
       and all("did not complete within 4 s" in line and "(host " in line for line in raised)
+      and all(f"rank 1 (host {socket.gethostname()}) did not arrive" in line for line in raised)
       and not os.path.exists(os.path.join(stalled, "step-00000001")),
       out[-1500:] + err[-1500:])
 
