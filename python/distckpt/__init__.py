@@ -11,8 +11,11 @@ Launched with `mpirun -np N python train.py` or `torchrun --nproc_per_node=N tra
 rank saves its share in parallel and the checkpoint loads on any number of ranks, or with
 `distckpt.load(dir)` in one process.
 """
+import atexit
 import json
 import os
+import sys
+import weakref
 
 import torch
 
@@ -179,6 +182,18 @@ class AsyncSave:
         return self._owner._engine.wait()
 
 
+def _finish_in_flight(checkpointer):
+    """At interpreter exit: waits for the background save of `checkpointer` (a weak
+    reference), saying on stderr if it failed."""
+    ckpt = checkpointer()
+    if ckpt is None:
+        return
+    try:
+        ckpt._engine.wait()
+    except Error as e:
+        print(f"distckpt: the background save in flight at exit failed: {e}", file=sys.stderr)
+
+
 class Checkpointer:
     """Checkpoints under `root`. Collective in a job of several processes, started by mpirun
     or by torchrun (or any launcher that sets up torch.distributed): every rank constructs it
@@ -240,6 +255,11 @@ class Checkpointer:
         change as soon as this returns. One save in flight: the next waits for this one."""
         entries, scalars = _flatten(state)
         self._engine.save_async(entries, scalars, int(step), _tag_name(tag))
+        if not getattr(self, "_finish_at_exit", False):
+            # A script that ends without wait() still commits its last save: this runs before
+            # the exit handlers registered earlier (the process groups' release among them).
+            self._finish_at_exit = True
+            atexit.register(_finish_in_flight, weakref.ref(self))
         return AsyncSave(self)
 
     def load(self, state, dir=None, fall_back=False, log=print, tag=None):

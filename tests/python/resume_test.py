@@ -5,6 +5,8 @@
   steps 4-6 equal to the run never stopped (on 4 ranks its final checkpoint bit-identical,
   `distckpt diff` exit 0; on 2 and 1 the losses within 1e-6 relative, since DDP's all-reduce
   sums in an order that follows the rank count).
+- A script that ends with a background save in flight, under torchrun and under mpirun: the
+  save is committed whole and the processes exit cleanly.
 - The C++ demo trainer's checkpoint loaded in Python (the model equal to its .pt export), saved
   again from Python, and resumed by the C++ trainer: steps 4-6 identical to its own run.
 usage: resume_test.py MPIRUN PYTHON PACKAGE_DIR TRAIN_BIN CLI_BIN WORKDIR
@@ -51,6 +53,15 @@ stall_job = subprocess.Popen([python, "-m", "torch.distributed.run", "--standalo
                               "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=env)
 
+# A script that ends with a background save in flight (no wait()): under either launcher the
+# save is committed whole before the processes exit, and they exit cleanly.
+exiting = {launcher: subprocess.Popen(
+    ([python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+     if launcher == "torchrun" else [mpirun, "-np", "2", "--oversubscribe", python])
+    + [os.path.join(HERE, "async_exit_job.py"), os.path.join(work, f"exit-{launcher}")],
+    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for launcher in ("torchrun", "mpirun")}
+
 ddp = os.path.join(HERE, "ddp_job.py")
 # The run never stopped saves at steps 3 and 6; each resume starts from a copy of its step 3.
 reference = job(4, python, ddp, os.path.join(work, "ref"), 6, 3)
@@ -83,6 +94,19 @@ check("torchrun, rank 1 stalled: ranks 0 and 2 raise distckpt.Error within the 4
       and all(f"rank 1 (host {socket.gethostname()}) did not arrive" in line for line in raised)
       and not os.path.exists(os.path.join(stalled, "step-00000001")),
       out[-1500:] + err[-1500:])
+
+torch.manual_seed(7)
+expected = torch.randn(2048, 1024)
+for launcher, p in exiting.items():
+    out, err = p.communicate(timeout=300)
+    step = os.path.join(work, f"exit-{launcher}", "step-00000001")
+    verified = subprocess.run([cli, "verify", step], capture_output=True, text=True)
+    ok = p.returncode == 0 and verified.returncode == 0
+    if ok:
+        ok = torch.equal(distckpt.load(step)["model_state_dict"]["w"], expected)
+    check(f"{launcher}: a script that ends with a background save in flight exits cleanly and "
+          f"the save is committed whole (verified, bit-identical)", ok,
+          f"exit {p.returncode}; {verified.stdout}{verified.stderr}{out[-800:]}{err[-1500:]}")
 
 # C++ -> Python -> C++
 cpp = os.path.join(work, "cpp")
