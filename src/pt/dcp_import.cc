@@ -14,6 +14,7 @@
 #include "distckpt/copy_engine.h"
 #include "distckpt/env.h"
 #include "distckpt/export.h"
+#include "plan/plan.h"
 #include "pt/pickle.h"
 #include "pt/pt_reader.h"
 
@@ -101,13 +102,18 @@ Result<std::string> TreePath(const std::string& fqn, const PyPtr& planner_data) 
   return path;
 }
 
+// Where a chunk lies in its tensor.
+struct Box {
+  std::vector<int64_t> offsets, sizes;
+};
+
 // A tensor of the checkpoint as its metadata describes it.
 struct TensorItem {
   std::string fqn;
   std::string path;  // in the tree
-  PyPtr entry;       // TensorStorageMetadata
   at::ScalarType dtype = at::kFloat;
   std::vector<int64_t> size;
+  std::vector<Box> chunks;  // checked to tile the tensor
 };
 
 class DcpReader {
@@ -154,15 +160,12 @@ class DcpReader {
   }
 
   // The tensor assembled from its chunks (a single chunk that is the whole tensor is used as is).
-  // The chunks are checked to tile the tensor before any is read.
   Result<at::Tensor> Assemble(const TensorItem& item) {
-    ASSIGN_OR_RETURN(std::vector<Box> boxes, Tiles(item));
-    if (boxes.size() == 1 && boxes[0].sizes == item.size) {
-      ASSIGN_OR_RETURN(at::Tensor part, ReadChunk(item, boxes[0]));
-      return part;
+    if (item.chunks.size() == 1 && item.chunks[0].sizes == item.size) {
+      return ReadChunk(item, item.chunks[0]);
     }
     at::Tensor whole = at::empty(item.size, at::TensorOptions().dtype(item.dtype));
-    for (const Box& box : boxes) {
+    for (const Box& box : item.chunks) {
       ASSIGN_OR_RETURN(at::Tensor part, ReadChunk(item, box));
       at::Tensor target = whole;
       for (size_t d = 0; d < item.size.size(); ++d) {
@@ -174,33 +177,26 @@ class DcpReader {
   }
 
  private:
-  // Where a chunk lies in its tensor.
-  struct Box {
-    std::vector<int64_t> offsets, sizes;
-  };
-
-  // The chunks of `item`, checked to lie inside it, not to overlap, and to cover it.
-  static Result<std::vector<Box>> Tiles(const TensorItem& item) {
+  // The chunks of a tensor of `size`, checked to lie inside it, not to overlap, and to cover it.
+  static Result<std::vector<Box>> Tiles(const PyValue& chunks, const std::vector<int64_t>& size) {
     std::vector<Box> boxes;
     int64_t covered = 0;
-    for (const PyPtr& chunk : item.entry->Get("chunks")->items) {
+    for (const PyPtr& chunk : chunks.items) {
       Box box;
       ASSIGN_OR_RETURN(box.offsets, Ints(chunk->Get("offsets"), "chunk offsets"));
       ASSIGN_OR_RETURN(box.sizes, Ints(chunk->Get("sizes"), "chunk sizes"));
-      if (box.offsets.size() != item.size.size() || box.sizes.size() != item.size.size()) {
+      if (box.offsets.size() != size.size() || box.sizes.size() != size.size()) {
         return Corrupt("a chunk's shape differs from the metadata");
       }
-      int64_t volume = 1;
-      for (size_t d = 0; d < item.size.size(); ++d) {
-        if (box.offsets[d] < 0 || box.sizes[d] < 0 ||
-            box.offsets[d] + box.sizes[d] > item.size[d]) {
+      for (size_t d = 0; d < size.size(); ++d) {
+        if (box.offsets[d] < 0 || box.sizes[d] < 0 || box.offsets[d] + box.sizes[d] > size[d]) {
           return Corrupt("a chunk lies outside the tensor");
         }
-        volume *= box.sizes[d];
       }
+      const int64_t volume = NumElements(box.sizes);
       for (const Box& other : boxes) {
         bool apart = false;
-        for (size_t d = 0; d < item.size.size() && !apart; ++d) {
+        for (size_t d = 0; d < size.size() && !apart; ++d) {
           apart = box.offsets[d] + box.sizes[d] <= other.offsets[d] ||
                   other.offsets[d] + other.sizes[d] <= box.offsets[d];
         }
@@ -209,8 +205,7 @@ class DcpReader {
       covered += volume;
       boxes.push_back(std::move(box));
     }
-    int64_t numel = 1;
-    for (int64_t n : item.size) numel *= n;
+    const int64_t numel = NumElements(size);
     if (covered != numel) {
       return Corrupt("its chunks hold " + std::to_string(covered) + " of " + std::to_string(numel) +
                      " elements");
@@ -243,7 +238,7 @@ class DcpReader {
 
   static Result<TensorItem> Describe(const std::string& fqn, const std::string& path,
                                      const PyPtr& entry) {
-    TensorItem item{fqn, path, entry};
+    TensorItem item{fqn, path};
     const PyPtr properties = entry->Get("properties");
     if (!properties || properties->items.empty() || properties->items[0]->kind != K::kGlobal ||
         properties->items[0]->s.rfind("torch.", 0) != 0 ||
@@ -253,7 +248,7 @@ class DcpReader {
     ASSIGN_OR_RETURN(item.size, Ints(entry->Get("size"), "its size"));
     const PyPtr chunks = entry->Get("chunks");
     if (!chunks || chunks->kind != K::kList) return Corrupt("no list of chunks");
-    RETURN_IF_ERROR(Tiles(item).status());  // before the save starts writing
+    ASSIGN_OR_RETURN(item.chunks, Tiles(*chunks, item.size));  // before the save writes
     return item;
   }
 
