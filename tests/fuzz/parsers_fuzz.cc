@@ -1,6 +1,5 @@
 // libFuzzer target over the readers of untrusted bytes: the manifest index (JSON), the .pt pickle
 // reader, and a rank file's bytes read back against a valid manifest (load and verify path).
-#include <ATen/ATen.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -9,27 +8,23 @@
 #include <fstream>
 #include <string>
 
-#include "distckpt/checkpoint.h"
+#include "distckpt/checkpoint.h"  // VerifyCheckpoint
 #include "distckpt/manifest.h"
 #include "pt/pickle.h"
 
 namespace {
 
-// A real one-tensor checkpoint (real checksums) whose rank file the fuzzer replaces; its rank
-// file also seeds the corpus, so mutations reach the checksum verifier instead of stopping at
-// the first structural check.
+// A private copy of a real checkpoint (real checksums; FUZZ_FIXTURE, written by the suite's
+// dtype_writer) whose rank file the fuzzer replaces; its rank file also seeds the corpus, so
+// mutations reach the checksum verifier instead of stopping at the first structural check.
 const std::string& FixtureDir() {
   static const std::string dir = [] {
     std::string base = std::getenv("FUZZ_TMP") ? std::getenv("FUZZ_TMP") : "/tmp";
-    std::string root = base + "/distckpt-fuzz-" + std::to_string(::getpid());
-    std::filesystem::remove_all(root);
-    auto comm = distckpt::MakeLocalCommunicator();
-    distckpt::CheckpointerOptions options;
-    options.piece_bytes = 64;
-    distckpt::Checkpointer ckpt(root, *comm, options);
-    distckpt::StateTree tree;
-    tree.SetTensor("w", at::arange(32, at::kFloat).reshape({4, 8}));
-    return ckpt.Save(tree, 1);
+    std::string copy = base + "/distckpt-fuzz-" + std::to_string(::getpid());
+    std::filesystem::remove_all(copy);
+    std::filesystem::copy(std::getenv("FUZZ_FIXTURE"), copy,
+                          std::filesystem::copy_options::recursive);
+    return copy;
   }();
   return dir;
 }
