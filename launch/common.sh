@@ -10,9 +10,11 @@ APT_PACKAGES=(g++ cmake ninja-build ccache python3 python3-pip openmpi-bin libop
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
+# install_apt_packages [PACKAGE...]: those missing of the given ones (default: all of them).
 install_apt_packages() {
-  local missing=()
-  for p in "${APT_PACKAGES[@]}"; do
+  local missing=() wanted=("$@")
+  [ ${#wanted[@]} -eq 0 ] && wanted=("${APT_PACKAGES[@]}")
+  for p in "${wanted[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -21,7 +23,8 @@ install_apt_packages() {
     return 1
   fi
   say "installing Debian packages: ${missing[*]}"
-  apt-get update -q
+  [ -n "${APT_UPDATED:-}" ] || apt-get update -q
+  APT_UPDATED=1
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
@@ -49,6 +52,11 @@ install_python_packages() {
 setup() {
   # Machines without a package registry (the GPU machine) bring their own (launch/gpu-env.sh).
   [ "${DISTCKPT_SKIP_SETUP:-0}" = 1 ] && return 0
+  # pip first where it is missing (a few MB), so that the torch wheel can download while the
+  # other Debian packages install.
+  if ! "$PYTHON" -m pip --version >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+    install_apt_packages python3 python3-pip
+  fi
   if "$PYTHON" -m pip --version >/dev/null 2>&1; then
     # pip needs nothing from apt here: the torch wheel downloads while Debian's packages install.
     install_python_packages &
