@@ -22,5 +22,5 @@ log=$here/bench/results/local_tier.log
     save "${args[@]}" --rounds "$rounds"
   "$cluster" kill h3
   "$cluster" mpirun --oversubscribe --host h1:1,h2:1 -np 2 "$build/bench/local_tier_bench" \
-    resume "${args[@]}"
+    resume "${args[@]}" --rounds "$rounds"
 } | tee -a "$log"

@@ -6,20 +6,24 @@
 //         (write, copy to the next host, commit everywhere); an asynchronous local-tier save (what
 //         training waits for is the snapshot). Prints the medians of the time each blocked the
 //         caller. Leaves persistent step 99 and local step 100 of the same state.
-// resume: on the surviving hosts after one was lost: the newest step from the local tier
-//         (Latest() gathers the missing files from the survivors, then Load) against a load of
-//         persistent step 99 with its files evicted from the page cache. Prints both times and
-//         the bytes each read from the persistent root; checks both loads against the state.
+// resume: on the surviving hosts after one was lost, rounds of, interleaved: the newest step
+//         from the local tier (Latest() gathers the missing files from the survivors, then
+//         Load; the gathered files are removed again after each round) against a load of
+//         persistent step 99 with its files evicted from the page cache. Prints the medians and
+//         the bytes each read from the persistent root; checks every load against the state.
 // usage: mpirun ... local_tier_bench save|resume --shapes FILE --dir PERSISTENT --local LOCAL
 //        [--rounds K]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "bench_util.h"
 #include "distckpt/async.h"
@@ -107,33 +111,66 @@ int Save(const Args& a, Communicator& comm) {
   return 0;
 }
 
+// The names of the files in `dir` (on this host).
+std::set<std::string> FilesIn(const std::string& dir) {
+  std::set<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    names.insert(e.path().filename());
+  }
+  return names;
+}
+
 int Resume(const Args& a, Communicator& comm) {
   const StateTree state = BuildState(a.shapes, false);
   CountingEnv counted(a.dir);
-  Checkpointer local(a.dir, comm, LocalOptions(a, &counted));
-  StateTree from_local = BuildState(a.shapes, true);
-  std::string chosen;
-  const double gather_s = bench::TimeCollective([&] { chosen = local.Latest().value_or(""); });
-  const double local_s =
-      gather_s + bench::TimeCollective([&] { chosen = local.Load(chosen, from_local); });
-  const int local_opened = counted.opened;
+  const std::string local_dir = a.local + "/step-00000100";
   const std::string persistent_dir = a.dir + "/step-00000099";
-  if (comm.local_rank() == 0) bench::EvictTree(persistent_dir);
-  StateTree from_persistent = BuildState(a.shapes, true);
-  Checkpointer persistent(a.dir, comm, CheckpointerOptions{.env = &counted});
-  counted.opened = 0;
-  const double persistent_s =
-      bench::TimeCollective([&] { persistent.Load(persistent_dir, from_persistent); });
-  const int64_t persistent_bytes = persistent.last_load_stats().bytes_read;
-  const bool ok = Same(state, from_local) && Same(state, from_persistent);
+  // What this host holds of the local step after the loss, restored after each round so that
+  // every round gathers the missing files again.
+  const std::set<std::string> held =
+      comm.local_rank() == 0 ? FilesIn(local_dir) : std::set<std::string>{};
+  std::vector<double> gather_s, local_s, persistent_s;
+  std::string chosen, why;
+  int local_opened = 0;
+  int64_t local_read = 0, local_reread = 0, persistent_read = 0;
+  bool ok = true;
+  for (int round = 0; round < a.rounds; ++round) {
+    Checkpointer local(a.dir, comm, LocalOptions(a, &counted));
+    StateTree from_local = BuildState(a.shapes, true);
+    counted.opened = 0;
+    gather_s.push_back(bench::TimeCollective([&] { chosen = local.Latest().value_or(""); }));
+    local_s.push_back(gather_s.back() +
+                      bench::TimeCollective([&] { chosen = local.Load(chosen, from_local); }));
+    local_opened = std::max(local_opened, counted.opened);
+    local_read = local.last_load_stats().bytes_read;
+    local_reread = local.last_load_stats().bytes_reread;
+    why = local.latest_reason();
+    ok = ok && Same(state, from_local);
+    if (comm.local_rank() == 0) {
+      for (const std::string& f : FilesIn(local_dir)) {
+        if (!held.count(f)) std::filesystem::remove(local_dir + "/" + f);
+      }
+      bench::EvictTree(persistent_dir);
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    StateTree from_persistent = BuildState(a.shapes, true);
+    Checkpointer persistent(a.dir, comm, CheckpointerOptions{.env = &counted});
+    persistent_s.push_back(
+        bench::TimeCollective([&] { persistent.Load(persistent_dir, from_persistent); }));
+    persistent_read = persistent.last_load_stats().bytes_read;
+    ok = ok && Same(state, from_persistent);
+  }
   if (comm.rank() == 0) {
+    const double l = bench::Median(local_s), p = bench::Median(persistent_s);
     std::printf(
-        "resume on %d ranks after a lost host: %.3f s from the local tier (%.3f s of it to find, "
-        "verify and gather the step; %s; %s), %.3f s from "
-        "the persistent root (%.1fx); persistent files opened by the local resume on rank 0: %d "
-        "(the persistent load read %.2f GB on rank 0); both loads equal to the state: %s\n",
-        comm.size(), local_s, gather_s, chosen.c_str(), local.latest_reason().c_str(), persistent_s,
-        persistent_s / local_s, local_opened, persistent_bytes / 1e9, ok ? "yes" : "NO");
+        "resume on %d ranks after a lost host, medians of %d interleaved rounds: %.3f s from the "
+        "local tier (%.3f s of it to find, verify and gather the step; %s; %s; the load read "
+        "%.2f GB on rank 0, %.2f GB of it a second time), %.3f s from the persistent root "
+        "(%.1fx; it read %.2f GB on rank 0); persistent files opened by the local resume on "
+        "rank 0: %d; every load equal to the state: %s\n",
+        comm.size(), a.rounds, l, bench::Median(gather_s), chosen.c_str(), why.c_str(),
+        local_read / 1e9, local_reread / 1e9, p, p / l, persistent_read / 1e9, local_opened,
+        ok ? "yes" : "NO");
   }
   return ok ? 0 : 1;
 }

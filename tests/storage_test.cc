@@ -649,5 +649,36 @@ TEST(LocalTier, AFullLocalRootIsRefusedBeforeAnyWriteAndKeepsTheOlderStep) {
                        SampleTree(1).tensor("model_state_dict/w").tensor));
 }
 
+// Latest() verifies every byte of the local step it picks, so the Load that follows reads each
+// byte once, into place; any other load verifies first and reads again.
+TEST(LocalTier, TheStepLatestVerifiedIsReadOnceAndOnlyOnce) {
+  const std::string root = testing::ScratchDir("persistent");
+  const std::string local = testing::ScratchDir("local");
+  CheckpointerOptions options;
+  options.local = {local, 1, 0, 1};
+  options.persist_every = 0;
+  const StateTree tree = SampleTree(3);
+  const std::string dir = Checkpointer(root, Comm(), options).Save(tree, 3);
+  const at::Tensor& saved = tree.tensor("model_state_dict/w").tensor;
+
+  Checkpointer ckpt(root, Comm(), options);
+  StateTree plain = ZerosLike(SampleTree(3));
+  ckpt.Load(dir, plain);
+  EXPECT_GT(ckpt.last_load_stats().bytes_reread, 0);
+
+  ASSERT_EQ(ckpt.Latest(), dir);
+  StateTree once = ZerosLike(SampleTree(3));
+  ckpt.Load(dir, once);
+  EXPECT_GT(ckpt.last_load_stats().bytes_read, 0);
+  EXPECT_EQ(ckpt.last_load_stats().bytes_reread, 0);
+  EXPECT_GE(ckpt.last_load_stats().bytes_verified, saved.nbytes());
+  EXPECT_TRUE(BitEqual(once.tensor("model_state_dict/w").tensor, saved));
+
+  StateTree again = ZerosLike(SampleTree(3));
+  ckpt.Load(dir, again);
+  EXPECT_GT(ckpt.last_load_stats().bytes_reread, 0);
+  EXPECT_TRUE(BitEqual(again.tensor("model_state_dict/w").tensor, saved));
+}
+
 }  // namespace
 }  // namespace distckpt

@@ -125,6 +125,9 @@ class Checkpointer {
   std::vector<std::string> plan_keys_;  // every rank's description hash for cached_plan_
   std::shared_ptr<const SavePlan> cached_plan_;
   std::string latest_reason_;
+  // The local step the last Latest() gathered, every byte of it verified on every host: the
+  // next Load of it reads each byte once, into place, instead of verifying it a second time.
+  std::string verified_local_dir_;
   bool warned_fewer_replicas_ = false;
 };
 

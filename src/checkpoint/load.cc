@@ -354,6 +354,10 @@ std::string Checkpointer::Load(const std::string& dir, StateTree& tree,
         once.read_once == ReadOnce::kAuto) {
       once.read_once = ReadOnce::kOff;
     }
+    // Latest() has just verified every byte of it on every host: the load's own verifying read
+    // would be a second one. Each byte is still checked as it is read into place.
+    if (!verified_local_dir_.empty() && chosen == verified_local_dir_) once.in_place = true;
+    verified_local_dir_.clear();
     ThrowIfError(LoadStatus(chosen, tree, once));
   });
 }

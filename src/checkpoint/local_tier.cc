@@ -14,7 +14,9 @@
 //   (all ranks)    pick the newest local step newer than it that the hosts cover; the leaders
 //                  verify every byte of the files they hold; all-gather the failures; pick again.
 //   (all ranks)    each missing file goes from its first verified holder to every host that
-//                  lacks it (all-to-all); hosts without the step commit it; vote.
+//                  lacks it (all-to-all); the receiving leaders verify every byte they got;
+//                  hosts without the step commit it; vote. The next Load of the step reads it
+//                  once, into place (every byte of it has just been verified on every host).
 // A host is the set of ranks with one host name (MPI_Get_processor_name); its leader is its
 // lowest rank.
 #include <algorithm>
@@ -307,6 +309,30 @@ std::vector<std::vector<Transfer>> ScheduleRounds(std::vector<Transfer> transfer
   return rounds;
 }
 
+bool IsManifestFile(const std::string& name) {
+  return name == kManifestName || name == kManifestSumName;
+}
+
+// Every byte of the rank files a host received, checked where they landed (against `manifest`,
+// or the one received with them); a file that fails is removed.
+Status VerifyReceived(Env* env, const std::string& dir, const Manifest* manifest,
+                      const std::vector<std::string>& files) {
+  Manifest received;
+  if (!manifest) {
+    ASSIGN_OR_RETURN(received, ReadManifest(dir, env));
+    manifest = &received;
+  }
+  ShardReader reader(env, dir, manifest, 0);
+  for (const std::string& f : files) {
+    Status s = reader.VerifyFile(f);
+    if (!s.ok()) {
+      (void)env->RemoveAll(JoinPath(dir, f));
+      return s.Annotate("the copy received from another host");
+    }
+  }
+  return Status::Ok();
+}
+
 // Moves one round: each source leader maps its files, each receiving leader writes what it got
 // into `target`.
 Status MoveRound(const HostView& v, const std::string& dir, const std::string& target,
@@ -335,8 +361,8 @@ Status MoveRound(const HostView& v, const std::string& dir, const std::string& t
 // leaders of the hosts that lack it; a host without the step commits it. Returns the transport's
 // error; `local`: this rank's.
 Status GatherStep(const HostView& v, const std::string& root, const std::string& dir, int64_t step,
-                  const std::map<int, HeldStep>& hosts, std::map<std::string, int> source,
-                  Status* local) {
+                  const Manifest* held, const std::map<int, HeldStep>& hosts,
+                  std::map<std::string, int> source, Status* local) {
   auto holds = [&](int h, const std::string& f) {
     auto found = hosts.find(h);
     return found != hosts.end() && found->second.present.count(f) > 0;
@@ -357,14 +383,22 @@ Status GatherStep(const HostView& v, const std::string& root, const std::string&
     transfers.push_back({name, hosts.begin()->first, {}});
   }
   for (Transfer& t : transfers) {
-    const bool is_manifest = t.file == kManifestName || t.file == kManifestSumName;
     for (int h = 0; h < v.topo.hosts(); ++h) {
-      if (is_manifest ? !hosts.count(h) : !holds(h, t.file)) t.to.push_back(h);
+      if (IsManifestFile(t.file) ? !hosts.count(h) : !holds(h, t.file)) t.to.push_back(h);
     }
   }
   std::erase_if(transfers, [](const Transfer& t) { return t.to.empty(); });
+  std::vector<std::string> received;
+  for (const Transfer& t : transfers) {
+    const bool to_me = std::find(t.to.begin(), t.to.end(), v.my_host) != t.to.end();
+    if (to_me && !IsManifestFile(t.file)) received.push_back(t.file);
+  }
+  const std::string target = have_step ? dir : tmp_dir;
   for (const std::vector<Transfer>& round : ScheduleRounds(std::move(transfers))) {
-    RETURN_IF_ERROR(MoveRound(v, dir, have_step ? dir : tmp_dir, round, local));
+    RETURN_IF_ERROR(MoveRound(v, dir, target, round, local));
+  }
+  if (v.leader && local->ok() && !received.empty()) {
+    *local = VerifyReceived(v.env, target, have_step ? held : nullptr, received);
   }
   if (v.leader && !have_step && local->ok()) {
     *local = v.env->SyncDir(tmp_dir);
@@ -486,11 +520,13 @@ Status Checkpointer::RestoreLocal(int64_t persistent_step, std::string* out_dir,
       continue;
     }
     Status local;
-    RETURN_IF_ERROR(GatherStep(v, tier.root, dir, step, hosts, source, &local));
+    const Manifest* held = manifests.count(step) ? &manifests.at(step) : nullptr;
+    RETURN_IF_ERROR(GatherStep(v, tier.root, dir, step, held, hosts, source, &local));
     RETURN_IF_ERROR(
         AgreeOnStatus(comm_, local)
             .Annotate("gathering local step " + std::to_string(step) + " in '" + tier.root + "'"));
     *out_dir = dir;
+    verified_local_dir_ = dir;
     reason << "local step " << step << " (held by " << hosts.size() << " of " << topo.hosts()
            << " hosts; persistent newest: "
            << (persistent_step < 0 ? std::string("none") : std::to_string(persistent_step)) << ")";
@@ -502,6 +538,7 @@ Status Checkpointer::RestoreLocal(int64_t persistent_step, std::string* out_dir,
 }
 
 std::optional<std::string> Checkpointer::Latest() {
+  verified_local_dir_.clear();
   int64_t persistent = -1;
   std::string dir;
   if (comm_.rank() == 0) {
