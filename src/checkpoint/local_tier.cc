@@ -333,26 +333,61 @@ Status VerifyReceived(Env* env, const std::string& dir, const Manifest* manifest
   return Status::Ok();
 }
 
+// A received file, written piece by piece under its temporary name and renamed once whole.
+struct Landing {
+  std::string path;
+  std::unique_ptr<WritableFile> file;
+  int64_t written = 0;
+};
+
 // Moves one round: each source leader maps its files, each receiving leader writes what it got
-// into `target`.
+// into `target`. Files move in pieces, so that no host holds a whole file in a buffer: on a
+// node-local root in memory a file's own pages are all it costs.
 Status MoveRound(const HostView& v, const std::string& dir, const std::string& target,
                  const std::vector<Transfer>& round, Status* local) {
-  std::vector<std::string_view> to(v.comm.size());
+  constexpr int64_t kPiece = 16 << 20;
   std::vector<FileBytes> sending(round.size());
+  std::map<int, Landing> landing;  // source host -> the file it sends here
+  int64_t pieces = 0;
   for (size_t i = 0; i < round.size(); ++i) {
     const Transfer& t = round[i];
-    if (!v.leader || v.my_host != t.from || !local->ok()) continue;
-    *local = sending[i].Open(v.env, JoinPath(dir, t.file));
-    for (int h : t.to) to[v.topo.leader(h)] = sending[i].view();
+    if (!v.leader || !local->ok()) continue;
+    if (v.my_host == t.from) {
+      *local = sending[i].Open(v.env, JoinPath(dir, t.file));
+      const auto size = static_cast<int64_t>(sending[i].view().size());
+      pieces = std::max(pieces, (size + kPiece - 1) / kPiece);
+    } else if (std::find(t.to.begin(), t.to.end(), v.my_host) != t.to.end()) {
+      Landing& l = landing[t.from];
+      l.path = JoinPath(target, t.file);
+      auto file = v.env->NewWritable(TmpFileName(l.path));
+      *local = file.status();
+      if (file.ok()) l.file = std::move(file).value();
+    }
   }
+  std::vector<std::string> counts;
+  RETURN_IF_ERROR(v.comm.AllGather(std::to_string(pieces), &counts));
+  for (const std::string& c : counts) pieces = std::max<int64_t>(pieces, std::stoll(c));
   std::vector<std::string> from;
-  RETURN_IF_ERROR(v.comm.AllToAll(to, &from));
-  for (const Transfer& t : round) {
-    const std::string& got = from[v.topo.leader(t.from)];
-    if (!v.leader || got.empty() || !local->ok()) continue;
-    const std::string path = JoinPath(target, t.file);
-    *local = WriteFileDurably(v.env, TmpFileName(path), got);
-    if (local->ok()) *local = v.env->Rename(TmpFileName(path), path);
+  for (int64_t k = 0; k < pieces; ++k) {
+    std::vector<std::string_view> to(v.comm.size());
+    for (size_t i = 0; i < round.size(); ++i) {
+      const std::string_view whole = sending[i].view();
+      if (static_cast<int64_t>(whole.size()) <= k * kPiece) continue;
+      for (int h : round[i].to) to[v.topo.leader(h)] = whole.substr(k * kPiece, kPiece);
+    }
+    RETURN_IF_ERROR(v.comm.AllToAll(to, &from));
+    for (auto& [source, l] : landing) {
+      const std::string& got = from[v.topo.leader(source)];
+      if (got.empty() || !l.file || !local->ok()) continue;
+      *local = l.file->PWrite(l.written, got.data(), got.size());
+      l.written += static_cast<int64_t>(got.size());
+    }
+  }
+  for (auto& [source, l] : landing) {
+    if (!l.file || !local->ok()) continue;
+    *local = l.file->Sync();
+    if (local->ok()) *local = l.file->Close();
+    if (local->ok()) *local = v.env->Rename(TmpFileName(l.path), l.path);
   }
   return Status::Ok();
 }

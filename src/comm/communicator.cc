@@ -177,8 +177,12 @@ class MpiCommunicator : public Communicator {
                                         MPI_INT64_T, comm_, &request),
                           "all-to-all of sizes"));
     RETURN_IF_ERROR(watch_->Complete(&request, "all-to-all of sizes"));
-    from->assign(size_, std::string());
-    for (int r = 0; r < size_; ++r) (*from)[r].resize(static_cast<size_t>(recv_sizes[r]));
+    // The caller's strings keep their storage: a caller moving a file in pieces reuses it.
+    from->resize(size_);
+    for (int r = 0; r < size_; ++r) {
+      (*from)[r].clear();
+      (*from)[r].resize(static_cast<size_t>(recv_sizes[r]));
+    }
     // Point to point between the pairs that move bytes, in pieces of at most 1 GiB (MPI's int
     // counts): a collective all-to-all moved large files between hosts at a fraction of this.
     constexpr int64_t kPiece = int64_t{1} << 30;
