@@ -59,6 +59,7 @@ rm -rf "$out/fixture"
 "$writer" "$out/fixture" packed 64 >/dev/null
 printf '{"format":"distckpt","format_version":1,"step":1,"world_size":1,"created_unix":0,"library_version":"x","torch_version":"x","piece_bytes":64,"files":[],"scalars":{},"tensors":[]}' >"$out/corpus/index.json"
 printf '\x80\x02}q\x00(X\x01\x00\x00\x00aK\x01u.' >"$out/corpus/dict.pkl"
+rm -rf "$out"/distckpt-fuzz-*  # the private fixture copies of earlier runs
 export FUZZ_TMP=$out FUZZ_CORPUS=$out/corpus FUZZ_FIXTURE=$out/fixture/step-00000001 ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1
 "$out/parsers_fuzz" -max_total_time="$secs" -max_len=4096 -timeout=10 -rss_limit_mb=4096 \
   -print_final_stats=1 "$out/corpus" 2>&1 | tail -n 12
