@@ -112,6 +112,69 @@ class FileBytes {
   std::string_view view_;
 };
 
+// A file this rank sends, and the ranks it goes to.
+struct Outgoing {
+  std::string_view bytes;
+  std::vector<int> to;
+};
+
+// A received file, written piece by piece under its temporary name and renamed once whole.
+struct Landing {
+  std::unique_ptr<WritableFile> file;
+  int64_t written = 0;
+};
+
+// Every rank sends its `out` files and writes what rank r sends it into in[r]. Files move in
+// pieces, so that no rank holds a whole file in a buffer: on a node-local root in memory a
+// file's own pages are all it costs. Every rank takes part whatever `local` (this rank's errors)
+// says, so that one rank's failure cannot leave the others waiting in a collective. Returns
+// the transport's error.
+Status MoveFiles(Communicator& comm, Env* env, const std::vector<Outgoing>& out,
+                 const std::map<int, std::string>& in, Status* local) {
+  constexpr int64_t kPiece = 16 << 20;
+  int64_t pieces = 0;
+  for (const Outgoing& o : out) {
+    pieces = std::max(pieces, (static_cast<int64_t>(o.bytes.size()) + kPiece - 1) / kPiece);
+  }
+  auto where = [&](int source) {
+    return "the copy of rank " + std::to_string(source) + "'s file at '" + in.at(source) + "'";
+  };
+  std::map<int, Landing> landing;
+  for (const auto& [source, path] : in) {
+    if (!local->ok()) break;
+    auto file = env->NewWritable(TmpFileName(path));
+    *local = file.status().Annotate(where(source));
+    if (file.ok()) landing[source].file = std::move(file).value();
+  }
+  std::vector<std::string> counts;
+  RETURN_IF_ERROR(comm.AllGather(std::to_string(pieces), &counts));
+  for (const std::string& c : counts) pieces = std::max<int64_t>(pieces, std::stoll(c));
+  std::vector<std::string> from;
+  for (int64_t k = 0; k < pieces; ++k) {
+    std::vector<std::string_view> to(comm.size());
+    for (const Outgoing& o : out) {
+      if (static_cast<int64_t>(o.bytes.size()) <= k * kPiece) continue;
+      for (int r : o.to) to[r] = o.bytes.substr(k * kPiece, kPiece);
+    }
+    RETURN_IF_ERROR(comm.AllToAll(to, &from));
+    for (auto& [source, l] : landing) {
+      const std::string& got = from[source];
+      if (got.empty() || !local->ok()) continue;
+      *local = l.file->PWrite(l.written, got.data(), got.size()).Annotate(where(source));
+      l.written += static_cast<int64_t>(got.size());
+    }
+  }
+  for (auto& [source, l] : landing) {
+    if (!local->ok()) break;
+    const std::string& path = in.at(source);
+    *local = l.file->Sync();
+    if (local->ok()) *local = l.file->Close();
+    if (local->ok()) *local = env->Rename(TmpFileName(path), path);
+    if (!local->ok()) *local = local->Annotate(where(source));
+  }
+  return Status::Ok();
+}
+
 // What one host holds of one committed local step.
 struct HeldStep {
   std::vector<std::string> needed;  // the step's rank files (from its manifest)
@@ -226,21 +289,21 @@ Status PrepareLocalStep(Env* env, const std::string& root, const std::string& tm
 Status SendCopies(const HostView& v, const SavePlan& plan, const std::string& tmp_dir, int replicas,
                   Status* local) {
   FileBytes mine;
+  std::vector<Outgoing> out(1);
+  std::map<int, std::string> in;  // sending rank -> where its copy lands here
   if (!plan.per_rank[v.rank].empty()) {
     *local = mine.Open(v.env, JoinPath(tmp_dir, RankFileName(v.rank)));
+    out[0].bytes = mine.view();
   }
-  for (int k = 1; k <= replicas && local->ok(); ++k) {
-    std::vector<std::string_view> to(v.comm.size());
-    std::vector<std::string> from;
-    to[Partner(v.topo, v.rank, k)] = mine.view();
-    RETURN_IF_ERROR(v.comm.AllToAll(to, &from));
-    for (int r = 0; r < v.comm.size() && local->ok(); ++r) {
-      if (from[r].empty()) continue;
-      *local = WriteFileDurably(v.env, JoinPath(tmp_dir, RankFileName(r)), from[r])
-                   .Annotate("copy of rank " + std::to_string(r) + "'s file");
+  for (int k = 1; k <= replicas; ++k) {
+    out[0].to.push_back(Partner(v.topo, v.rank, k));
+    for (int r = 0; r < v.comm.size(); ++r) {
+      if (!plan.per_rank[r].empty() && Partner(v.topo, r, k) == v.rank) {
+        in[r] = JoinPath(tmp_dir, RankFileName(r));
+      }
     }
   }
-  return Status::Ok();
+  return MoveFiles(v.comm, v.env, out, in, local);
 }
 
 // The hosts that hold each rank file: its writer's, then its partners'.
@@ -284,6 +347,7 @@ struct Transfer {
   std::string file;
   int from = 0;
   std::vector<int> to;
+  bool GoesTo(int host) const { return std::find(to.begin(), to.end(), host) != to.end(); }
 };
 
 // Transfers grouped into rounds in which a host sends at most one file to each other host, so
@@ -333,63 +397,25 @@ Status VerifyReceived(Env* env, const std::string& dir, const Manifest* manifest
   return Status::Ok();
 }
 
-// A received file, written piece by piece under its temporary name and renamed once whole.
-struct Landing {
-  std::string path;
-  std::unique_ptr<WritableFile> file;
-  int64_t written = 0;
-};
-
 // Moves one round: each source leader maps its files, each receiving leader writes what it got
-// into `target`. Files move in pieces, so that no host holds a whole file in a buffer: on a
-// node-local root in memory a file's own pages are all it costs.
+// into `target`.
 Status MoveRound(const HostView& v, const std::string& dir, const std::string& target,
                  const std::vector<Transfer>& round, Status* local) {
-  constexpr int64_t kPiece = 16 << 20;
   std::vector<FileBytes> sending(round.size());
-  std::map<int, Landing> landing;  // source host -> the file it sends here
-  int64_t pieces = 0;
+  std::vector<Outgoing> out;
+  std::map<int, std::string> in;  // sending leader -> where its file lands here
   for (size_t i = 0; i < round.size(); ++i) {
     const Transfer& t = round[i];
     if (!v.leader || !local->ok()) continue;
     if (v.my_host == t.from) {
       *local = sending[i].Open(v.env, JoinPath(dir, t.file));
-      const auto size = static_cast<int64_t>(sending[i].view().size());
-      pieces = std::max(pieces, (size + kPiece - 1) / kPiece);
-    } else if (std::find(t.to.begin(), t.to.end(), v.my_host) != t.to.end()) {
-      Landing& l = landing[t.from];
-      l.path = JoinPath(target, t.file);
-      auto file = v.env->NewWritable(TmpFileName(l.path));
-      *local = file.status();
-      if (file.ok()) l.file = std::move(file).value();
+      out.push_back({sending[i].view(), {}});
+      for (int h : t.to) out.back().to.push_back(v.topo.leader(h));
+    } else if (t.GoesTo(v.my_host)) {
+      in[v.topo.leader(t.from)] = JoinPath(target, t.file);
     }
   }
-  std::vector<std::string> counts;
-  RETURN_IF_ERROR(v.comm.AllGather(std::to_string(pieces), &counts));
-  for (const std::string& c : counts) pieces = std::max<int64_t>(pieces, std::stoll(c));
-  std::vector<std::string> from;
-  for (int64_t k = 0; k < pieces; ++k) {
-    std::vector<std::string_view> to(v.comm.size());
-    for (size_t i = 0; i < round.size(); ++i) {
-      const std::string_view whole = sending[i].view();
-      if (static_cast<int64_t>(whole.size()) <= k * kPiece) continue;
-      for (int h : round[i].to) to[v.topo.leader(h)] = whole.substr(k * kPiece, kPiece);
-    }
-    RETURN_IF_ERROR(v.comm.AllToAll(to, &from));
-    for (auto& [source, l] : landing) {
-      const std::string& got = from[v.topo.leader(source)];
-      if (got.empty() || !l.file || !local->ok()) continue;
-      *local = l.file->PWrite(l.written, got.data(), got.size());
-      l.written += static_cast<int64_t>(got.size());
-    }
-  }
-  for (auto& [source, l] : landing) {
-    if (!l.file || !local->ok()) continue;
-    *local = l.file->Sync();
-    if (local->ok()) *local = l.file->Close();
-    if (local->ok()) *local = v.env->Rename(TmpFileName(l.path), l.path);
-  }
-  return Status::Ok();
+  return MoveFiles(v.comm, v.env, out, in, local);
 }
 
 // Sends every file of the step at `dir` (and its manifest) from `source` (file -> host) to the
@@ -425,8 +451,7 @@ Status GatherStep(const HostView& v, const std::string& root, const std::string&
   std::erase_if(transfers, [](const Transfer& t) { return t.to.empty(); });
   std::vector<std::string> received;
   for (const Transfer& t : transfers) {
-    const bool to_me = std::find(t.to.begin(), t.to.end(), v.my_host) != t.to.end();
-    if (to_me && !IsManifestFile(t.file)) received.push_back(t.file);
+    if (t.GoesTo(v.my_host) && !IsManifestFile(t.file)) received.push_back(t.file);
   }
   const std::string target = have_step ? dir : tmp_dir;
   for (const std::vector<Transfer>& round : ScheduleRounds(std::move(transfers))) {
