@@ -9,10 +9,12 @@ if ! command -v clang++ >/dev/null || ! ls /usr/lib/llvm-*/lib/clang/*/lib/linux
 fi
 torch=$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')
 mkdir -p "$out/corpus"
-flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-  -DOMPI_SKIP_MPICXX=1 -D_GLIBCXX_USE_CXX11_ABI=1 -I"$src/include" -I"$src/src"
+# The flags of every compile; the project's include paths are added to all but the PCH's.
+pch_flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+  -DOMPI_SKIP_MPICXX=1 -D_GLIBCXX_USE_CXX11_ABI=1
   -isystem "$torch/include" -isystem "$torch/include/torch/csrc/api/include"
   -I/usr/include/hdf5/openmpi -I/usr/lib/x86_64-linux-gnu/openmpi/include)
+flags=("${pch_flags[@]}" -I"$src/include" -I"$src/src")
 # The readers and what verification needs; the fixture is written by the regular build, so that
 # no save path is compiled here.
 # The longest compile (nlohmann's JSON) first: two compiles run side by side.
@@ -25,18 +27,24 @@ done
 sources+=(src/plan/planner.cc src/comm/communicator.cc src/comm/deadline_watch.cc
   src/checkpoint/catalog.cc src/checkpoint/manifest_store.cc src/checkpoint/tags.cc
   src/pt/pickle.cc tests/fuzz/parsers_fuzz.cc)
-# ccache (when present) keeps rebuilds of a fresh clone cheap; paths relative to the source.
+# ccache (when present) keeps rebuilds of a fresh clone cheap; paths relative to the source, and
+# the working directory left out of the key (it is inside the clone; -g would add it).
 cxx=(clang++); command -v ccache >/dev/null && cxx=(ccache clang++)
-export CCACHE_BASEDIR=$src
+export CCACHE_BASEDIR=$src CCACHE_NOHASHDIR=1
 export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
 # LibTorch's ATen headers precompiled once, with the same flags: they are most of each compile
-# (about half the time of the heavier sources on a fresh machine). No timestamp in the PCH, so
-# that ccache can key the compiles that use it on its contents.
-pch=$out/aten.pch
-if [ ! -f "$pch" ] || [ "$torch/include/ATen/ATen.h" -nt "$pch" ]; then
-  printf '#include <ATen/ATen.h>\n' >"$out/aten.h"
-  clang++ "${flags[@]}" -Xclang -fno-pch-timestamp -x c++-header "$out/aten.h" -o "$pch.tmp"
-  mv "$pch.tmp" "$pch"
+# (about half the time of the heavier sources on a fresh machine). The PCH lives outside the
+# clone, keyed on the compiler, the flags and LibTorch, so that every clone uses the same file and
+# ccache (which keys the compiles that use it on its contents) hits in a fresh clone too. No
+# timestamp in it; it needs none of the project's include paths.
+key=$( (clang++ --version; echo "${pch_flags[@]}"; stat -c '%s %Y' "$torch/include/ATen/ATen.h" "$torch/lib/libtorch_cpu.so") | sha1sum | cut -c1-16)
+pch_dir=${DISTCKPT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/distckpt}/fuzz-pch-$key
+pch=$pch_dir/aten.pch
+if [ ! -f "$pch" ]; then
+  mkdir -p "$pch_dir"
+  [ -f "$pch_dir/aten.h" ] || printf '#include <ATen/ATen.h>\n' >"$pch_dir/aten.h"
+  clang++ "${pch_flags[@]}" -Xclang -fno-pch-timestamp -x c++-header "$pch_dir/aten.h" -o "$pch.$$"
+  mv "$pch.$$" "$pch"
 fi
 objs=(); compiling=()
 for f in "${sources[@]}"; do
