@@ -74,6 +74,7 @@ build() {
   export CCACHE_SLOPPINESS=${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_file_mtime,include_file_ctime}
   # Paths relative to the checkout, so that a fresh clone elsewhere reuses the cache.
   export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$DISTCKPT_ROOT}
+  export CCACHE_INODECACHE=${CCACHE_INODECACHE:-true}  # headers hashed once per inode, not per hit
   if [ ! -f "$BUILD_DIR/build.ninja" ]; then
     cmake -S "$DISTCKPT_ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
       -DPython3_EXECUTABLE="$(command -v "$PYTHON")" "$@"

@@ -30,7 +30,7 @@ sources+=(src/plan/planner.cc src/comm/communicator.cc src/comm/deadline_watch.c
 # ccache (when present) keeps rebuilds of a fresh clone cheap; paths relative to the source, and
 # the working directory left out of the key (it is inside the clone; -g would add it).
 cxx=(clang++); command -v ccache >/dev/null && cxx=(ccache clang++)
-export CCACHE_BASEDIR=$src CCACHE_NOHASHDIR=1
+export CCACHE_BASEDIR=$src CCACHE_NOHASHDIR=1 CCACHE_INODECACHE=true
 export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
 # LibTorch's ATen headers precompiled once, with the same flags: they are most of each compile
 # (about half the time of the heavier sources on a fresh machine). The PCH lives outside the
