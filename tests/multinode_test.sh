@@ -74,33 +74,36 @@ done
 
 # Faults on host h2 (rank 1 of h1:1,h2:1,h3:1), struck through the LD_PRELOAD shim.
 timeout 300 mpirun --oversubscribe -np 4 "$train" --ckpt-dir "$tmp/ref-fault" --steps 6 \
-  --save-every 0 | grep '^step' >"$tmp/ref"
+  --save-every 0 | grep '^step' >"$tmp/ref-fault.steps"
 
 # resume_survivors DIR LABEL: a resume on h1 and h3 starts from step 2 and matches the reference.
 resume_survivors() {
-  on --host h1:1,h3:1 -np 2 "$train" --ckpt-dir "$1" --steps 6 --save-every 2 --resume >"$tmp/out"
-  if grep -q '^resumed from .*step-00000002' "$tmp/out" &&
-     diff <(grep '^step' "$tmp/out") <(tail -4 "$tmp/ref") >/dev/null; then
+  local out=$1.resume.out
+  on --host h1:1,h3:1 -np 2 "$train" --ckpt-dir "$1" --steps 6 --save-every 2 --resume >"$out"
+  if grep -q '^resumed from .*step-00000002' "$out" &&
+     diff <(grep '^step' "$out") <(tail -4 "$tmp/ref-fault.steps") >/dev/null; then
     echo "ok   $2: resumed on the surviving hosts h1 and h3 from step 2, steps 3-6 identical"
   else
-    echo "FAIL $2: resume on h1 and h3"; cat "$tmp/out"; fail=1
+    echo "FAIL $2: resume on h1 and h3"; cat "$out"; fail=1
   fi
 }
 
-# strike LABEL ACTION PATTERN BOUND SHIM_ENV... -- TRAIN_ARGS...: runs the trainer on three
-# hosts with the shim armed on rank 1; when the shim strikes, runs ACTION (a cluster.sh command,
-# or "-"); the job must fail within BOUND seconds of the strike with PATTERN in its output.
+# strike DIR LABEL ACTION PATTERN BOUND SHIM_ENV... -- TRAIN_ARGS...: runs the trainer on three
+# hosts with the shim armed on rank 1, in checkpoint directory DIR; when the shim strikes, runs
+# ACTION (a cluster.sh command, or "-"); the job must fail within BOUND seconds of the strike
+# with PATTERN in its output (left in DIR.strike.out).
 strike() {
-  local label=$1 action=$2 pattern=$3 bound=$4 envs=() rc took
-  shift 4
+  local dir=$1 label=$2 action=$3 pattern=$4 bound=$5 envs=() rc took
+  shift 5
   while [ "$1" != -- ]; do envs+=(-x "$1"); shift; done
   shift
-  rm -f "$tmp/mark"
+  local mark=$dir.mark out=$dir.strike.out
+  rm -f "$mark"
   set +e
-  on --host h1:1,h2:1,h3:1 -np 3 -x LD_PRELOAD="$preload" -x KILL_RANK=1 -x KILL_MARK="$tmp/mark" \
-    "${envs[@]}" "$train" "$@" >"$tmp/strike.out" 2>&1 &
+  on --host h1:1,h2:1,h3:1 -np 3 -x LD_PRELOAD="$preload" -x KILL_RANK=1 -x KILL_MARK="$mark" \
+    "${envs[@]}" "$train" --ckpt-dir "$dir" "$@" >"$out" 2>&1 &
   local job=$!
-  for _ in $(seq 1200); do [ -e "$tmp/mark" ] || ! kill -0 $job 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 1200); do [ -e "$mark" ] || ! kill -0 $job 2>/dev/null && break; sleep 0.1; done
   local struck
   struck=$(date +%s.%N)
   [ "$action" = - ] || "$cluster" $action
@@ -108,46 +111,60 @@ strike() {
   rc=$?
   set -e
   took=$(awk -v a="$struck" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
-  if [ ! -e "$tmp/mark" ]; then
-    echo "FAIL $label: the fault never struck (exit $rc)"; cat "$tmp/strike.out"; fail=1
-  elif [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "$pattern" "$tmp/strike.out" &&
+  if [ ! -e "$mark" ]; then
+    echo "FAIL $label: the fault never struck (exit $rc)"; cat "$out"; fail=1
+  elif [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "$pattern" "$out" &&
        awk -v t="$took" -v b="$bound" 'BEGIN {exit !(t < b)}'; then
-    echo "ok   $label: the job ended ${took} s after the fault (bound ${bound} s), saying: $(grep -m1 -o "$pattern" "$tmp/strike.out")"
+    echo "ok   $label: the job ended ${took} s after the fault (bound ${bound} s), saying: $(grep -m1 -o "$pattern" "$out")"
   else
     echo "FAIL $label: exit $rc after ${took} s (bound ${bound} s), expected '$pattern'"
-    cat "$tmp/strike.out"; fail=1
+    cat "$out"; fail=1
   fi
 }
 
 named='rank 1 (host h2) did not arrive'
 deadline=5
-for mode in "" --async; do
-  dir=$tmp/stop${mode#--}
-  strike "rank 1 on h2 stopped mid-${mode#--}${mode:+ }save (deadline ${deadline} s)" - "$named" 15 \
-    KILL_SIGNAL=STOP KILL_PATH_PART=.tmp-step-00000004 KILL_AFTER_BYTES=4096 -- \
-    --ckpt-dir "$dir" --steps 6 --save-every 2 --collective-timeout $deadline $mode
-  [ "$(grep -c "$named" "$tmp/strike.out")" -ge 2 ] ||
+# stop_case DIR KIND: rank 1 on h2 stopped mid-save, mid-async save or mid-load, then a resume on
+# the survivors. The three cases run side by side (mostly waiting for the deadline), each in its
+# own directory, and report in order; the load case starts from a step 2 committed on 3 hosts.
+stop_case() {
+  local dir=$1 kind=$2
+  if [ "$kind" = load ]; then
+    on --host h1:1,h2:1,h3:1 -np 3 "$train" --ckpt-dir "$dir" --steps 2 --save-every 2 >/dev/null ||
+      { echo "FAIL the run that commits step 2 for the load case"; return 1; }
+    strike "$dir" "rank 1 on h2 stopped mid-load (deadline ${deadline} s)" - "$named" 15 \
+      KILL_SIGNAL=STOP KILL_ON_OPEN=1 KILL_PATH_PART=step-00000002/ -- \
+      --steps 6 --save-every 2 --resume --collective-timeout $deadline
+  else
+    local async=; [ "$kind" = asyncsave ] && async=--async
+    strike "$dir" "rank 1 on h2 stopped mid-${kind/async/async } (deadline ${deadline} s)" - \
+      "$named" 15 KILL_SIGNAL=STOP KILL_PATH_PART=.tmp-step-00000004 KILL_AFTER_BYTES=4096 -- \
+      --steps 6 --save-every 2 --collective-timeout $deadline $async
+  fi
+  [ "$(grep -c "$named" "$dir.strike.out")" -ge 2 ] ||
     { echo "FAIL the ranks on h1 and h3 should both name rank 1 (host h2)"; fail=1; }
-  [ -n "$mode" ] || cp -r "$dir" "$tmp/load"
-  resume_survivors "$dir" "after the stop mid-${mode#--}${mode:+ }save"
+  resume_survivors "$dir" "after the stop mid-${kind/async/async }"
+  return $fail
+}
+for kind in save asyncsave load; do
+  stop_case "$tmp/stop-$kind" $kind >"$tmp/stop-$kind.report" &
 done
-
-strike "rank 1 on h2 stopped mid-load (deadline ${deadline} s)" - "$named" 15 \
-  KILL_SIGNAL=STOP KILL_ON_OPEN=1 KILL_PATH_PART=step-00000002/ -- \
-  --ckpt-dir "$tmp/load" --steps 6 --save-every 2 --resume --collective-timeout $deadline
-resume_survivors "$tmp/load" "after the stop mid-load"
+for kind in save asyncsave load; do
+  wait -n || fail=1
+done
+cat "$tmp"/stop-{save,asyncsave,load}.report
 
 # The link cut while rank 1 pauses in its write: Open MPI's launcher notices the silent host by
 # TCP keepalive (cluster.sh sets it to a few seconds) and ends the job before the deadline.
-strike "link of h2 cut mid-save" "link h2 down" "on node h2" 20 \
+strike "$tmp/link" "link of h2 cut mid-save" "link h2 down" "on node h2" 20 \
   KILL_SIGNAL=PAUSE KILL_PAUSE_SECONDS=60 KILL_PATH_PART=.tmp-step-00000004 -- \
-  --ckpt-dir "$tmp/link" --steps 6 --save-every 2 --collective-timeout 30
+  --steps 6 --save-every 2 --collective-timeout 30
 "$cluster" link h2 up
 "$cluster" kill h2
 resume_survivors "$tmp/link" "after the cut link"
 
-strike "host h2 killed mid-save" "kill h2" "connection to h2 closed" 15 \
+strike "$tmp/hostkill" "host h2 killed mid-save" "kill h2" "connection to h2 closed" 15 \
   KILL_SIGNAL=HANG KILL_PATH_PART=.tmp-step-00000004 -- \
-  --ckpt-dir "$tmp/hostkill" --steps 6 --save-every 2 --collective-timeout $deadline
+  --steps 6 --save-every 2 --collective-timeout $deadline
 resume_survivors "$tmp/hostkill" "after h2 died"
 exit $fail
