@@ -33,6 +33,24 @@ check "resume from step 2 on 2 ranks continues the uninterrupted run exactly" \
   "diff <(grep '^step' '$tmp/k2.out') <(tail -4 '$tmp/ref.txt') >/dev/null"
 check "the next save removed the leftover" "! ls -a '$tmp/k' | grep -q '^.tmp-'"
 
+# 1c. Rank 1's storage stalls: blocked forever inside pwrite, then inside fsync, of step 4.
+#     Both cases run beside 1b (all three mostly wait for the deadline) and report after it.
+stall_case() {
+  local mode=$1 start rc took
+  start=$(date +%s.%N)
+  run_with 3 -x LD_PRELOAD="$preload" -x KILL_RANK=1 -x KILL_SIGNAL=$mode \
+    -x KILL_PATH_PART=.tmp-step-00000004 -x KILL_AFTER_BYTES=4096 -x KILL_MARK="$tmp/h-$mode.mark" \
+    "$train" --ckpt-dir "$tmp/h-$mode" --steps 6 --save-every 2 --collective-timeout 5 \
+    >"$tmp/h-$mode.out" 2>&1
+  rc=$?
+  check "the shim stalled rank 1 ($mode)" "[ -e '$tmp/h-$mode.mark' ]"
+  took=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+  check "storage stalled in $(echo ${mode#HANG} | tr -d _ | tr A-Z a-z | sed 's/^$/pwrite/') on rank 1: the job ends after ${took} s (exit $rc), naming it" \
+    "[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q 'rank 1 (host $(hostname)) did not arrive' '$tmp/h-$mode.out' && awk -v t=$took 'BEGIN {exit !(t < 40)}'"
+  check "  and step 2 is still the latest" "[ \"\$('$cli' latest '$tmp/h-$mode')\" = '$tmp/h-$mode/step-00000002' ]"
+}
+for mode in HANG HANG_FSYNC; do stall_case $mode >"$tmp/h-$mode.report" & done
+
 # 1b. Rank 1 of 3 stops (SIGSTOP) in the middle of writing step 4: with a 5 s collective
 #     deadline, the other ranks name it and its host and end the job instead of waiting forever.
 start=$(date +%s.%N)
@@ -54,20 +72,9 @@ run 2 --ckpt-dir "$tmp/s" --steps 6 --save-every 2 --resume >"$tmp/s2.out" 2>&1
 check "resume on 2 ranks after the stopped rank continues exactly" \
   "diff <(grep '^step' '$tmp/s2.out') <(tail -4 '$tmp/ref.txt') >/dev/null"
 
-# 1c. Rank 1's storage stalls: blocked forever inside pwrite, then inside fsync, of step 4.
-for mode in HANG HANG_FSYNC; do
-  start=$(date +%s.%N)
-  run_with 3 -x LD_PRELOAD="$preload" -x KILL_RANK=1 -x KILL_SIGNAL=$mode \
-    -x KILL_PATH_PART=.tmp-step-00000004 -x KILL_AFTER_BYTES=4096 -x KILL_MARK="$tmp/h-$mode.mark" \
-    "$train" --ckpt-dir "$tmp/h-$mode" --steps 6 --save-every 2 --collective-timeout 5 \
-    >"$tmp/h.out" 2>&1
-  rc=$?
-  check "the shim stalled rank 1 ($mode)" "[ -e '$tmp/h-$mode.mark' ]"
-  took=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
-  check "storage stalled in $(echo ${mode#HANG} | tr -d _ | tr A-Z a-z | sed 's/^$/pwrite/') on rank 1: the job ends after ${took} s (exit $rc), naming it" \
-    "[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q 'rank 1 (host $(hostname)) did not arrive' '$tmp/h.out' && awk -v t=$took 'BEGIN {exit !(t < 40)}'"
-  check "  and step 2 is still the latest" "[ \"\$('$cli' latest '$tmp/h-$mode')\" = '$tmp/h-$mode/step-00000002' ]"
-done
+wait
+cat "$tmp/h-HANG.report" "$tmp/h-HANG_FSYNC.report"
+grep -q '^FAIL' "$tmp"/h-*.report && fail=1
 
 # 2. A file-size limit hits during the step-4 save: EFBIG on every writing rank.
 run 2 --ckpt-dir "$tmp/f" --steps 2 --save-every 2 >/dev/null 2>&1
