@@ -2,18 +2,21 @@
 # `python3 -m pip install --no-build-isolation .` as the README says, into a fresh directory;
 # then the README's Python example, with the installed package, under mpirun on 2 ranks:
 # saved every epoch, resumed, every later loss equal to a run never stopped.
-# usage: pip_install.sh SOURCE_DIR PYTHON MPIEXEC [PIP_BUILD_DIR [LIBRARY]]
+# usage: pip_install.sh SOURCE_DIR PYTHON MPIEXEC [PIP_BUILD_DIR [LIBRARY [COMPILER]]]
 # PIP_BUILD_DIR keeps pip's CMake build between runs (scikit-build-core's build-dir), so that a
 # second run only rebuilds what changed. LIBRARY: a libdistckpt the suite already built, packaged
 # instead of built a second time (only the Python module is compiled); without it, pip builds
-# everything as a user's install does.
+# everything as a user's install does. COMPILER: the suite's C++ compiler. With the same compiler
+# and a build directory as deep below the source as the suite's, the module's compiles have the
+# suite's command lines, and ccache serves them even in a fresh clone with a cold cache.
 set -euo pipefail
-source=$1; python=$2; mpiexec=$3; pip_build=${4:-}; library=${5:-}
+source=$1; python=$2; mpiexec=$3; pip_build=${4:-}; library=${5:-}; compiler=${6:-}
 tmp=$(mktemp -d "${DISTCKPT_TEST_TMP:-/tmp}/pip.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 settings=()
 [ -z "$pip_build" ] || settings+=(--config-settings=build-dir="$pip_build")
 [ -z "$library" ] || settings+=(--config-settings=cmake.define.DISTCKPT_PREBUILT_LIBRARY="$library")
+[ -z "$compiler" ] || settings+=(--config-settings=cmake.define.CMAKE_CXX_COMPILER="$compiler")
 if ! "$python" -m pip install -q --no-build-isolation --no-deps --target "$tmp/site" \
      "${settings[@]}" "$source" >"$tmp/pip.log" 2>&1; then
   echo "FAIL pip install"; tail -40 "$tmp/pip.log"; exit 1
