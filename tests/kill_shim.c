@@ -1,12 +1,17 @@
 // LD_PRELOAD shim for fault tests: the process of MPI rank KILL_RANK is struck once it has written
 // KILL_AFTER_BYTES bytes with pwrite into files whose path contains KILL_PATH_PART (with
-// KILL_ON_OPEN=1: as soon as it opens such a file, e.g. to load it). KILL_SIGNAL says how:
+// KILL_ON_OPEN=1: as soon as it opens such a file, e.g. to load it; KILL_ON_OPEN=read: as soon as
+// it opens one for reading only). KILL_SIGNAL says how:
 //   KILL (default)  dies by SIGKILL
 //   STOP            stops (SIGSTOP), as a process the scheduler no longer runs
 //   HANG            blocks forever inside that call, as on a stalled file system
 //   HANG_FSYNC      writes on, then blocks forever in the first fsync of such a file
 //   PAUSE           sleeps KILL_PAUSE_SECONDS (default 3) and goes on, leaving the test time
 //                   to strike from outside (cut the host's link, kill the host)
+//   FAIL            that call fails with errno KILL_ERRNO (EIO by default; ENOSPC: a full
+//                   disk, after writing what was left of KILL_AFTER_BYTES) and the rank goes on
+// KILL_PATH_PART is a substring of the path, or a glob pattern where it holds a '*' ('*' also
+// matches '/': "*/.tmp-step-00000004-*/rank-00002.h5" is that file of step 4 alone).
 // With KILL_AT_CALL=N the shim strikes instead before the N-th file call (open, pread, pwrite,
 // fsync, rename) that touches such a path, and KILL_COUNT_FILE, when set, receives at exit how
 // many such calls the rank made: a sweep counts once, then strikes at points spread over them.
@@ -14,7 +19,9 @@
 // act at that moment. Fault injection from outside: the programs under test carry no hooks.
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -27,6 +34,7 @@
 static long long written;
 static long long calls;
 static int struck;
+static int failing;  // FAIL: the call that struck is to fail
 
 static int Is(const char* name, const char* value) {
   const char* v = getenv(name);
@@ -41,7 +49,8 @@ static int IsVictim(void) {
 
 static int ArmedPath(const char* path) {
   const char* part = getenv("KILL_PATH_PART");
-  return IsVictim() && part && strstr(path, part) != NULL;
+  if (!IsVictim() || !part) return 0;
+  return strchr(part, '*') ? fnmatch(part, path, 0) == 0 : strstr(path, part) != NULL;
 }
 
 // The path of `fd` into `path` (PATH_MAX bytes); 0 if unknown.
@@ -89,7 +98,19 @@ static void Strike(void) {
     return;
   }
   if (Is("KILL_SIGNAL", "HANG_FSYNC")) return;
+  if (Is("KILL_SIGNAL", "FAIL")) {
+    failing = 1;
+    return;
+  }
   raise(Is("KILL_SIGNAL", "STOP") ? SIGSTOP : SIGKILL);
+}
+
+// FAIL: whether the call that just struck is to fail; sets errno, once.
+static int Failed(void) {
+  if (!failing) return 0;
+  failing = 0;
+  errno = Is("KILL_ERRNO", "ENOSPC") ? ENOSPC : EIO;
+  return 1;
 }
 
 static long long StrikeCall(void) {
@@ -129,6 +150,7 @@ ssize_t pread(int fd, void* buf, size_t count, off_t offset) {
   static ssize_t (*real)(int, void*, size_t, off_t);
   if (!real) real = (ssize_t(*)(int, void*, size_t, off_t))dlsym(RTLD_NEXT, "pread");
   if (getenv("KILL_AT_CALL")) CountFdCall("pread", fd);
+  if (Failed()) return -1;
   return real(fd, buf, count, offset);
 }
 
@@ -140,6 +162,7 @@ int rename(const char* from, const char* to) {
   static int (*real)(const char*, const char*);
   if (!real) real = (int (*)(const char*, const char*))dlsym(RTLD_NEXT, "rename");
   if (getenv("KILL_AT_CALL") && (ArmedPath(from) || ArmedPath(to))) CountCall("rename", from);
+  if (Failed()) return -1;
   return real(from, to);
 }
 
@@ -148,14 +171,17 @@ ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset) {
   if (!real) real = (ssize_t(*)(int, const void*, size_t, off_t))dlsym(RTLD_NEXT, "pwrite");
   if (getenv("KILL_AT_CALL")) {
     CountFdCall("pwrite", fd);
-    return real(fd, buf, count, offset);
+    return Failed() ? -1 : real(fd, buf, count, offset);
   }
   if (!struck && !Is("KILL_ON_OPEN", "1") && Armed(fd)) {
     const char* after = getenv("KILL_AFTER_BYTES");
     long long budget = after ? atoll(after) : 4096;
     if (written + (long long)count >= budget) {
       if (budget > written) real(fd, buf, (size_t)(budget - written), offset);
+      char path[PATH_MAX];
+      if (FdPath(fd, path)) snprintf(struck_at, sizeof(struck_at), "pwrite %s\n", path);
       Strike();
+      if (Failed()) return -1;
     }
     written += (long long)count;
   }
@@ -170,6 +196,7 @@ int fsync(int fd) {
   static int (*real)(int);
   if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
   if (getenv("KILL_AT_CALL")) CountFdCall("fsync", fd);
+  if (Failed()) return -1;
   if (Is("KILL_SIGNAL", "HANG_FSYNC") && Armed(fd)) {
     for (;;) pause();
   }
@@ -180,9 +207,13 @@ int fsync(int fd) {
 static int OpenAt(const char* symbol, int at, int dirfd, const char* path, int flags, mode_t mode) {
   if (getenv("KILL_AT_CALL")) {
     if (ArmedPath(path)) CountCall("open", path);
-  } else if (Is("KILL_ON_OPEN", "1") && ArmedPath(path)) {
+  } else if ((Is("KILL_ON_OPEN", "1") ||
+              (Is("KILL_ON_OPEN", "read") && (flags & O_ACCMODE) == O_RDONLY)) &&
+             ArmedPath(path)) {
+    snprintf(struck_at, sizeof(struck_at), "open %s\n", path);
     Strike();
   }
+  if (Failed()) return -1;
   if (!at) {
     int (*real)(const char*, int, ...) = (int (*)(const char*, int, ...))dlsym(RTLD_NEXT, symbol);
     return real(path, flags, mode);
