@@ -93,6 +93,32 @@ check "an unknown tag: exit 1 naming it" "[ $rc -eq 1 ] && grep -q \"no tag 'nop
 check "gc keeps a tagged checkpoint" "[ -d '$ck' ]"
 "$cli" gc "$tmp/ck" --keep-last 1 --drop-tagged >/dev/null
 check "gc --drop-tagged removes it and its tag" "[ ! -d '$ck' ] && [ ! -e '$tmp/ck/tags/best' ]"
+# gc says what it left: a checkpoint a load holds (a shared flock on its directory) is left for a
+# later run (exit 0); where nothing can be removed (a read-only mount) each directory is named
+# with its error (exit 1) and stays.
+"$train" --ckpt-dir "$tmp/gc" --steps 3 --save-every 1 >/dev/null
+python3 -c 'import fcntl, os, sys, time
+fcntl.flock(os.open(sys.argv[1], os.O_RDONLY), fcntl.LOCK_SH); open(sys.argv[2], "w"); time.sleep(60)' \
+  "$tmp/gc/step-00000001" "$tmp/held" >/dev/null 2>&1 &
+holder=$!
+for _ in $(seq 100); do [ -e "$tmp/held" ] && break; sleep 0.1; done
+set +e; "$cli" gc "$tmp/gc" --keep-last 1 >"$tmp/gc.out" 2>&1; rc=$?; set -e
+kill $holder; wait $holder 2>/dev/null || true
+check "gc leaves a checkpoint a load holds, says so, exit 0" \
+  "[ $rc -eq 0 ] && grep -qx 'in use, left for later: $tmp/gc/step-00000001' '$tmp/gc.out' &&
+   grep -qx 'removed $tmp/gc/step-00000002' '$tmp/gc.out' &&
+   grep -qx '1 removed, 1 in use, 0 could not be removed' '$tmp/gc.out' && [ -d '$tmp/gc/step-00000001' ]"
+if unshare --mount true 2>/dev/null; then
+  set +e
+  unshare --mount bash -c "mount --make-rprivate / && mount --bind '$tmp/gc' '$tmp/gc' &&
+    mount -o remount,bind,ro '$tmp/gc' && exec '$cli' gc '$tmp/gc' --keep-last 1" >"$tmp/gc.out" 2>&1
+  rc=$?; set -e
+  check "gc on a read-only mount: exit 1, the checkpoint named with its error, kept" \
+    "[ $rc -eq 1 ] && grep -q '^distckpt gc: cannot remove $tmp/gc/step-00000001: .*Read-only file system' '$tmp/gc.out' &&
+     grep -qx '0 removed, 0 in use, 1 could not be removed' '$tmp/gc.out' && [ -d '$tmp/gc/step-00000001' ]"
+else
+  echo "SKIPPED gc on a read-only mount: this machine cannot make a mount namespace"
+fi
 "$train" --ckpt-dir "$tmp/tagged" --steps 4 --save-every 3 --tag final >/dev/null
 check "the trainer's --tag saves the last step under the tag" \
   "[ \"\$('$cli' latest '$tmp/tagged' --tag final)\" = '$tmp/tagged/step-00000004' ] && [ -d '$tmp/tagged/step-00000003' ]"

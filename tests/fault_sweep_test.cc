@@ -178,12 +178,18 @@ TEST(FaultSweep, Retention) {
       [](const std::string& root, Env* env) {
         RetentionPolicy keep_one;
         keep_one.keep_last = 1;
-        const std::vector<std::string> removed = CollectGarbage(root, keep_one, env);
+        const GcReport report = CollectGarbage(root, keep_one, env);
+        const std::vector<std::string>& removed = report.removed;
         // What it says it removed is gone, and it is never the newest; with no fault it is
-        // step 1 and the leftover.
+        // step 1 and the leftover. What it says it could not remove is still there.
         for (const std::string& dir : removed) {
           if (fs::exists(dir)) return Internal("reported removed but still there: " + dir);
           if (dir == root + "/" + CheckpointDirName(2)) return Internal("removed the newest");
+        }
+        for (const std::string& why : report.failed) {
+          if (!fs::exists(why.substr(0, why.find(": ")))) {
+            return Internal("reported not removed but gone: " + why);
+          }
         }
         const bool step1_gone = !fs::exists(root + "/" + CheckpointDirName(1));
         const bool listed = std::find(removed.begin(), removed.end(),

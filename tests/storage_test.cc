@@ -1,6 +1,7 @@
 // One process: dtypes, fault injection during save, and every kind of damaged checkpoint.
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -143,7 +144,7 @@ class GcDuringSaveEnv : public EnvWrapper {
     if (!ran_ && path.find("rank-") != std::string::npos) {
       ran_ = true;
       fs::create_directories(leftover_);
-      removed_ = CollectGarbage(root_, RetentionPolicy(), target());
+      removed_ = CollectGarbage(root_, RetentionPolicy(), target()).removed;
     }
     return target()->OpenWritable(path);
   }
@@ -363,13 +364,14 @@ TEST(Tags, ASaveWithATagIsNamedMovedKeptByRetentionAndFound) {
   // Tagging again moves the name; the checkpoint it left is no longer protected.
   ASSERT_TRUE(TagCheckpoint(JoinPath(root, "step-00000010"), "best").ok());
   EXPECT_EQ(FindTag(root, "best").value(), JoinPath(root, "step-00000010"));
-  EXPECT_EQ(CollectGarbage(root, options.retention),
+  EXPECT_EQ(CollectGarbage(root, options.retention).removed,
             std::vector<std::string>{JoinPath(root, "step-00000001")});
 
   // Told that tags do not protect: the tagged step 3 goes, and its tag with it.
   RetentionPolicy drop = options.retention;
   drop.keep_tagged = false;
-  EXPECT_EQ(CollectGarbage(root, drop), std::vector<std::string>{JoinPath(root, "step-00000003")});
+  EXPECT_EQ(CollectGarbage(root, drop).removed,
+            std::vector<std::string>{JoinPath(root, "step-00000003")});
   EXPECT_EQ(ListTags(root),
             (std::map<std::string, std::string>{{"best", JoinPath(root, "step-00000010")}}));
 
@@ -395,11 +397,48 @@ TEST(Retention, ACheckpointBeingLoadedIsNotDeleted) {
   policy.keep_last = 1;
   {
     LoadGuard reading(first);
-    EXPECT_TRUE(CollectGarbage(root, policy).empty());
+    const GcReport report = CollectGarbage(root, policy);
+    EXPECT_TRUE(report.removed.empty());
+    EXPECT_EQ(report.in_use, std::vector<std::string>{first});
+    EXPECT_TRUE(report.failed.empty());
     EXPECT_TRUE(fs::exists(first));
   }
-  EXPECT_EQ(CollectGarbage(root, policy), std::vector<std::string>{first});
+  const GcReport report = CollectGarbage(root, policy);
+  EXPECT_EQ(report.removed, std::vector<std::string>{first});
+  EXPECT_TRUE(report.in_use.empty() && report.failed.empty());
   EXPECT_FALSE(fs::exists(first));
+}
+
+// Storage that refuses to remove anything (a read-only mount, a permission).
+class NoRemovalEnv : public EnvWrapper {
+ public:
+  NoRemovalEnv() : EnvWrapper(Env::Default()) {}
+  Status RemoveAll(const std::string& path) override {
+    return Status(Code::kIoError, "cannot remove '" + path + "': Read-only file system");
+  }
+};
+
+TEST(Retention, WhatCannotBeRemovedIsReportedWithItsError) {
+  const std::string root = testing::ScratchDir("root");
+  Checkpointer ckpt(root, Comm());
+  const std::string first = ckpt.Save(SampleTree(1), 1);
+  ckpt.Save(SampleTree(2), 2);
+  const std::string leftover = root + "/.tmp-step-00000003-0000beef";
+  fs::create_directories(leftover);
+  RetentionPolicy policy;
+  policy.keep_last = 1;
+  NoRemovalEnv env;
+  const GcReport report = CollectGarbage(root, policy, &env);
+  EXPECT_TRUE(report.removed.empty());
+  EXPECT_TRUE(report.in_use.empty());
+  ASSERT_EQ(report.failed.size(), 2u);
+  for (const std::string& dir : {first, leftover}) {
+    const bool named = std::any_of(report.failed.begin(), report.failed.end(), [&](auto& f) {
+      return f.rfind(dir + ": ", 0) == 0 && Contains(f, "Read-only file system");
+    });
+    EXPECT_TRUE(named) << dir << " is not reported with its error";
+    EXPECT_TRUE(fs::exists(dir));
+  }
 }
 
 TEST(Fallback, DamagedNewestFallsBackToTheLastGoodOne) {

@@ -210,11 +210,16 @@ int Import(const std::string& in, const std::string& root, int64_t step) {
   return 0;
 }
 
+// Exit 1 when a directory could not be removed; one in use is left for a later run.
 int Gc(const std::string& root, const distckpt::RetentionPolicy& policy) {
-  auto removed = distckpt::CollectGarbage(root, policy);
-  for (const auto& dir : removed) std::printf("removed %s\n", dir.c_str());
-  std::printf("%zu removed\n", removed.size());
-  return 0;
+  const distckpt::GcReport report = distckpt::CollectGarbage(root, policy);
+  for (const auto& dir : report.removed) std::printf("removed %s\n", dir.c_str());
+  for (const auto& dir : report.in_use) std::printf("in use, left for later: %s\n", dir.c_str());
+  for (const auto& why : report.failed)
+    std::fprintf(stderr, "distckpt gc: cannot remove %s\n", why.c_str());
+  std::printf("%zu removed, %zu in use, %zu could not be removed\n", report.removed.size(),
+              report.in_use.size(), report.failed.size());
+  return report.failed.empty() ? 0 : 1;
 }
 
 // A failed catalog call: one line; exit 2 for a bad argument (e.g. a tag name), 1 otherwise.

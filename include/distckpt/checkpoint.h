@@ -171,12 +171,17 @@ std::map<std::string, std::string> ListTags(const std::string& root, Env* env = 
 // checkpoint is gone.
 Result<std::string> FindTag(const std::string& root, const std::string& tag, Env* env = nullptr);
 
+// What CollectGarbage did with each directory it meant to remove.
+struct GcReport {
+  std::vector<std::string> removed;  // gone
+  std::vector<std::string> in_use;   // left for a later pass: a save or a load holds it
+  std::vector<std::string> failed;   // still there, partly or whole: "DIR: the error"
+};
+
 // Non-collective. Removes uncommitted leftovers and the committed checkpoints that `policy` does
 // not keep; never the newest committed one, never a tagged one unless policy.keep_tagged is
-// false (its tags then go with it), never one that a load holds (see LoadGuard). Returns
-// the removed directories.
-std::vector<std::string> CollectGarbage(const std::string& root, const RetentionPolicy& policy,
-                                        Env* env = nullptr);
+// false (its tags then go with it), never one that a save or a load holds (see LoadGuard).
+GcReport CollectGarbage(const std::string& root, const RetentionPolicy& policy, Env* env = nullptr);
 
 // Holds a shared lock on a checkpoint directory while it is being read, so that retention in
 // another process on this machine leaves it alone (flock on the directory).

@@ -46,20 +46,30 @@ LoadGuard::LoadGuard(const std::string& dir, Env* env) {
 
 LoadGuard::~LoadGuard() = default;
 
-std::vector<std::string> CollectGarbage(const std::string& root, const RetentionPolicy& policy,
-                                        Env* env) {
+GcReport CollectGarbage(const std::string& root, const RetentionPolicy& policy, Env* env) {
   if (!env) env = Env::Default();
-  std::vector<std::string> removed;
+  GcReport report;
+  // Files each removal under `dir` by its outcome; true when the directory is gone.
+  auto account = [&report](const std::string& dir, const Status& st) {
+    if (st.ok()) {
+      report.removed.push_back(dir);
+    } else if (st.code() == Code::kAborted) {
+      report.in_use.push_back(dir);
+    } else {
+      report.failed.push_back(dir + ": " + st.ToString());
+    }
+    return st.ok();
+  };
   std::vector<CheckpointInfo> committed;
   for (CheckpointInfo& info : ListCheckpoints(root, env)) {
     int64_t step = 0;
     if (ParseCheckpointDirName(BaseName(info.dir), &step) == DirKind::kTemporary) {
-      if (RemoveLeftover(env, info.dir)) removed.push_back(info.dir);
+      account(info.dir, RemoveLeftover(env, info.dir));
     } else if (info.committed && info.manifest) {
       committed.push_back(std::move(info));
     }
   }
-  if (committed.empty() || !policy.active()) return removed;
+  if (committed.empty() || !policy.active()) return report;
   std::set<std::string> keep = {committed.back().dir};  // the newest, always
   for (int i = 0; i < policy.keep_last && i < static_cast<int>(committed.size()); ++i) {
     keep.insert(committed[committed.size() - 1 - i].dir);
@@ -72,11 +82,10 @@ std::vector<std::string> CollectGarbage(const std::string& root, const Retention
     if (keep.count(c.dir)) continue;
     // A load holds a shared lock: leave that checkpoint for a later pass.
     auto lock = env->LockDir(c.dir, LockMode::kExclusiveNoWait);
-    if (!lock.ok() || !env->RemoveAll(c.dir).ok()) continue;
-    removed.push_back(c.dir);
+    if (!account(c.dir, lock.ok() ? env->RemoveAll(c.dir) : lock.status())) continue;
     for (const std::string& tag : c.tags) (void)RemoveTag(root, tag, env);
   }
-  return removed;
+  return report;
 }
 
 }  // namespace distckpt

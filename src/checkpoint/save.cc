@@ -42,11 +42,11 @@ Result<TmpDir> PrepareTmpDir(Env* env, const std::string& root, int64_t step) {
   return PrepareNamedTmpDir(env, root, TmpCheckpointDirName(step, RandomNonce()));
 }
 
-bool RemoveLeftover(Env* env, const std::string& dir) {
+Status RemoveLeftover(Env* env, const std::string& dir) {
   auto lock = env->LockDir(dir, LockMode::kExclusiveNoWait);
   // In use: a save in progress. Any other failure: a file system without locks, as before.
-  if (!lock.ok() && lock.status().code() == Code::kAborted) return false;
-  return env->RemoveAll(dir).ok();
+  if (!lock.ok() && lock.status().code() == Code::kAborted) return lock.status();
+  return env->RemoveAll(dir);
 }
 
 Result<TmpDir> PrepareNamedTmpDir(Env* env, const std::string& root, const std::string& name) {

@@ -27,9 +27,8 @@ struct TmpDir {
 Result<TmpDir> PrepareTmpDir(Env* env, const std::string& root, int64_t step);
 // The same with the name chosen by the caller (every host of the local tier uses one name).
 Result<TmpDir> PrepareNamedTmpDir(Env* env, const std::string& root, const std::string& name);
-// Removes the temporary directory `dir` of a save unless a save in progress holds it; true when
-// it is gone.
-bool RemoveLeftover(Env* env, const std::string& dir);
+// Removes the temporary directory `dir` of a save unless a save in progress holds it (kAborted).
+Status RemoveLeftover(Env* env, const std::string& dir);
 // The manifest without shards: one record per planned tensor, sorted by path.
 Manifest ManifestSkeleton(const StateTree& tree, const SavePlan& plan, int64_t step, int world,
                           int64_t piece_bytes);
