@@ -6,6 +6,7 @@ train=$1; cli=$2; mpirun=$3
 shim=${DISTCKPT_KILL_SHIM:?the kill shim (tests/kill_shim.c) is built by CMake}
 # A sanitized build needs its runtime loaded before the shim (launch/sanitize.sh says which).
 preload=${DISTCKPT_PRELOAD_FIRST:+$DISTCKPT_PRELOAD_FIRST:}$shim
+source "$(dirname "$0")/mpi_session.sh"
 tmp=$(mktemp -d "${DISTCKPT_TEST_TMP:-/tmp}/fault.XXXXXX" 2>/dev/null || mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail=0
@@ -49,7 +50,9 @@ stall_case() {
     "[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q 'rank 1 (host $(hostname)) did not arrive' '$tmp/h-$mode.out' && awk -v t=$took 'BEGIN {exit !(t < 40)}'"
   check "  and step 2 is still the latest" "[ \"\$('$cli' latest '$tmp/h-$mode')\" = '$tmp/h-$mode/step-00000002' ]"
 }
-for mode in HANG HANG_FSYNC; do stall_case $mode >"$tmp/h-$mode.report" & done
+for mode in HANG HANG_FSYNC; do
+  { own_mpi_session; stall_case $mode; } >"$tmp/h-$mode.report" &
+done
 
 # 1b. Rank 1 of 3 stops (SIGSTOP) in the middle of writing step 4: with a 5 s collective
 #     deadline, the other ranks name it and its host and end the job instead of waiting forever.

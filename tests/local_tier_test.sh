@@ -23,6 +23,7 @@ preload=${DISTCKPT_PRELOAD_FIRST:+$DISTCKPT_PRELOAD_FIRST:}$shim
 base=${DISTCKPT_CLUSTER_LOCAL_BASE:-/tmp/distckpt-cluster-local}
 tmp=$(mktemp -d "${DISTCKPT_TEST_TMP:-/tmp}/local_tier.XXXXXX")
 source "$(dirname "$0")/cluster_up.sh"
+source "$(dirname "$0")/mpi_session.sh"
 cluster_up 3
 fail=0
 local_root=/mnt/distckpt-local/ck
@@ -169,12 +170,17 @@ io_fault() {
   resume "$label, then resumed" h1:2,h2:2,h3:2 "$ck" '^resume: local step 3 ' ref
   return $fail
 }
-io_fault eio "rank 2 cannot open its own file of local step 4 to send it (h2)" \
-  "Input/output error" KILL_ON_OPEN=read 'KILL_PATH_PART=*/.tmp-step-00000004-*/*rank-00002.h5*' \
-  >"$tmp/eio.report" &
-io_fault nospc "h2's disk full under the copy of rank 0's file it receives" \
-  "No space left on device" KILL_ERRNO=ENOSPC KILL_AFTER_BYTES=4096 \
-  'KILL_PATH_PART=*/.tmp-step-00000004-*/*rank-00000.h5*' >"$tmp/nospc.report" &
+{
+  own_mpi_session
+  io_fault eio "rank 2 cannot open its own file of local step 4 to send it (h2)" \
+    "Input/output error" KILL_ON_OPEN=read 'KILL_PATH_PART=*/.tmp-step-00000004-*/*rank-00002.h5*'
+} >"$tmp/eio.report" &
+{
+  own_mpi_session
+  io_fault nospc "h2's disk full under the copy of rank 0's file it receives" \
+    "No space left on device" KILL_ERRNO=ENOSPC KILL_AFTER_BYTES=4096 \
+    'KILL_PATH_PART=*/.tmp-step-00000004-*/*rank-00000.h5*'
+} >"$tmp/nospc.report" &
 wait -n || fail=1
 wait -n || fail=1
 cat "$tmp"/eio.report "$tmp"/nospc.report

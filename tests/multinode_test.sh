@@ -21,6 +21,7 @@ train=$1; coordinator=$2; cluster=$3; shim=$4; export_test=$5; async_test=$6
 preload=${DISTCKPT_PRELOAD_FIRST:+$DISTCKPT_PRELOAD_FIRST:}$shim
 tmp=$(mktemp -d "${DISTCKPT_TEST_TMP:-/tmp}/multinode.XXXXXX")
 source "$(dirname "$0")/cluster_up.sh"
+source "$(dirname "$0")/mpi_session.sh"
 cluster_up 3
 on() { timeout 300 "$cluster" mpirun --oversubscribe "$@"; }
 fail=0
@@ -147,7 +148,7 @@ stop_case() {
   return $fail
 }
 for kind in save asyncsave load; do
-  stop_case "$tmp/stop-$kind" $kind >"$tmp/stop-$kind.report" &
+  { own_mpi_session; stop_case "$tmp/stop-$kind" $kind; } >"$tmp/stop-$kind.report" &
 done
 for kind in save asyncsave load; do
   wait -n || fail=1

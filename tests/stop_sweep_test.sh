@@ -11,6 +11,7 @@ set -uo pipefail
 train=$1; cli=$2; mpirun=$3
 shim=${DISTCKPT_KILL_SHIM:?the kill shim (tests/kill_shim.c) is built by CMake}
 preload=${DISTCKPT_PRELOAD_FIRST:+$DISTCKPT_PRELOAD_FIRST:}$shim
+source "$(dirname "$0")/mpi_session.sh"
 tmp=$(mktemp -d "${DISTCKPT_TEST_TMP:-/tmp}/stop.XXXXXX" 2>/dev/null || mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 deadline=3  # seconds; the verdict adds a grace of 2 s and up to 3 s for every rank to print it
@@ -133,7 +134,7 @@ declare -A counted
 for line in "${sweep[@]}"; do
   read -r kind victim _ <<<"$line"
   [ -e "$tmp/calls-$kind-$victim" ] && continue
-  count "$kind" "$victim" >"$tmp/calls-$kind-$victim" &
+  { own_mpi_session; count "$kind" "$victim"; } >"$tmp/calls-$kind-$victim" &
 done
 wait
 cases=()
@@ -162,7 +163,7 @@ running=0
 for ((j = 0; j < ${#cases[@]}; ++j)); do
   if [ $running -ge "$at_once" ]; then wait -n; running=$((running - 1)); fi
   # shellcheck disable=SC2086
-  strike ${cases[j]} >"$tmp/r$j" &
+  { own_mpi_session; strike ${cases[j]}; } >"$tmp/r$j" &
   running=$((running + 1))
 done
 wait
