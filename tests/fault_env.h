@@ -1,5 +1,5 @@
-// Envs that break on purpose: a write budget (then ENOSPC), failing fsync, failing rename
-// (FaultEnv); the k-th call of any kind failing (CountingEnv).
+// Envs that break on purpose: a write budget (then ENOSPC), failing fsync, failing rename,
+// failing removal (FaultEnv); the k-th call of any kind failing (CountingEnv).
 #pragma once
 
 #include <atomic>
@@ -16,6 +16,7 @@ class FaultEnv : public EnvWrapper {
   int64_t write_budget = -1;  // bytes of tensor data that may still be written; -1: unlimited
   bool fail_sync = false;
   bool fail_rename = false;
+  bool fail_remove = false;  // as on a read-only mount
 
   Result<std::unique_ptr<WritableFile>> OpenWritable(const std::string& path) override {
     auto file = target()->OpenWritable(path);
@@ -25,6 +26,10 @@ class FaultEnv : public EnvWrapper {
   Status Rename(const std::string& from, const std::string& to) override {
     if (fail_rename) return IoError("cannot rename '" + from + "' to '" + to + "': injected fault");
     return target()->Rename(from, to);
+  }
+  Status RemoveAll(const std::string& path) override {
+    if (fail_remove) return IoError("cannot remove '" + path + "': Read-only file system");
+    return target()->RemoveAll(path);
   }
 
  private:

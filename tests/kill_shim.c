@@ -118,12 +118,16 @@ static long long StrikeCall(void) {
   return at ? atoll(at) : 0;
 }
 
+// Strikes at call `what` on `path`, noting it for KILL_MARK.
+static void StrikeAt(const char* what, const char* path) {
+  snprintf(struck_at, sizeof(struck_at), "%s %s\n", what, path);
+  Strike();
+}
+
 // Counts one file call on an armed path; strikes when it is the chosen one.
 static void CountCall(const char* what, const char* path) {
   ++calls;
-  if (calls != StrikeCall()) return;
-  snprintf(struck_at, sizeof(struck_at), "%s %s\n", what, path);
-  Strike();
+  if (calls == StrikeCall()) StrikeAt(what, path);
 }
 
 // The same for a call on a file descriptor.
@@ -179,8 +183,7 @@ ssize_t pwrite(int fd, const void* buf, size_t count, off_t offset) {
     if (written + (long long)count >= budget) {
       if (budget > written) real(fd, buf, (size_t)(budget - written), offset);
       char path[PATH_MAX];
-      if (FdPath(fd, path)) snprintf(struck_at, sizeof(struck_at), "pwrite %s\n", path);
-      Strike();
+      StrikeAt("pwrite", FdPath(fd, path) ? path : "?");
       if (Failed()) return -1;
     }
     written += (long long)count;
@@ -210,8 +213,7 @@ static int OpenAt(const char* symbol, int at, int dirfd, const char* path, int f
   } else if ((Is("KILL_ON_OPEN", "1") ||
               (Is("KILL_ON_OPEN", "read") && (flags & O_ACCMODE) == O_RDONLY)) &&
              ArmedPath(path)) {
-    snprintf(struck_at, sizeof(struck_at), "open %s\n", path);
-    Strike();
+    StrikeAt("open", path);
   }
   if (Failed()) return -1;
   if (!at) {

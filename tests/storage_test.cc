@@ -409,15 +409,6 @@ TEST(Retention, ACheckpointBeingLoadedIsNotDeleted) {
   EXPECT_FALSE(fs::exists(first));
 }
 
-// Storage that refuses to remove anything (a read-only mount, a permission).
-class NoRemovalEnv : public EnvWrapper {
- public:
-  NoRemovalEnv() : EnvWrapper(Env::Default()) {}
-  Status RemoveAll(const std::string& path) override {
-    return Status(Code::kIoError, "cannot remove '" + path + "': Read-only file system");
-  }
-};
-
 TEST(Retention, WhatCannotBeRemovedIsReportedWithItsError) {
   const std::string root = testing::ScratchDir("root");
   Checkpointer ckpt(root, Comm());
@@ -427,7 +418,8 @@ TEST(Retention, WhatCannotBeRemovedIsReportedWithItsError) {
   fs::create_directories(leftover);
   RetentionPolicy policy;
   policy.keep_last = 1;
-  NoRemovalEnv env;
+  testing::FaultEnv env;
+  env.fail_remove = true;
   const GcReport report = CollectGarbage(root, policy, &env);
   EXPECT_TRUE(report.removed.empty());
   EXPECT_TRUE(report.in_use.empty());
