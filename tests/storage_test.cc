@@ -433,6 +433,36 @@ TEST(Retention, WhatCannotBeRemovedIsReportedWithItsError) {
   }
 }
 
+TEST(Retention, ASaveReportsWhatItsRetentionCouldNotRemove) {
+  const std::string root = testing::ScratchDir("root");
+  testing::FaultEnv env;
+  CheckpointerOptions options;
+  options.env = &env;
+  options.retention.keep_last = 1;
+  Checkpointer ckpt(root, Comm(), options);
+  const std::string first = ckpt.Save(SampleTree(1), 1);
+  EXPECT_TRUE(ckpt.last_save_stats().retention_failed.empty());
+  env.fail_remove = true;
+  ::testing::internal::CaptureStderr();
+  ckpt.Save(SampleTree(2), 2);
+  const std::vector<std::string> failed = ckpt.last_save_stats().retention_failed;
+  ckpt.Save(SampleTree(3), 3);  // fails again, said once
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_EQ(failed[0].rfind(first + ": ", 0), 0u) << failed[0];
+  EXPECT_TRUE(Contains(failed[0], "Read-only file system")) << failed[0];
+  EXPECT_EQ(ckpt.last_save_stats().retention_failed.size(), 2u);  // steps 1 and 2
+  EXPECT_TRUE(fs::exists(first));
+  EXPECT_TRUE(Contains(said, "retention could not remove " + first + ": ")) << said;
+  EXPECT_EQ(said.find(first + ": "), said.rfind(first + ": ")) << said;
+  env.fail_remove = false;
+  const std::string fourth = ckpt.Save(SampleTree(4), 4);
+  EXPECT_TRUE(ckpt.last_save_stats().retention_failed.empty());
+  EXPECT_EQ(LatestCheckpoint(root), fourth);
+  EXPECT_FALSE(fs::exists(first));
+  EXPECT_EQ(ListCheckpoints(root).size(), 1u);
+}
+
 TEST(Fallback, DamagedNewestFallsBackToTheLastGoodOne) {
   const std::string root = testing::ScratchDir("root");
   Checkpointer ckpt(root, Comm());

@@ -35,6 +35,7 @@ namespace distckpt {
 
 struct SavePlan;         // the planner's output (internal)
 struct LocalTensorInfo;  // one rank's description of a tensor (internal)
+struct GcReport;         // what CollectGarbage did (below)
 
 class Checkpointer {
  public:
@@ -115,6 +116,9 @@ class Checkpointer {
   // The load itself; the caller holds the shared lock on `dir`.
   Status LoadLocked(const std::string& dir, const Manifest& manifest, StateTree& tree,
                     const LoadOptions& options);
+  // Keeps what the save's retention could not remove in save_stats_; says each directory on
+  // stderr the first time.
+  void NoteRetention(const GcReport& report);
 
   std::string root_;
   Communicator& comm_;
@@ -129,6 +133,7 @@ class Checkpointer {
   // next Load of it reads each byte once, into place, instead of verifying it a second time.
   std::string verified_local_dir_;
   bool warned_fewer_replicas_ = false;
+  std::vector<std::string> retention_warned_;  // directories NoteRetention has said
 };
 
 // The catalog of a root: plain functions over its directory, usable without a Checkpointer and

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace distckpt {
 
@@ -136,6 +137,10 @@ struct SaveStats {
   bool plan_reused = false;
   int64_t bytes_written = 0;         // tensor bytes this rank wrote
   int64_t device_staging_bytes = 0;  // host memory of the staging buffers for device tensors
+  // Older checkpoints the save's retention meant to remove but could not, as "DIR: the error"
+  // (on the rank that ran it: rank 0, and each host's leader for the local tier). They stay in
+  // place; the next save, or `distckpt gc`, tries again.
+  std::vector<std::string> retention_failed;
   double coordination_seconds() const { return total_seconds - write_seconds; }
 };
 

@@ -529,7 +529,7 @@ Status Checkpointer::SaveLocal(const StateTree& tree, const SavePlan& plan, int6
       RETURN_IF_ERROR(Commit(env_, tier.root, tmp_dir, final_dir, m));
       RetentionPolicy keep;
       keep.keep_last = std::max(1, tier.keep);
-      CollectGarbage(tier.root, keep, env_);
+      NoteRetention(CollectGarbage(tier.root, keep, env_));
       return Status::Ok();
     });
     if (!local.ok()) (void)env_->RemoveAll(tmp_dir);

@@ -1,6 +1,7 @@
 // Retention: which committed checkpoints to keep, and removing the rest and leftovers.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <set>
 
 #include "checkpoint/save_steps.h"
@@ -86,6 +87,22 @@ GcReport CollectGarbage(const std::string& root, const RetentionPolicy& policy, 
     for (const std::string& tag : c.tags) (void)RemoveTag(root, tag, env);
   }
   return report;
+}
+
+void Checkpointer::NoteRetention(const GcReport& report) {
+  for (const std::string& failure : report.failed) {
+    save_stats_.retention_failed.push_back(failure);
+    const std::string dir = failure.substr(0, failure.find(": "));
+    if (std::find(retention_warned_.begin(), retention_warned_.end(), dir) !=
+        retention_warned_.end()) {
+      continue;
+    }
+    retention_warned_.push_back(dir);
+    std::fprintf(stderr,
+                 "distckpt: retention could not remove %s (left in place; later saves and "
+                 "`distckpt gc` try again)\n",
+                 failure.c_str());
+  }
 }
 
 }  // namespace distckpt

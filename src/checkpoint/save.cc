@@ -285,7 +285,9 @@ Status Checkpointer::SavePlanned(const StateTree& tree, const SavePlan& plan, in
         RETURN_IF_ERROR(TagCheckpoint(final_dir, tag, env_)
                             .Annotate("step " + std::to_string(step) + " was committed untagged"));
       }
-      if (options_.retention.active()) CollectGarbage(root_, options_.retention, env_);
+      if (options_.retention.active()) {
+        NoteRetention(CollectGarbage(root_, options_.retention, env_));
+      }
       return Status::Ok();
     });
     if (!local.ok()) (void)env_->RemoveAll(tmp_dir);
