@@ -134,6 +134,39 @@ TEST(Storage, LeftoversOfAnUncommittedSaveAreIgnoredThenRemoved) {
   EXPECT_EQ(LatestCheckpoint(root), root + "/step-00000004");
 }
 
+// Counts the manifests opened through it.
+struct ManifestCountingEnv : EnvWrapper {
+  ManifestCountingEnv() : EnvWrapper(Env::Default()) {}
+  Result<std::unique_ptr<ReadableFile>> OpenReadable(const std::string& path) override {
+    if (path.size() >= 12 && path.compare(path.size() - 12, 12, "/manifest.h5") == 0) {
+      opened.push_back(path);
+    }
+    return EnvWrapper::OpenReadable(path);
+  }
+  std::vector<std::string> opened;
+};
+
+TEST(Storage, TheLatestOfManyReadsOneManifestAndSkipsAnUnreadableOne) {
+  const std::string root = testing::ScratchDir("root");
+  Checkpointer ckpt(root, Comm());
+  std::vector<std::string> dirs;
+  for (int step = 1; step <= 6; ++step) dirs.push_back(ckpt.Save(SampleTree(step), step));
+  ManifestCountingEnv env;
+  EXPECT_EQ(LatestCheckpoint(root, &env), dirs[5]);
+  EXPECT_EQ(env.opened, std::vector<std::string>{dirs[5] + "/manifest.h5"});
+  // The newest manifest damaged: the one before it, having read those two alone.
+  fs::resize_file(dirs[5] + "/manifest.h5", 100);
+  env.opened.clear();
+  EXPECT_EQ(LatestCheckpoint(root, &env), dirs[4]);
+  EXPECT_EQ(env.opened.size(), 2u);
+  EXPECT_EQ(env.opened.back(), dirs[4] + "/manifest.h5");
+  // The full listing still reads each one, and says what is wrong with the damaged one.
+  const std::vector<CheckpointInfo> all = ListCheckpoints(root);
+  ASSERT_EQ(all.size(), 6u);
+  EXPECT_TRUE(all.back().committed && !all.back().manifest && !all.back().problem.empty());
+  EXPECT_TRUE(all.front().manifest.has_value());
+}
+
 // When the save opens its first rank file: a leftover of some other save appears, and
 // `distckpt gc` (CollectGarbage) runs.
 class GcDuringSaveEnv : public EnvWrapper {
@@ -708,6 +741,38 @@ TEST(LocalTier, AFullLocalRootIsRefusedBeforeAnyWriteAndKeepsTheOlderStep) {
   EXPECT_EQ(ckpt.Load("", back), first);
   EXPECT_TRUE(BitEqual(back.tensor("model_state_dict/w").tensor,
                        SampleTree(1).tensor("model_state_dict/w").tensor));
+}
+
+// Both tiers due at one step: what the retention of each could not remove is reported.
+TEST(LocalTier, RetentionFailuresOfBothTiersAreReported) {
+  const std::string root = testing::ScratchDir("persistent");
+  const std::string local = testing::ScratchDir("local");
+  testing::FaultEnv env;
+  CheckpointerOptions options;
+  options.env = &env;
+  options.local = {local, 1, 0, 1};  // every step, one host, keep 1
+  options.persist_every = 2;
+  options.retention.keep_last = 1;
+  Checkpointer ckpt(root, Comm(), options);
+  ckpt.Save(SampleTree(1), 1);
+  ckpt.Save(SampleTree(2), 2);  // local step 1 goes
+  EXPECT_TRUE(ckpt.last_save_stats().retention_failed.empty());
+  env.fail_remove = true;
+  ::testing::internal::CaptureStderr();
+  ckpt.Save(SampleTree(3), 3);  // local only: local step 2 stays
+  EXPECT_EQ(ckpt.last_save_stats().retention_failed.size(), 1u);
+  ckpt.Save(SampleTree(4), 4);  // both: local steps 2 and 3, persistent step 2 stay
+  ::testing::internal::GetCapturedStderr();
+  const std::vector<std::string>& failed = ckpt.last_save_stats().retention_failed;
+  EXPECT_EQ(failed.size(), 3u);
+  for (const std::string& dir :
+       {local + "/step-00000002", local + "/step-00000003", root + "/step-00000002"}) {
+    const bool named = std::any_of(failed.begin(), failed.end(), [&](const std::string& f) {
+      return f.rfind(dir + ": ", 0) == 0;
+    });
+    EXPECT_TRUE(named) << dir << " is not reported";
+    EXPECT_TRUE(fs::exists(dir));
+  }
 }
 
 // Latest() verifies every byte of the local step it picks, so the Load that follows reads each

@@ -1,4 +1,6 @@
 // The catalog: listing a root, the latest checkpoint, offline verification, finding a step.
+#include "checkpoint/catalog.h"
+
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -16,28 +18,17 @@ Env* OrDefault(Env* env) { return env ? env : Env::Default(); }
 
 }  // namespace
 
-std::vector<CheckpointInfo> ListCheckpoints(const std::string& root, Env* env) {
+std::vector<CheckpointInfo> ListCheckpointDirs(const std::string& root, Env* env) {
   env = OrDefault(env);
   std::vector<CheckpointInfo> out;
   auto names = env->ListDir(root);
   if (!names.ok()) return out;
-  std::map<std::string, std::vector<std::string>> tags_of;  // dir -> its tags
-  for (const auto& [tag, dir] : ListTags(root, env)) tags_of[dir].push_back(tag);
   for (const std::string& name : names.value()) {
     CheckpointInfo info;
     info.dir = JoinPath(root, name);
     const DirKind kind = ParseCheckpointDirName(name, &info.step);
     if (kind == DirKind::kOther) continue;
-    if (kind == DirKind::kCommitted) {
-      auto m = ReadManifest(info.dir, env);
-      info.committed = env->Exists(JoinPath(info.dir, kManifestName));
-      info.tags = tags_of[info.dir];
-      if (m.ok()) {
-        info.manifest = std::move(m).value();
-      } else {
-        info.problem = m.status().ToString();
-      }
-    }
+    info.committed = kind == DirKind::kCommitted && env->Exists(JoinPath(info.dir, kManifestName));
     out.push_back(std::move(info));
   }
   std::sort(out.begin(), out.end(), [](const CheckpointInfo& a, const CheckpointInfo& b) {
@@ -46,12 +37,34 @@ std::vector<CheckpointInfo> ListCheckpoints(const std::string& root, Env* env) {
   return out;
 }
 
-std::optional<std::string> LatestCheckpoint(const std::string& root, Env* env) {
-  std::optional<std::string> latest;
-  for (const CheckpointInfo& info : ListCheckpoints(root, env)) {
-    if (info.committed && info.manifest) latest = info.dir;
+std::vector<CheckpointInfo> ListCheckpoints(const std::string& root, Env* env) {
+  env = OrDefault(env);
+  std::vector<CheckpointInfo> out = ListCheckpointDirs(root, env);
+  if (out.empty()) return out;
+  std::map<std::string, std::vector<std::string>> tags_of;  // dir -> its tags
+  for (const auto& [tag, dir] : ListTags(root, env)) tags_of[dir].push_back(tag);
+  for (CheckpointInfo& info : out) {
+    int64_t step = 0;
+    if (ParseCheckpointDirName(BaseName(info.dir), &step) != DirKind::kCommitted) continue;
+    info.tags = tags_of[info.dir];
+    auto m = ReadManifest(info.dir, env);
+    if (m.ok()) {
+      info.manifest = std::move(m).value();
+    } else {
+      info.problem = m.status().ToString();
+    }
   }
-  return latest;
+  return out;
+}
+
+std::optional<std::string> LatestCheckpoint(const std::string& root, Env* env) {
+  // Newest first, reading manifests only until one reads: a root of many checkpoints costs one
+  // manifest, not all of them.
+  const std::vector<CheckpointInfo> all = ListCheckpointDirs(root, env);
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    if (it->committed && ReadManifest(it->dir, OrDefault(env)).ok()) return it->dir;
+  }
+  return std::nullopt;
 }
 
 Result<VerifyReport> VerifyCheckpoint(const std::string& dir, Env* env,

@@ -2,6 +2,7 @@
 // the caller allows it, every older committed checkpoint in turn.
 #include <cstdio>
 
+#include "checkpoint/catalog.h"
 #include "distckpt/checkpoint.h"
 #include "layout/filename.h"
 
@@ -10,7 +11,7 @@ namespace distckpt {
 std::vector<std::string> Checkpointer::CommittedNewestFirst(const std::string& root) {
   std::string joined;
   if (comm_.rank() == 0) {
-    auto all = ListCheckpoints(root, env_);
+    auto all = ListCheckpointDirs(root, env_);
     for (auto it = all.rbegin(); it != all.rend(); ++it) {
       if (it->committed) joined += it->dir + '\n';
     }

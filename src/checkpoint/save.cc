@@ -227,6 +227,7 @@ Status Checkpointer::SaveDue(const StateTree& tree, const SavePlan& plan, int64_
                              std::string* out_dir, const std::string& tag) {
   double local_seconds = 0;
   int64_t local_bytes = 0;
+  save_stats_.retention_failed.clear();
   if (LocalDue(step)) {
     const double start = MonotonicSeconds();
     RETURN_IF_ERROR(SaveLocal(tree, plan, step, out_dir));
@@ -244,9 +245,10 @@ Status Checkpointer::SavePlanned(const StateTree& tree, const SavePlan& plan, in
                                  std::string* out_dir, const std::string& tag) {
   const int rank = comm_.rank();
   const double start = MonotonicSeconds();
-  const bool reused = save_stats_.plan_reused;
-  save_stats_ = SaveStats();
-  save_stats_.plan_reused = reused;
+  SaveStats fresh;
+  fresh.plan_reused = save_stats_.plan_reused;
+  fresh.retention_failed = std::move(save_stats_.retention_failed);  // the local tier's
+  save_stats_ = std::move(fresh);
   const double deadline =
       options_.save_timeout_seconds > 0 ? MonotonicSeconds() + options_.save_timeout_seconds : 0;
   std::string tmp_name;
