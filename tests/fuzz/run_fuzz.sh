@@ -9,8 +9,10 @@ if ! command -v clang++ >/dev/null || ! ls /usr/lib/llvm-*/lib/clang/*/lib/linux
 fi
 torch=$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')
 mkdir -p "$out/corpus"
-# The flags of every compile; the project's include paths are added to all but the PCH's.
-pch_flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+# The flags of every compile; the project's include paths are added to all but the PCH's. Line
+# tables are all the sanitizers' reports need, and compile about a fifth faster than full -g.
+pch_flags=(-std=c++20 -O1 -gline-tables-only -fsanitize=fuzzer,address,undefined
+  -fno-sanitize-recover=undefined
   -DOMPI_SKIP_MPICXX=1 -D_GLIBCXX_USE_CXX11_ABI=1
   -isystem "$torch/include" -isystem "$torch/include/torch/csrc/api/include"
   -I/usr/include/hdf5/openmpi -I/usr/lib/x86_64-linux-gnu/openmpi/include)
