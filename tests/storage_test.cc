@@ -466,6 +466,17 @@ TEST(Retention, WhatCannotBeRemovedIsReportedWithItsError) {
   }
 }
 
+TEST(Retention, ARootThatCannotBeListedIsReportedNotTakenForEmpty) {
+  const std::string missing = testing::ScratchDir("root") + "/missing";
+  RetentionPolicy policy;
+  policy.keep_last = 1;
+  const GcReport report = CollectGarbage(missing, policy);
+  EXPECT_TRUE(report.removed.empty() && report.in_use.empty());
+  ASSERT_EQ(report.failed.size(), 1u);
+  EXPECT_EQ(report.failed[0].rfind(missing + ": ", 0), 0u) << report.failed[0];
+  EXPECT_TRUE(Contains(report.failed[0], "does not exist")) << report.failed[0];
+}
+
 TEST(Retention, ASaveReportsWhatItsRetentionCouldNotRemove) {
   const std::string root = testing::ScratchDir("root");
   testing::FaultEnv env;

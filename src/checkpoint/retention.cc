@@ -61,6 +61,11 @@ GcReport CollectGarbage(const std::string& root, const RetentionPolicy& policy, 
     }
     return st.ok();
   };
+  // A root that cannot be listed is a failure to say, not an empty root.
+  if (auto listed = env->ListDir(root); !listed.ok()) {
+    report.failed.push_back(root + ": " + listed.status().ToString());
+    return report;
+  }
   std::vector<CheckpointInfo> committed;
   for (CheckpointInfo& info : ListCheckpoints(root, env)) {
     int64_t step = 0;
