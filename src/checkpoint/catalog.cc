@@ -18,12 +18,11 @@ Env* OrDefault(Env* env) { return env ? env : Env::Default(); }
 
 }  // namespace
 
-std::vector<CheckpointInfo> ListCheckpointDirs(const std::string& root, Env* env) {
+Result<std::vector<CheckpointInfo>> ListCheckpointDirs(const std::string& root, Env* env) {
   env = OrDefault(env);
+  ASSIGN_OR_RETURN(const std::vector<std::string> names, env->ListDir(root));
   std::vector<CheckpointInfo> out;
-  auto names = env->ListDir(root);
-  if (!names.ok()) return out;
-  for (const std::string& name : names.value()) {
+  for (const std::string& name : names) {
     CheckpointInfo info;
     info.dir = JoinPath(root, name);
     const DirKind kind = ParseCheckpointDirName(name, &info.step);
@@ -37,9 +36,9 @@ std::vector<CheckpointInfo> ListCheckpointDirs(const std::string& root, Env* env
   return out;
 }
 
-std::vector<CheckpointInfo> ListCheckpoints(const std::string& root, Env* env) {
+Result<std::vector<CheckpointInfo>> ListCheckpointsOrError(const std::string& root, Env* env) {
   env = OrDefault(env);
-  std::vector<CheckpointInfo> out = ListCheckpointDirs(root, env);
+  ASSIGN_OR_RETURN(std::vector<CheckpointInfo> out, ListCheckpointDirs(root, env));
   if (out.empty()) return out;
   std::map<std::string, std::vector<std::string>> tags_of;  // dir -> its tags
   for (const auto& [tag, dir] : ListTags(root, env)) tags_of[dir].push_back(tag);
@@ -57,11 +56,17 @@ std::vector<CheckpointInfo> ListCheckpoints(const std::string& root, Env* env) {
   return out;
 }
 
+std::vector<CheckpointInfo> ListCheckpoints(const std::string& root, Env* env) {
+  auto all = ListCheckpointsOrError(root, env);
+  return all.ok() ? std::move(all).value() : std::vector<CheckpointInfo>{};
+}
+
 std::optional<std::string> LatestCheckpoint(const std::string& root, Env* env) {
   // Newest first, reading manifests only until one reads: a root of many checkpoints costs one
   // manifest, not all of them.
-  const std::vector<CheckpointInfo> all = ListCheckpointDirs(root, env);
-  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+  const auto all = ListCheckpointDirs(root, env);
+  if (!all.ok()) return std::nullopt;
+  for (auto it = all->rbegin(); it != all->rend(); ++it) {
     if (it->committed && ReadManifest(it->dir, OrDefault(env)).ok()) return it->dir;
   }
   return std::nullopt;

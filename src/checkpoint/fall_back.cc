@@ -12,8 +12,10 @@ std::vector<std::string> Checkpointer::CommittedNewestFirst(const std::string& r
   std::string joined;
   if (comm_.rank() == 0) {
     auto all = ListCheckpointDirs(root, env_);
-    for (auto it = all.rbegin(); it != all.rend(); ++it) {
-      if (it->committed) joined += it->dir + '\n';
+    if (all.ok()) {
+      for (auto it = all->rbegin(); it != all->rend(); ++it) {
+        if (it->committed) joined += it->dir + '\n';
+      }
     }
   }
   ThrowIfError(comm_.Broadcast(&joined, 0));

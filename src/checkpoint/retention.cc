@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <set>
 
+#include "checkpoint/catalog.h"
 #include "checkpoint/save_steps.h"
 #include "distckpt/checkpoint.h"
 #include "layout/filename.h"
@@ -62,12 +63,13 @@ GcReport CollectGarbage(const std::string& root, const RetentionPolicy& policy, 
     return st.ok();
   };
   // A root that cannot be listed is a failure to say, not an empty root.
-  if (auto listed = env->ListDir(root); !listed.ok()) {
+  auto listed = ListCheckpointsOrError(root, env);
+  if (!listed.ok()) {
     report.failed.push_back(root + ": " + listed.status().ToString());
     return report;
   }
   std::vector<CheckpointInfo> committed;
-  for (CheckpointInfo& info : ListCheckpoints(root, env)) {
+  for (CheckpointInfo& info : listed.value()) {
     int64_t step = 0;
     if (ParseCheckpointDirName(BaseName(info.dir), &step) == DirKind::kTemporary) {
       account(info.dir, RemoveLeftover(env, info.dir));
