@@ -12,11 +12,12 @@
 #include "bench_util.h"
 #include "distckpt/async.h"
 #include "distckpt/nccl.h"
+#include "programs.h"
 #include "tools/command_line.h"
 
-using namespace distckpt;
+namespace distckpt::bench::async_bench {
 
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   int provided = 0;
   MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
   double gib = 1;
@@ -91,3 +92,5 @@ int main(int argc, char** argv) {
   MPI_Finalize();
   return 0;
 }
+
+}  // namespace distckpt::bench::async_bench

@@ -14,9 +14,10 @@
 #include "bench_util.h"
 #include "distckpt/checkpoint.h"
 #include "distckpt/export.h"
+#include "programs.h"
 #include "tools/command_line.h"
 
-using namespace distckpt;
+namespace distckpt::bench::export_bench {
 
 namespace {
 
@@ -27,7 +28,7 @@ at::Tensor Make(int64_t index, int64_t numel) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   double gib = 4;
   int64_t max_mib = 256;
   std::string dir = "/tmp/distckpt-export-bench", cli = "build/distckpt", csv;
@@ -106,3 +107,5 @@ int main(int argc, char** argv) {
   std::filesystem::remove_all(dir);
   return 0;
 }
+
+}  // namespace distckpt::bench::export_bench

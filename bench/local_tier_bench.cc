@@ -28,9 +28,10 @@
 #include "bench_util.h"
 #include "distckpt/async.h"
 #include "distckpt/checkpoint.h"
+#include "programs.h"
 #include "tools/command_line.h"
 
-using namespace distckpt;
+namespace distckpt::bench::local_tier_bench {
 
 namespace {
 
@@ -177,7 +178,7 @@ int Resume(const Args& a, Communicator& comm) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   int provided = 0;
   MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
   Args a;
@@ -197,3 +198,5 @@ int main(int argc, char** argv) {
   MPI_Finalize();
   return out;
 }
+
+}  // namespace distckpt::bench::local_tier_bench

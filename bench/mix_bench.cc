@@ -22,9 +22,10 @@
 
 #include "bench_util.h"
 #include "distckpt/checkpoint.h"
+#include "programs.h"
 #include "tools/command_line.h"
 
-using namespace distckpt;
+namespace distckpt::bench::mix_bench {
 
 namespace {
 
@@ -127,7 +128,7 @@ class Raw {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
   std::string shapes, dir = "/tmp/distckpt-mix-bench", csv;
   int rounds = 2;
@@ -237,3 +238,5 @@ int main(int argc, char** argv) {
   MPI_Finalize();
   return 0;
 }
+
+}  // namespace distckpt::bench::mix_bench

@@ -17,9 +17,10 @@
 
 #include "bench_util.h"
 #include "distckpt/checkpoint.h"
+#include "programs.h"
 #include "tools/command_line.h"
 
-using namespace distckpt;
+namespace distckpt::bench::save_load_bench {
 
 namespace {
 
@@ -82,7 +83,7 @@ int ReshardMode(Communicator& comm, StateTree& tree, std::vector<at::Tensor>& fu
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
   double gib = 1.0;
   int reps = 3;
@@ -274,3 +275,5 @@ int main(int argc, char** argv) {
   MPI_Finalize();
   return 0;
 }
+
+}  // namespace distckpt::bench::save_load_bench

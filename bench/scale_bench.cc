@@ -12,9 +12,10 @@
 
 #include "bench_util.h"
 #include "distckpt/checkpoint.h"
+#include "programs.h"
 #include "tools/command_line.h"
 
-using namespace distckpt;
+namespace distckpt::bench::scale_bench {
 
 namespace {
 
@@ -26,7 +27,7 @@ std::string Name(int64_t i) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
   int64_t tensors = 1000, elems = 16;
   std::string dir = "/tmp/distckpt-scale-bench", csv;
@@ -95,3 +96,5 @@ int main(int argc, char** argv) {
   MPI_Finalize();
   return ok ? 0 : 1;
 }
+
+}  // namespace distckpt::bench::scale_bench

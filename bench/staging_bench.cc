@@ -23,10 +23,11 @@
 #include "bench_util.h"
 #include "distckpt/checkpoint.h"
 #include "distckpt/copy_engine.h"
+#include "programs.h"
 #include "tests/fake_device.h"
 #include "tools/command_line.h"
 
-using namespace distckpt;
+namespace distckpt::bench::staging_bench {
 
 namespace {
 
@@ -195,7 +196,7 @@ int Run(const Args& args) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
   Args args;
   CLI::App app("staging_bench: save and load of device tensors through the staging ring",
@@ -220,3 +221,5 @@ int main(int argc, char** argv) {
   MPI_Finalize();
   return rc;
 }
+
+}  // namespace distckpt::bench::staging_bench

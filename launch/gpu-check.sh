@@ -36,7 +36,7 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
     -DDISTCKPT_BUILD_PYTHON=ON -DPython3_EXECUTABLE="$(command -v python3)" > build-gpu.log 2>&1 ||
     tail -n 40 build-gpu.log
 fi
-cmake --build "$build" -j "$(nproc)" --target gpu_test staging_bench async_bench distckpt_python -- $keep_going \
+cmake --build "$build" -j "$(nproc)" --target gpu_test distckpt_bench distckpt_python -- $keep_going \
   >> build-gpu.log 2>&1 || grep -E -A5 'error|Error' build-gpu.log | head -n 60
 echo "== built in $((SECONDS - start)) s"
 
