@@ -8,18 +8,15 @@
 
 #include "core/status_macros.h"
 #include "distckpt/checkpoint.h"
+#include "io/file_util.h"
 #include "io/shard_reader.h"
 #include "layout/filename.h"
 
 namespace distckpt {
-namespace {
-
-Env* OrDefault(Env* env) { return env ? env : Env::Default(); }
-
-}  // namespace
+namespace {}  // namespace
 
 Result<std::vector<CheckpointInfo>> ListCheckpointDirs(const std::string& root, Env* env) {
-  env = OrDefault(env);
+  env = EnvOrDefault(env);
   ASSIGN_OR_RETURN(const std::vector<std::string> names, env->ListDir(root));
   std::vector<CheckpointInfo> out;
   for (const std::string& name : names) {
@@ -37,7 +34,7 @@ Result<std::vector<CheckpointInfo>> ListCheckpointDirs(const std::string& root, 
 }
 
 Result<std::vector<CheckpointInfo>> ListCheckpointsOrError(const std::string& root, Env* env) {
-  env = OrDefault(env);
+  env = EnvOrDefault(env);
   ASSIGN_OR_RETURN(std::vector<CheckpointInfo> out, ListCheckpointDirs(root, env));
   if (out.empty()) return out;
   std::map<std::string, std::vector<std::string>> tags_of;  // dir -> its tags
@@ -67,14 +64,14 @@ std::optional<std::string> LatestCheckpoint(const std::string& root, Env* env) {
   const auto all = ListCheckpointDirs(root, env);
   if (!all.ok()) return std::nullopt;
   for (auto it = all->rbegin(); it != all->rend(); ++it) {
-    if (it->committed && ReadManifest(it->dir, OrDefault(env)).ok()) return it->dir;
+    if (it->committed && ReadManifest(it->dir, EnvOrDefault(env)).ok()) return it->dir;
   }
   return std::nullopt;
 }
 
 Result<VerifyReport> VerifyCheckpoint(const std::string& dir, Env* env,
                                       const ProgressFn& progress) {
-  env = OrDefault(env);
+  env = EnvOrDefault(env);
   ASSIGN_OR_RETURN(Manifest manifest, ReadManifest(dir, env));
   VerifyReport report;
   ShardReader reader(env, dir, &manifest, 0);
@@ -113,7 +110,7 @@ std::optional<std::string> LatestVerifiedCheckpoint(
 }
 
 std::optional<std::string> FindCheckpoint(const std::string& root, int64_t step, Env* env) {
-  env = OrDefault(env);
+  env = EnvOrDefault(env);
   const std::string dir = JoinPath(root, CheckpointDirName(step));
   if (!env->Exists(JoinPath(dir, kManifestName))) return std::nullopt;
   return dir;

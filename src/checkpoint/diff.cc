@@ -13,6 +13,7 @@
 #include "core/status_macros.h"
 #include "distckpt/manifest.h"
 #include "distckpt/manifest_io.h"
+#include "io/file_util.h"
 #include "io/shard_reader.h"
 
 namespace distckpt {
@@ -204,7 +205,7 @@ Result<DiffReport> DiffCheckpoints(const std::string& a_dir, const std::string& 
   if (!(options.rtol >= 0) || !(options.atol >= 0)) {
     return InvalidArgument("diff: rtol and atol must be non-negative numbers");
   }
-  Env* env = options.env ? options.env : Env::Default();
+  Env* env = EnvOrDefault(options.env);
   Side a, b;
   RETURN_IF_ERROR(Open(env, a_dir, &a));
   RETURN_IF_ERROR(Open(env, b_dir, &b));

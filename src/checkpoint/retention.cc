@@ -7,6 +7,7 @@
 #include "checkpoint/catalog.h"
 #include "checkpoint/save_steps.h"
 #include "distckpt/checkpoint.h"
+#include "io/file_util.h"
 #include "layout/filename.h"
 
 namespace distckpt {
@@ -42,7 +43,7 @@ std::vector<std::string> BestByMetric(const std::vector<CheckpointInfo>& committ
 }  // namespace
 
 LoadGuard::LoadGuard(const std::string& dir, Env* env) {
-  auto lock = (env ? env : Env::Default())->LockDir(dir, LockMode::kShared);
+  auto lock = EnvOrDefault(env)->LockDir(dir, LockMode::kShared);
   if (lock.ok()) lock_ = std::move(lock).value();  // without it, only the protection is lost
 }
 

@@ -21,6 +21,7 @@
 #include "core/guarded.h"
 #include "core/status_macros.h"
 #include "distckpt/checkpoint.h"
+#include "io/file_util.h"
 #include "layout/filename.h"
 #include "manifest/fragment.h"
 #include "plan/describe.h"
@@ -132,10 +133,7 @@ Status Commit(Env* env, const std::string& root, const std::string& tmp_dir,
 }
 
 Checkpointer::Checkpointer(std::string root, Communicator& comm, CheckpointerOptions options)
-    : root_(std::move(root)),
-      comm_(comm),
-      options_(options),
-      env_(options.env ? options.env : Env::Default()) {
+    : root_(std::move(root)), comm_(comm), options_(options), env_(EnvOrDefault(options.env)) {
   comm_.set_collective_timeout(options.collective_timeout_seconds);
 }
 

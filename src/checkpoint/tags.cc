@@ -10,8 +10,6 @@
 namespace distckpt {
 namespace {
 
-Env* OrDefault(Env* env) { return env ? env : Env::Default(); }
-
 // The checkpoint directory name a tag file holds, or "" when it holds none.
 std::string ReadTag(Env* env, const std::string& path) {
   auto bytes = ReadWholeFile(env, path, 256);
@@ -32,7 +30,7 @@ Status CheckTagName(const std::string& tag) {
 }
 
 Status TagCheckpoint(const std::string& dir, const std::string& tag, Env* env) {
-  env = OrDefault(env);
+  env = EnvOrDefault(env);
   RETURN_IF_ERROR(CheckTagName(tag));
   int64_t step = 0;
   const std::string name = BaseName(dir);
@@ -51,7 +49,7 @@ Status TagCheckpoint(const std::string& dir, const std::string& tag, Env* env) {
 }
 
 Status RemoveTag(const std::string& root, const std::string& tag, Env* env) {
-  env = OrDefault(env);
+  env = EnvOrDefault(env);
   RETURN_IF_ERROR(CheckTagName(tag));
   const std::string path = JoinPath(JoinPath(root, kTagsDirName), tag);
   if (!env->Exists(path)) return NotFound("no tag '" + tag + "' in '" + root + "'");
@@ -60,7 +58,7 @@ Status RemoveTag(const std::string& root, const std::string& tag, Env* env) {
 }
 
 std::map<std::string, std::string> ListTags(const std::string& root, Env* env) {
-  env = OrDefault(env);
+  env = EnvOrDefault(env);
   std::map<std::string, std::string> out;
   const std::string tags = JoinPath(root, kTagsDirName);
   auto names = env->ListDir(tags);
@@ -74,7 +72,7 @@ std::map<std::string, std::string> ListTags(const std::string& root, Env* env) {
 }
 
 Result<std::string> FindTag(const std::string& root, const std::string& tag, Env* env) {
-  env = OrDefault(env);
+  env = EnvOrDefault(env);
   RETURN_IF_ERROR(CheckTagName(tag));
   const std::string name = ReadTag(env, JoinPath(JoinPath(root, kTagsDirName), tag));
   if (name.empty()) return NotFound("no tag '" + tag + "' in '" + root + "'");

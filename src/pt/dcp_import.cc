@@ -14,6 +14,7 @@
 #include "distckpt/copy_engine.h"
 #include "distckpt/env.h"
 #include "distckpt/export.h"
+#include "io/file_util.h"
 #include "plan/plan.h"
 #include "pt/pickle.h"
 #include "pt/pt_reader.h"
@@ -358,7 +359,7 @@ Result<StateTree> ReadDcp(const std::string& dcp_dir, Env* env) {
 // Tensors are read while the save writes them, one at a time (DeferredTensorSource).
 Result<std::string> ImportDcp(const std::string& dcp_dir, const std::string& root,
                               const ImportOptions& options) {
-  DcpReader reader(options.env ? options.env : Env::Default(), dcp_dir);
+  DcpReader reader(EnvOrDefault(options.env), dcp_dir);
   std::vector<TensorItem> deferred;
   auto tree = reader.Read(&deferred);
   Result<std::string> dir = tree.status();

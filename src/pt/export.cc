@@ -13,6 +13,7 @@
 #include "core/status_macros.h"
 #include "distckpt/manifest_io.h"
 #include "distckpt/nccl.h"
+#include "io/file_util.h"
 #include "io/shard_reader.h"
 #include "plan/plan.h"
 #include "pt/pickle.h"
@@ -126,7 +127,7 @@ std::vector<Leaf> LeavesOf(const Manifest& m) {
 
 Result<ExportStats> ExportCheckpoint(const std::string& ckpt_dir, const std::string& out_path,
                                      const ExportOptions& options) {
-  Env* env = options.env ? options.env : Env::Default();
+  Env* env = EnvOrDefault(options.env);
   ASSIGN_OR_RETURN(Manifest manifest, ReadManifest(ckpt_dir, env));
   ShardReader reader(env, ckpt_dir, &manifest, 0);
   reader.set_mapped(false);  // each byte once: pread keeps the resident size to the buffers
@@ -205,7 +206,7 @@ Status ExportTree(Communicator& comm, const StateTree& tree, const std::string& 
     }
     return Status::Ok();
   };
-  Env* env = options.env ? options.env : Env::Default();
+  Env* env = EnvOrDefault(options.env);
   Status local = WriteArchive(env, leaves, out_path, options.model_only, root, source,
                               root ? options.progress : ProgressFn(), nullptr);
   return AgreeOnStatus(comm, local).Annotate("export of '" + out_path + "'");

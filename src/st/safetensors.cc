@@ -282,7 +282,7 @@ Result<SafetensorsExportStats> ExportSafetensors(Communicator& comm, const std::
                                                  const std::string& out,
                                                  const SafetensorsExportOptions& options) {
   if (options.max_shard_bytes <= 0) return InvalidArgument("max_shard_bytes must be positive");
-  Output o{options.env ? options.env : Env::Default(), EndsWith(out, ".safetensors"), out};
+  Output o{EnvOrDefault(options.env), EndsWith(out, ".safetensors"), out};
   auto manifest = ReadManifest(ckpt_dir, o.env);
   Result<Layout> layout = manifest.status();
   std::unique_ptr<ShardReader> reader;
@@ -303,7 +303,7 @@ Result<SafetensorsExportStats> ExportTreeSafetensors(Communicator& comm, const S
                                                      int64_t step, const std::string& out,
                                                      const SafetensorsExportOptions& options) {
   if (options.max_shard_bytes <= 0) return InvalidArgument("max_shard_bytes must be positive");
-  Output o{options.env ? options.env : Env::Default(), EndsWith(out, ".safetensors"), out};
+  Output o{EnvOrDefault(options.env), EndsWith(out, ".safetensors"), out};
   std::vector<TensorRecord> records;  // the tree's tensors, whole, in path order
   for (const auto& [path, e] : tree.tensors()) {
     TensorRecord r;
@@ -522,7 +522,7 @@ bool IsSafetensors(const std::string& path, Env* env) {
 
 Result<std::string> ImportSafetensors(const std::string& path, const std::string& root,
                                       const ImportOptions& options) {
-  Env* env = options.env ? options.env : Env::Default();
+  Env* env = EnvOrDefault(options.env);
   ASSIGN_OR_RETURN(std::vector<std::string> paths, ModelFiles(env, path));
   std::vector<InFile> files(paths.size());
   StateTree tree;
