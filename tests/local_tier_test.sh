@@ -7,7 +7,8 @@
 #   local step 7 (not the persistent 5), reading no file of the persistent root;
 # - the same with ZeRO-1 (the optimizer state sharded flat over the ranks), and with
 #   asynchronous saves;
-# - a corrupted local copy: its checksums fail, the other copy is used;
+# - corrupted local copies: their checksums fail (each found by the rank of its host that
+#   verifies it), the other copies are used;
 # - h2 and h3 lost (a host and its partner): falls back to persistent step 5, saying why;
 # - 2 hosts grown to 3 from the local tier; `distckpt ls` and `inspect` of a host's local step;
 # - a rank that cannot open its own file to send it (EIO) and a full disk (ENOSPC) under the copy
@@ -110,14 +111,16 @@ first h1:2,h2:2,h3:2 "$tmp/ck-async" --async
 resume "async saves, h2 lost, resumed on h1:2,h3:2" h1:2,h3:2 "$tmp/ck-async" \
   '^resume: local step 7 ' ref
 
-# A flipped byte in h3's own copy of rank 4's file: h1's copy (h3's partner) is used.
+# A flipped byte in h3's own copies of rank 4's and rank 5's files: h1's copies (h3's partner)
+# are used. h3's two ranks share its files' verifying, one of them each.
 first h1:2,h2:2,h3:2 "$tmp/ck-bad"
 "$cluster" kill h2
-victim="$base/h3/ck/step-00000007/rank-00004.h5"
-size=$(stat -c %s "$victim")
-printf '\xff' | dd of="$victim" bs=1 seek=$((size - 100)) conv=notrunc status=none
-resume "a corrupted local copy on h3" h1:2,h3:2 "$tmp/ck-bad" \
-  'rank-00004.h5 on h3 fails its checksums.*local step 7 ' ref
+for victim in "$base"/h3/ck/step-00000007/rank-0000[45].h5; do
+  size=$(stat -c %s "$victim")
+  printf '\xff' | dd of="$victim" bs=1 seek=$((size - 100)) conv=notrunc status=none
+done
+resume "corrupted local copies on h3" h1:2,h3:2 "$tmp/ck-bad" \
+  'rank-00004.h5 on h3 fails its checksums.*rank-00005.h5 on h3 fails .*local step 7 ' ref
 
 # A host and its partner lost: h2's files were copied only to h3.
 first h1:2,h2:2,h3:2 "$tmp/ck-two"

@@ -11,8 +11,9 @@
 // Restore (collective, Latest with a local tier):
 //   (host leaders) list the committed local steps and the files they hold; all-gather.
 //   (rank 0)       the newest persistent step (names only, nothing read); broadcast.
-//   (all ranks)    pick the newest local step newer than it that the hosts cover; the leaders
-//                  verify every byte of the files they hold; all-gather the failures; pick again.
+//   (all ranks)    pick the newest local step newer than it that the hosts cover; the ranks
+//                  of each host share the verifying of every byte it holds; all-gather the
+//                  failures; pick again.
 //   (all ranks)    each missing file goes from its first verified holder to every host that
 //                  lacks it (all-to-all); the receiving leaders verify every byte they got;
 //                  hosts without the step commit it; vote. The next Load of the step reads it
@@ -318,20 +319,38 @@ void AddHolders(const Topology& topo, const SavePlan& plan, int replicas, Manife
   }
 }
 
-// Every leader reads every byte of the files of `step` its host holds; a copy that fails is
-// dropped from `hosts` and said in `reason`. Returns the transport's error.
-Status DropDamagedCopies(const HostView& v, const std::string& dir, const Manifest& manifest,
+// Every byte of the files of `step` a host holds is read, its ranks sharing the files (the i-th
+// on its (i % ranks)-th rank); a copy that fails is dropped from `hosts` and said in `reason`.
+// `manifest`: the step's, read by the leaders as they reported; the other ranks read it here.
+// Returns the transport's error.
+Status DropDamagedCopies(const HostView& v, const std::string& dir, const Manifest* manifest,
                          int64_t step, std::map<int, HeldStep>* hosts, std::ostream& reason) {
   std::string failed;
-  if (v.leader && hosts->count(v.my_host)) {
-    for (const std::string& f : hosts->at(v.my_host).present) {
-      if (!ShardReader(v.env, dir, &manifest, 0).VerifyFile(f).ok()) failed += f + '\n';
+  if (auto mine = hosts->find(v.my_host); mine != hosts->end()) {
+    Manifest own;
+    if (!manifest) {
+      auto read = ReadManifest(dir, v.env);
+      if (read.ok()) {
+        own = std::move(read).value();
+        manifest = &own;
+      }
+    }
+    const size_t ranks = v.topo.ranks_on[v.my_host].size();
+    const size_t me = v.topo.index_on_host[v.rank];
+    size_t i = 0;
+    for (const std::string& f : mine->second.present) {
+      if (i++ % ranks != me) continue;
+      // A manifest that this rank cannot read leaves its share of the copies unverified.
+      if (!manifest || !ShardReader(v.env, dir, manifest, 0).VerifyFile(f).ok()) {
+        failed += f + '\n';
+      }
     }
   }
   std::vector<std::string> failures;
   RETURN_IF_ERROR(v.comm.AllGather(failed, &failures));
-  for (int h = 0; h < v.topo.hosts(); ++h) {
-    std::istringstream in(failures[v.topo.leader(h)]);
+  for (int r = 0; r < v.comm.size(); ++r) {
+    const int h = v.topo.host_of[r];
+    std::istringstream in(failures[r]);
     std::string f;
     while (std::getline(in, f)) {
       hosts->at(h).present.erase(f);
@@ -559,8 +578,9 @@ Status Checkpointer::RestoreLocal(int64_t persistent_step, std::string* out_dir,
     std::map<int, HeldStep>& hosts = it->second;
     const std::vector<std::string> needed = hosts.begin()->second.needed;
     const std::string dir = JoinPath(tier.root, CheckpointDirName(step));
+    const Manifest* held = manifests.count(step) ? &manifests.at(step) : nullptr;
     // Every byte of what this host holds, checked before any of it is trusted or sent.
-    RETURN_IF_ERROR(DropDamagedCopies(v, dir, manifests[step], step, &hosts, reason));
+    RETURN_IF_ERROR(DropDamagedCopies(v, dir, held, step, &hosts, reason));
     // The first verified holder of every file sends it to each host that lacks it.
     std::map<std::string, int> source;
     for (const std::string& f : needed) {
@@ -580,7 +600,6 @@ Status Checkpointer::RestoreLocal(int64_t persistent_step, std::string* out_dir,
       continue;
     }
     Status local;
-    const Manifest* held = manifests.count(step) ? &manifests.at(step) : nullptr;
     RETURN_IF_ERROR(GatherStep(v, tier.root, dir, step, held, hosts, source, &local));
     RETURN_IF_ERROR(
         AgreeOnStatus(comm_, local)
